@@ -1,0 +1,71 @@
+//! Annotation keys. Users write the first four on pod templates; DSO writes the rest.
+
+/// `"true"` opts a pod into injection.
+pub const INJECT: &str = "dso.dev/inject";
+/// Comma-separated DsoSecret names, in the pod's own namespace, to mount.
+pub const SECRETS: &str = "dso.dev/secrets";
+/// Where the tmpfs is mounted in the selected containers. Default [`DEFAULT_MOUNT_PATH`].
+pub const MOUNT_PATH: &str = "dso.dev/mount-path";
+/// Comma-separated container names that get the mount. Default: every container.
+pub const CONTAINERS: &str = "dso.dev/containers";
+
+/// Written by the webhook on pods it injected: the DsoSecrets it mounted.
+pub const INJECTED: &str = "dso.dev/injected";
+/// Written by the operator on a workload's pod template: hash of the consumed versions.
+/// A change rolls the workload; the same versions always give the same value.
+pub const VERSIONS_HASH: &str = "dso.dev/versions-hash";
+/// Set to any new value on a DsoSecret to force an immediate check against AWS.
+pub const REFRESH: &str = "dso.dev/refresh";
+
+/// Default mount path of the secrets volume.
+pub const DEFAULT_MOUNT_PATH: &str = "/run/secrets/dso";
+/// Name of the injected tmpfs volume.
+pub const VOLUME_NAME: &str = "dso-secrets";
+/// Name of the injected init container.
+pub const INIT_CONTAINER_NAME: &str = "dso-init";
+/// Name of the projected IRSA token volume the webhook adds when it sets up web identity.
+pub const TOKEN_VOLUME_NAME: &str = "dso-aws-iam-token";
+/// Where that token is mounted in the init container.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/dso.dev/serviceaccount";
+/// ServiceAccount annotation naming the IAM role (the EKS IRSA convention).
+pub const SA_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
+/// Audience of IRSA tokens.
+pub const IRSA_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// Parses a comma-separated annotation value into trimmed, non-empty items.
+pub fn split_list(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// True when the annotations opt into injection (`dso.dev/inject: "true"`, case-insensitive).
+pub fn wants_injection(annotations: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    annotations
+        .and_then(|a| a.get(INJECT))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_list_trims_and_drops_empty_items() {
+        assert_eq!(split_list(" db, api ,,"), vec!["db", "api"]);
+        assert!(split_list("").is_empty());
+    }
+
+    #[test]
+    fn only_true_opts_in() {
+        let mut a = std::collections::BTreeMap::new();
+        assert!(!wants_injection(Some(&a)));
+        a.insert(INJECT.to_string(), "True".to_string());
+        assert!(wants_injection(Some(&a)));
+        a.insert(INJECT.to_string(), "yes".to_string());
+        assert!(!wants_injection(Some(&a)));
+        assert!(!wants_injection(None));
+    }
+}

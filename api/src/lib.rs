@@ -1,0 +1,23 @@
+//! `dso-api`: the vocabulary every DSO component shares, with no I/O and no async.
+//!
+//! - [`secret`]: the `DsoSecret` custom resource (group `dso.dev`, version `v1alpha1`), whose
+//!   doc comments are the `kubectl explain` text and whose schema carries the validation rules.
+//! - [`validate`]: the same rules as plain functions (plus the ones a schema cannot say), so the
+//!   webhook and the operator judge a spec exactly as the apiserver does.
+//! - [`annotations`]: the pod and workload annotation keys users and components write.
+//! - [`contract`]: what the webhook hands the `dso-init` container (the resolved file list) and
+//!   what `dso-init` reports back (version ids) — never a secret value.
+//! - [`duration`]: the `5m` / `1h30m` interval format.
+//! - [`versions`]: the stable hash of consumed versions that drives rollouts.
+
+pub mod annotations;
+pub mod contract;
+pub mod duration;
+pub mod secret;
+pub mod validate;
+pub mod versions;
+
+pub use secret::{
+    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, RefreshSpec, RefreshStrategy,
+    RotationStatus, SecretVersionStatus,
+};

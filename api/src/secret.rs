@@ -1,0 +1,246 @@
+//! The `DsoSecret` custom resource: which AWS Secrets Manager secrets (and which JSON keys) the
+//! pods of a namespace get, as which files.
+//!
+//! Doc comments here are what `kubectl explain dsosecret` prints. The `x-kubernetes-validations`
+//! (CEL) rules and patterns make the apiserver reject bad objects with a message that names the
+//! field; [`crate::validate`] implements the same rules for the webhook and the operator.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Maximum number of entries in `spec.files` (bounds the cost of the CEL rules).
+pub const MAX_FILES: usize = 64;
+/// Maximum length of a file path.
+pub const MAX_PATH_LEN: usize = 253;
+
+/// Which AWS Secrets Manager secrets a namespace's pods receive, and as which files.
+///
+/// Pods opt in with the annotations `dso.dev/inject: "true"` and `dso.dev/secrets: <names>`;
+/// each file appears at `<mount-path>/<DsoSecret name>/<path>` on a memory-backed volume.
+/// Values never enter a Kubernetes Secret, etcd, the pod spec or environment variables.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dso.dev",
+    version = "v1alpha1",
+    kind = "DsoSecret",
+    plural = "dsosecrets",
+    singular = "dsosecret",
+    shortname = "dsos",
+    category = "dso",
+    namespaced,
+    status = "DsoSecretStatus",
+    doc = "A DsoSecret says which AWS Secrets Manager secrets (and which JSON keys) the pods of its namespace get, as which files on a memory-backed volume. Pods opt in with the annotations dso.dev/inject: \"true\" and dso.dev/secrets: <names>.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.files[*].secretId"}"#,
+    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.refresh.strategy","priority":1}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation.at"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DsoSecretSpec {
+    /// Where the secrets live in AWS. Optional: without it the region comes from the operator's
+    /// and the pod's environment, and the role from the pod ServiceAccount's
+    /// `eks.amazonaws.com/role-arn` annotation (IRSA) or EKS Pod Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSpec>,
+
+    /// The files to write. Each entry takes one AWS secret (or one JSON key of it) and writes it
+    /// as one file, or, with `expand: true`, one file per top-level JSON key. At most 64 entries;
+    /// two entries may not write the same path.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(f, !has(f.path) || self.filter(g, has(g.path) && g.path == f.path).size() == 1)",
+        "message": "two entries write the same path: every path must be unique within a DsoSecret"
+    }]))]
+    pub files: Vec<FileSpec>,
+
+    /// Permissions of the written files, as a 3- or 4-digit octal string such as "0440"
+    /// (the default: readable by the owner and the pod's fsGroup, writable by nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^0?[0-7]{3}$"))]
+    pub file_mode: Option<String>,
+
+    /// How DSO notices rotations in AWS and what it does then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshSpec>,
+}
+
+/// Where the secrets live in AWS.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsSpec {
+    /// AWS region of the secrets, such as us-east-1. Default: the operator's region for status,
+    /// and the pod's AWS_REGION (set by the webhook from this field or the operator default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: Option<String>,
+
+    /// IAM role the pod assumes with its own service-account token (IRSA web identity) to read
+    /// these secrets. Default: the ServiceAccount's `eks.amazonaws.com/role-arn` annotation;
+    /// without either, the default credential chain (EKS Pod Identity, instance role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"))]
+    pub role_arn: Option<String>,
+}
+
+/// One AWS secret (or one JSON key of it) written as a file.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.jsonKey) && has(self.expand) && self.expand)",
+     "message": "jsonKey and expand are mutually exclusive: jsonKey writes one key, expand writes every key"},
+    {"rule": "!(has(self.versionStage) && has(self.versionId))",
+     "message": "versionStage and versionId are mutually exclusive: pin a versionId or follow a stage"},
+    {"rule": "!(has(self.expand) && self.expand && has(self.path))",
+     "message": "expand writes one file per top-level JSON key, named after the key: leave path unset"},
+    {"rule": "has(self.path) || (has(self.expand) && self.expand)",
+     "message": "path is required (unless expand is true)"}
+]))]
+pub struct FileSpec {
+    /// File name under `<mount-path>/<DsoSecret name>/`. Relative, made of letters, digits,
+    /// `.`, `_`, `-` and `/`; no `.` or `..` segment. Required unless `expand` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.matches('(^|/)[.][.]?(/|$)')",
+         "message": "path must not contain '.' or '..' segments"}
+    ]))]
+    pub path: Option<String>,
+
+    /// The AWS secret: its name (such as prod/shop/db) or its full ARN.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$"))]
+    pub secret_id: String,
+
+    /// Write only this top-level key of a JSON SecretString. A string value is written as is;
+    /// any other JSON value as its JSON text. Missing key or non-JSON secret: the pod fails to
+    /// start, with the reason in the init container's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub json_key: Option<String>,
+
+    /// Staging label to read, such as AWSCURRENT (the default) or AWSPREVIOUS. A rotation moves
+    /// the label, and DSO rolls the consuming workloads (see `refresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub version_stage: Option<String>,
+
+    /// Pin one version by id. A pinned entry never rotates. Exclusive with `versionStage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 32, max = 64), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub version_id: Option<String>,
+
+    /// Write one file per top-level key of a JSON SecretString, named after the key.
+    /// Requires `path` to be unset; exclusive with `jsonKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<bool>,
+}
+
+/// How DSO notices rotations in AWS and what it does then.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshSpec {
+    /// Upper bound on the time between a rotation in AWS and DSO noticing it, such as 5m
+    /// (default), 30s or 1h. Between 10s and 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('10s') && duration(self) <= duration('24h')",
+         "message": "interval must be between 10s and 24h"}
+    ]))]
+    pub interval: Option<String>,
+
+    /// What to do when a consumed version changes. Rollout (default): restart the Deployments,
+    /// StatefulSets and DaemonSets whose pods mount this DsoSecret. None: only record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RefreshStrategy>,
+}
+
+/// What to do when a consumed version changes. Rollout (default): restart the Deployments,
+/// StatefulSets and DaemonSets whose pods mount this DsoSecret. None: only record it in status.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RefreshStrategy {
+    /// Roll the consuming workloads (a pod-template annotation derived from the versions).
+    #[default]
+    Rollout,
+    /// Record the new version in status; restart nothing.
+    None,
+}
+
+/// Observed state. Never contains a secret value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DsoSecretStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`: True when every referenced secret resolved (reason Synced); otherwise False
+    /// with reason SecretNotFound, AccessDenied, InvalidSpec or AwsError and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The version each referenced secret resolves to now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretVersionStatus>,
+
+    /// The last rotation DSO acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<RotationStatus>,
+}
+
+/// The version one referenced secret resolves to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVersionStatus {
+    /// The secret as written in the spec.
+    pub secret_id: String,
+    /// The stage followed, or absent for a pinned version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    /// The version id the entry resolves to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// When AWS last changed the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_changed_date: Option<Time>,
+}
+
+/// A rotation DSO acted on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// When DSO noticed the new versions.
+    pub at: Time,
+    /// Workloads rolled, as Kind/name (empty under strategy None).
+    #[serde(default)]
+    pub workloads: Vec<String>,
+}
+
+impl DsoSecretSpec {
+    /// The refresh strategy, defaulted.
+    pub fn strategy(&self) -> RefreshStrategy {
+        self.refresh
+            .as_ref()
+            .and_then(|r| r.strategy)
+            .unwrap_or_default()
+    }
+}
+
+impl FileSpec {
+    /// The stage this entry follows, or `None` when it pins a version id.
+    pub fn stage(&self) -> Option<&str> {
+        if self.version_id.is_some() {
+            None
+        } else {
+            Some(self.version_stage.as_deref().unwrap_or("AWSCURRENT"))
+        }
+    }
+
+    /// True when `expand` is set.
+    pub fn expands(&self) -> bool {
+        self.expand.unwrap_or(false)
+    }
+}

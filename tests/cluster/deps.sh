@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs what the local cluster and the test suite need, caching every build by version
+# outside the clone (DSO_CACHE, default /var/cache/dso). Safe to run again: each step is
+# skipped when its output for the pinned version is already there.
+#
+#   apt:  etcd-server containerd runc containernetworking-plugins busybox-static openssl
+#   pip:  moto[server] awscli boto3
+#   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl (+ helm)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+CACHE=${DSO_CACHE:-/var/cache/dso}
+BIN="$CACHE/k8s-$K8S_VERSION/bin"
+mkdir -p "$CACHE"
+
+log() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[deps] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_apt=()
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/loopback ] || need_apt+=(containernetworking-plugins)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx wget && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v ctr >/dev/null || need_apt+=(containerd)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "need root to apt-get install ${need_apt[*]} (or install them yourself)"
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian starts containerd/etcd as services when it can; the local cluster runs its own.
+  systemctl disable --now containerd etcd >/dev/null 2>&1 || true
+fi
+
+if ! python3 -c 'import moto, boto3, flask' >/dev/null 2>&1 || ! command -v moto_server >/dev/null || ! command -v aws >/dev/null; then
+  log "pip install moto[server] awscli boto3"
+  python3 -m pip install -q 'moto[server]>=5.1,<6' awscli boto3 >/dev/null
+fi
+
+case "$(go version 2>/dev/null)" in
+  *"$GO_REQUIRED"*) ;;
+  *) die "Go $GO_REQUIRED.x is needed to build the Kubernetes components (found: $(go version 2>&1)). Install it from go.dev/dl or your distro.";;
+esac
+
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}"
+ldflags="${ldflags%.*}"
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
+components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+missing=()
+for c in "${components[@]}"; do [ -x "$BIN/$c" ] || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  mod="$CACHE/k8s-$K8S_VERSION/tools"
+  mkdir -p "$mod" "$BIN"
+  if [ ! -f "$mod/go.sum" ]; then
+    log "resolving k8s.io/kubernetes@$K8S_VERSION (first time: a few minutes)"
+    gomod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    {
+      echo "module dso.dev/k8s-tools"
+      echo
+      echo "go 1.26"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      # Every staging module the kubernetes go.mod points at a local path gets its published tag.
+      grep -oE 'k8s.io/[a-z0-9-]+ => \./staging/src/k8s.io/[a-z0-9-]+' "$gomod" | awk -v v="$K8S_STAGING_VERSION" '{print "replace " $1 " => " $1 " " v}'
+    } > "$mod/go.mod"
+    # Resolve every module the five commands need (writes go.sum).
+    (cd "$mod" && GOFLAGS=-mod=mod go get $(printf "k8s.io/kubernetes/cmd/%s@$K8S_VERSION " "${components[@]}") >/dev/null)
+  fi
+  for c in "${missing[@]}"; do
+    log "building $c $K8S_VERSION"
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c") \
+      && mv "$BIN/$c.tmp" "$BIN/$c"
+  done
+fi
+
+if [ ! -x "$CACHE/helm-$HELM_VERSION/helm" ]; then
+  log "building helm $HELM_VERSION"
+  mkdir -p "$CACHE/helm-$HELM_VERSION"
+  GOBIN="$CACHE/helm-$HELM_VERSION" CGO_ENABLED=0 go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+log "components ready in $BIN ($(du -sh "$CACHE" | cut -f1) cache)"

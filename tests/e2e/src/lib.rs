@@ -1,0 +1,142 @@
+//! Shared helpers of the end-to-end suite.
+//!
+//! The suite talks to whatever cluster `KUBECONFIG` names; `tests/run.sh` provides the local
+//! one and these variables (a missing one fails the test with a hint, never skips it):
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `KUBECONFIG` | the cluster |
+//! | `DSO_MOTO_ENDPOINT` | moto server, e.g. `http://127.0.0.1:5055` |
+//! | `DSO_BIN_DIR` | directory holding the built `dso-webhook`, `dso-operator`, `dso-init` |
+//! | `DSO_INIT_IMAGE` | the dso-init image, already on the node |
+//! | `DSO_BUSYBOX_IMAGE` | a busybox image, already on the node |
+//! | `DSO_POD_LOGS_DIR` | the kubelet's pod log directory (`kubectl logs` cannot reach a loopback node) |
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Reads a required variable, failing with a hint when it is missing.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite through tests/run.sh (or tests/e2e/kind.sh), which starts the cluster and sets it")
+    })
+}
+
+/// A client for the cluster named by `KUBECONFIG`.
+pub async fn client() -> kube::Client {
+    env("KUBECONFIG");
+    kube::Client::try_default()
+        .await
+        .expect("cannot build a Kubernetes client from KUBECONFIG")
+}
+
+/// Runs kubectl (the one first on PATH: tests/run.sh puts the cluster's own version there).
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl not found on PATH: tests/run.sh puts the cluster's kubectl there")
+}
+
+/// Runs kubectl with `stdin` as input.
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl not found on PATH: tests/run.sh puts the cluster's kubectl there");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to kubectl");
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// Polls `check` until it returns `Ok(Some(v))`, failing after `timeout` with the last error.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("condition not met");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates a namespace with a unique name (`<prefix>-<n>`) and the given labels, and waits
+/// for its default ServiceAccount (pods are refused until it exists).
+pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+    let name = format!(
+        "{prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+            % 1_000_000_000
+    );
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    wait_for("the default ServiceAccount", Duration::from_secs(30), || async {
+        Ok(sas.get_opt("default").await?.map(|_| ()))
+    })
+    .await
+    .expect("default ServiceAccount");
+    name
+}
+
+/// Reads a container's log from the kubelet's pod log directory.
+pub fn container_log(namespace: &str, pod: &str, container: &str) -> Result<String> {
+    let dir = PathBuf::from(env("DSO_POD_LOGS_DIR"));
+    let prefix = format!("{namespace}_{pod}_");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let cdir = entry.path().join(container);
+        if let Ok(files) = std::fs::read_dir(&cdir) {
+            let mut files: Vec<_> = files.filter_map(|f| f.ok()).map(|f| f.path()).collect();
+            files.sort();
+            for f in files {
+                // CRI log lines: "<time> <stream> <P|F> <message>"
+                for line in std::fs::read_to_string(&f).unwrap_or_default().lines() {
+                    let msg = line.splitn(4, ' ').nth(3).unwrap_or(line);
+                    out.push_str(msg);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test of DSO: formatting and lints, unit tests, integration tests against moto
+# over HTTP, and the end-to-end suite on a real local Kubernetes (started and torn down here).
+# Installs what it needs first (tests/cluster/deps.sh; cached in /var/cache/dso).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+. tests/cluster/common.sh
+MOTO_PORT=${DSO_MOTO_PORT:-5055}
+t_start=$SECONDS
+step() { printf '\n==> [%s +%ss] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - t_start))" "$*"; }
+
+step "dependencies (cached by version in $CACHE)"
+tests/cluster/deps.sh
+export PATH="$BIN:$PATH"
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup.rs)"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+cleanup() {
+  set +e
+  [ -f "$STATE/pids/kube-apiserver" ] && tests/cluster/down.sh >/dev/null 2>&1
+  tests/moto.sh stop "$MOTO_PORT"
+}
+trap cleanup EXIT
+step "moto server (AWS emulator) on 127.0.0.1:$MOTO_PORT"
+DSO_MOTO_ENDPOINT=$(tests/moto.sh start "$MOTO_PORT")
+export DSO_MOTO_ENDPOINT
+
+step "unit and integration tests (moto over HTTP)"
+cargo test --workspace --locked --exclude dso-e2e
+
+step "static binaries and images"
+DSO_BIN_DIR=$(tests/images.sh)
+export DSO_BIN_DIR
+
+step "local Kubernetes $K8S_VERSION"
+[ -d "$STATE" ] && tests/cluster/down.sh
+tests/cluster/up.sh
+tests/images.sh --import >/dev/null
+export KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs"
+export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
+kubectl version
+
+step "end-to-end suite"
+cargo test -p dso-e2e --locked
+
+step "teardown leaves nothing behind"
+tests/cluster/verify-teardown.sh
+step "all tests passed in $((SECONDS - t_start))s"
