@@ -1,0 +1,324 @@
+//! Configuration: the command line ([`Args`], every flag with an environment fallback) and the
+//! pure [`InjectConfig`] the patch builder reads.
+
+use crate::error::Error;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Upper bound DSO assumes for one file when it checks that a pod's DsoSecrets fit the tmpfs:
+/// 64 KiB, the largest value AWS Secrets Manager stores. An `expand: true` entry counts once,
+/// since all its keys together come from one secret value.
+pub const FILE_CEILING_BYTES: u64 = 64 * 1024;
+
+/// `dso-webhook`: injects the `dso-init` container and a memory-backed volume into pods
+/// annotated `dso.dev/inject: "true"`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "dso-webhook", version, about)]
+pub struct Args {
+    /// Address of the HTTPS server (/mutate, /healthz, /readyz, /metrics).
+    #[arg(long, env = "DSO_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Optional plain-HTTP address serving only /healthz, /readyz and /metrics (for probes and
+    /// Prometheus without TLS). Unset: those paths are served on the HTTPS address only.
+    #[arg(long, env = "DSO_WEBHOOK_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the HTTPS server (re-read when it changes).
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_TLS_CERT",
+        default_value = "/etc/dso/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of the HTTPS server (re-read when it changes).
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_TLS_KEY",
+        default_value = "/etc/dso/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+
+    /// How often the certificate and key files are checked for changes, such as 10s.
+    #[arg(long, env = "DSO_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Image of the injected dso-init container.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_IMAGE")]
+    pub init_image: String,
+
+    /// imagePullPolicy of the injected container: Always, IfNotPresent or Never.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_IMAGE_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub init_image_pull_policy: String,
+
+    /// Mount path of the secrets volume when a pod has no dso.dev/mount-path annotation.
+    #[arg(long, env = "DSO_WEBHOOK_DEFAULT_MOUNT_PATH", default_value = dso_api::annotations::DEFAULT_MOUNT_PATH)]
+    pub default_mount_path: String,
+
+    /// sizeLimit of the memory-backed volume, as a Kubernetes quantity such as 16Mi.
+    #[arg(long, env = "DSO_WEBHOOK_SIZE_LIMIT", default_value = "16Mi")]
+    pub size_limit: String,
+
+    /// CPU request of the init container.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_CPU_REQUEST", default_value = "10m")]
+    pub init_cpu_request: String,
+    /// Memory request of the init container.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_MEMORY_REQUEST", default_value = "16Mi")]
+    pub init_memory_request: String,
+    /// CPU limit of the init container.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_CPU_LIMIT", default_value = "200m")]
+    pub init_cpu_limit: String,
+    /// Memory limit of the init container.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_MEMORY_LIMIT", default_value = "64Mi")]
+    pub init_memory_limit: String,
+
+    /// AWS region given to the init container (AWS_REGION) when no DsoSecret of the pod names
+    /// one and the pod's identity webhook did not set it.
+    #[arg(long, env = "DSO_WEBHOOK_DEFAULT_REGION")]
+    pub default_region: Option<String>,
+
+    /// Extra environment of the init container, KEY=VALUE, repeatable (comma-separated in the
+    /// environment variable), such as AWS_ENDPOINT_URL=https://vpce-... for VPC endpoints.
+    #[arg(long = "init-env", env = "DSO_WEBHOOK_INIT_ENV", value_delimiter = ',', value_parser = parse_key_value)]
+    pub init_env: Vec<(String, String)>,
+
+    /// fsGroup set on pods that have none, so that containers running as any user can read the
+    /// group-readable files dso-init writes. Negative: never set one.
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_FS_GROUP",
+        default_value_t = 65532,
+        allow_negative_numbers = true
+    )]
+    pub fs_group: i64,
+
+    /// runAsUser of the init container when the pod sets no non-root runAsUser itself.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_RUN_AS_USER", default_value_t = 65532)]
+    pub init_run_as_user: i64,
+
+    /// expirationSeconds of the projected IRSA token the webhook adds.
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_TOKEN_EXPIRATION_SECONDS",
+        default_value_t = 86400
+    )]
+    pub token_expiration_seconds: i64,
+
+    /// Development and benchmarks only: read DsoSecrets and ServiceAccounts from this YAML file
+    /// (documents separated by ---) instead of watching the cluster.
+    #[arg(long, env = "DSO_WEBHOOK_STATIC_OBJECTS")]
+    pub static_objects: Option<PathBuf>,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "DSO_WEBHOOK_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: plain or json (the filter comes from RUST_LOG, default info).
+    #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    dso_api::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let valid = !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("{k:?} is not an environment variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses a memory quantity (`16Mi`, `64M`, `1Gi`, `1048576`) into bytes.
+pub fn parse_bytes(q: &str) -> Result<u64, String> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (digits, suffix) = q.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{q:?} is not a quantity such as 16Mi"))?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("{q:?}: use a suffix among k, M, G, Ki, Mi, Gi")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{q:?} is too large"))
+}
+
+fn check_cpu(q: &str) -> Result<(), String> {
+    let digits = q.strip_suffix('m').unwrap_or(q);
+    let ok = !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.chars().filter(|c| *c == '.').count() <= 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{q:?} is not a CPU quantity such as 100m or 0.5"))
+    }
+}
+
+/// Everything the patch builder needs, checked once at start-up.
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub default_mount_path: String,
+    /// The size limit as given (a Kubernetes quantity).
+    pub size_limit: String,
+    pub size_limit_bytes: u64,
+    pub resources: ResourceRequirements,
+    pub default_region: Option<String>,
+    pub init_env: Vec<(String, String)>,
+    pub fs_group: Option<i64>,
+    pub run_as_user: i64,
+    pub token_expiration_seconds: i64,
+}
+
+impl InjectConfig {
+    /// Builds and checks the injection settings from the command line.
+    pub fn from_args(a: &Args) -> Result<Self, Error> {
+        let bad = |flag: &str, m: String| Error::Config(format!("--{flag}: {m}"));
+        let size_limit_bytes = parse_bytes(&a.size_limit).map_err(|m| bad("size-limit", m))?;
+        parse_bytes(&a.init_memory_request).map_err(|m| bad("init-memory-request", m))?;
+        parse_bytes(&a.init_memory_limit).map_err(|m| bad("init-memory-limit", m))?;
+        check_cpu(&a.init_cpu_request).map_err(|m| bad("init-cpu-request", m))?;
+        check_cpu(&a.init_cpu_limit).map_err(|m| bad("init-cpu-limit", m))?;
+        if a.init_image.trim().is_empty() {
+            return Err(bad("init-image", "must name an image".into()));
+        }
+        if crate::patch::check_mount_path(&a.default_mount_path).is_err() {
+            return Err(bad(
+                "default-mount-path",
+                format!(
+                    "{:?} must be an absolute path without '..'",
+                    a.default_mount_path
+                ),
+            ));
+        }
+        if a.init_run_as_user <= 0 {
+            return Err(bad("init-run-as-user", "must be a non-root uid".into()));
+        }
+        if !(600..=(1 << 32)).contains(&a.token_expiration_seconds) {
+            return Err(bad(
+                "token-expiration-seconds",
+                "must be at least 600 (the kubelet's minimum)".into(),
+            ));
+        }
+        let pair = |cpu: &str, mem: &str| {
+            BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpu.to_string())),
+                ("memory".to_string(), Quantity(mem.to_string())),
+            ])
+        };
+        Ok(InjectConfig {
+            image: a.init_image.clone(),
+            image_pull_policy: a.init_image_pull_policy.clone(),
+            default_mount_path: a.default_mount_path.trim_end_matches('/').to_string(),
+            size_limit: a.size_limit.clone(),
+            size_limit_bytes,
+            resources: ResourceRequirements {
+                requests: Some(pair(&a.init_cpu_request, &a.init_memory_request)),
+                limits: Some(pair(&a.init_cpu_limit, &a.init_memory_limit)),
+                ..Default::default()
+            },
+            default_region: a.default_region.clone(),
+            init_env: a.init_env.clone(),
+            fs_group: (a.fs_group >= 0).then_some(a.fs_group),
+            run_as_user: a.init_run_as_user,
+            token_expiration_seconds: a.token_expiration_seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut v = vec!["dso-webhook", "--init-image", "dso-init:1"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v)
+    }
+
+    #[test]
+    fn defaults_give_a_working_configuration() {
+        let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
+        assert_eq!(c.size_limit_bytes, 16 << 20);
+        assert_eq!(c.default_mount_path, "/run/secrets/dso");
+        assert_eq!(c.fs_group, Some(65532));
+        assert_eq!(c.image_pull_policy, "IfNotPresent");
+    }
+
+    #[test]
+    fn init_env_is_repeatable_and_checked() {
+        let a = args(&[
+            "--init-env",
+            "AWS_ENDPOINT_URL=http://127.0.0.1:5000",
+            "--init-env",
+            "A=b=c",
+        ])
+        .expect("parse");
+        assert_eq!(
+            a.init_env,
+            vec![
+                ("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:5000".into()),
+                ("A".into(), "b=c".into())
+            ]
+        );
+        assert!(args(&["--init-env", "NOEQUALS"]).is_err());
+        assert!(args(&["--init-env", "1X=y"]).is_err());
+    }
+
+    #[test]
+    fn bad_quantities_are_refused_at_start() {
+        for flag in ["--size-limit", "--init-memory-limit"] {
+            let a = args(&[flag, "lots"]).expect("parse");
+            let e = InjectConfig::from_args(&a)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(&flag[2..]), "{e}");
+        }
+        let a = args(&["--init-cpu-limit", "fast"]).expect("parse");
+        assert!(InjectConfig::from_args(&a).is_err());
+    }
+
+    #[test]
+    fn a_negative_fs_group_disables_it() {
+        let c =
+            InjectConfig::from_args(&args(&["--fs-group", "-1"]).expect("parse")).expect("config");
+        assert_eq!(c.fs_group, None);
+    }
+
+    #[test]
+    fn a_relative_default_mount_path_is_refused() {
+        let a = args(&["--default-mount-path", "secrets"]).expect("parse");
+        assert!(InjectConfig::from_args(&a).is_err());
+    }
+
+    #[test]
+    fn quantities_parse_to_bytes() {
+        assert_eq!(parse_bytes("16Mi"), Ok(16 << 20));
+        assert_eq!(parse_bytes("64M"), Ok(64_000_000));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("1.5Gi").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The crate's one error type. Denials (the pod is refused, the message goes back to whoever
+//! created it) and server failures share it; [`Error::metric_label`] gives each a stable label.
+
+/// Everything that can go wrong, with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- denials: the pod is refused with this message ----
+    #[error(
+        "DsoSecret {name:?} not found in namespace {namespace}: create it there or fix the dso.dev/secrets annotation"
+    )]
+    UnknownDsoSecret { namespace: String, name: String },
+
+    #[error(
+        "dso.dev/secrets: {reference:?} refers to another namespace; a pod can only use DsoSecrets of its own namespace: create the DsoSecret in this namespace and list it by name"
+    )]
+    OtherNamespace { reference: String },
+
+    #[error("annotation {key}: {message}")]
+    MalformedAnnotation { key: &'static str, message: String },
+
+    #[error(
+        "dso.dev/containers names {name:?}, but the pod has no such container (its containers: {available})"
+    )]
+    UnknownContainer { name: String, available: String },
+
+    #[error(
+        "container {container:?} already mounts volume {volume:?} at {existing}, which collides with the DSO mount path {mount_path}: set dso.dev/mount-path to another directory"
+    )]
+    MountCollision {
+        container: String,
+        volume: String,
+        existing: String,
+        mount_path: String,
+    },
+
+    #[error("the pod already has {what}: DSO reserves that name for what it injects; rename it")]
+    ReservedName { what: String },
+
+    #[error(
+        "the DsoSecrets {secrets} list {files} file entries; at up to {ceiling_kib} KiB each (the largest AWS secret) they may need {needed_kib} KiB, more than the volume's size limit {limit} ({limit_kib} KiB): split them across pods or raise the webhook's --size-limit"
+    )]
+    TooLarge {
+        secrets: String,
+        files: u64,
+        ceiling_kib: u64,
+        needed_kib: u64,
+        limit: String,
+        limit_kib: u64,
+    },
+
+    #[error("DsoSecret {name:?} is invalid: {problems}")]
+    InvalidDsoSecret { name: String, problems: String },
+
+    #[error(
+        "DsoSecrets {first:?} and {second:?} name different IAM roles ({first_role} and {second_role}); a pod has one identity: mount them in different pods or use one role"
+    )]
+    ConflictingRoles {
+        first: String,
+        first_role: String,
+        second: String,
+        second_role: String,
+    },
+
+    // ---- server failures ----
+    #[error("cannot build the JSON patch: {0}")]
+    Patch(#[from] kube::core::admission::SerializePatchError),
+
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error("TLS: {0}")]
+    Tls(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// Stable label for metrics (`reason`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::UnknownDsoSecret { .. } => "unknown_dsosecret",
+            Error::OtherNamespace { .. } => "other_namespace",
+            Error::MalformedAnnotation { .. } => "malformed_annotation",
+            Error::UnknownContainer { .. } => "unknown_container",
+            Error::MountCollision { .. } => "mount_collision",
+            Error::ReservedName { .. } => "reserved_name",
+            Error::TooLarge { .. } => "too_large",
+            Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
+            Error::ConflictingRoles { .. } => "conflicting_roles",
+            Error::Patch(_) => "patch",
+            Error::Config(_) => "config",
+            Error::Tls(_) => "tls",
+            Error::Io { .. } => "io",
+            Error::Kube(_) => "kube",
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

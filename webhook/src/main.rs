@@ -1,0 +1,74 @@
+//! `dso-webhook` binary: parse the configuration, build the pieces, run them.
+
+use anyhow::Context;
+use clap::Parser;
+use dso_webhook::config::{Args, InjectConfig};
+use dso_webhook::store::Store;
+use dso_webhook::tls::CertReloader;
+use dso_webhook::{AppState, router, server, tls};
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    tls::install_crypto_provider();
+
+    let config = InjectConfig::from_args(&args)?;
+    let certs = CertReloader::load(&args.tls_cert, &args.tls_key)
+        .context("cannot load the serving certificate")?;
+    let store = match &args.static_objects {
+        Some(path) => Store::from_file(path)?,
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+            let (store, watches) = Store::watch(client);
+            tokio::spawn(watches);
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.wait_until_ready().await;
+                let (secrets, accounts) = s.len();
+                tracing::info!(secrets, accounts, "watch caches synced: ready");
+            });
+            store
+        }
+    };
+    let ready = {
+        let s = store.clone();
+        Arc::new(move || s.is_ready())
+    };
+    let state = AppState::new(Arc::new(store), ready, config);
+    tokio::spawn(certs.clone().run(args.tls_reload_interval));
+
+    if let Some(addr) = args.admin_listen {
+        let listener = server::bind(addr).await?;
+        let admin = dso_webhook::router::admin_router(state.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, admin)
+                .with_graceful_shutdown(server::shutdown_signal())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+    }
+    let listener = server::bind(args.listen).await?;
+    tracing::info!(listen = %args.listen, "serving admission reviews");
+    server::serve_tls(
+        listener,
+        certs.server_config(),
+        router(state),
+        server::shutdown_signal(),
+        args.shutdown_grace,
+    )
+    .await;
+    Ok(())
+}

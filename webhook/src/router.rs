@@ -1,0 +1,241 @@
+//! The HTTP surface: `POST /mutate` (AdmissionReview v1), `GET /healthz`, `GET /readyz`,
+//! `GET /metrics`. Every error, including a body that is not JSON, is answered with a JSON
+//! body rather than axum's plain-text default.
+
+use crate::config::InjectConfig;
+use crate::metrics::{Metrics, Outcome};
+use crate::patch::{Catalog, Mutation, mutate};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body accepted (the apiserver caps objects at ~3 MiB).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Arc<dyn Catalog + Send + Sync>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    config: InjectConfig,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// `ready` answers /readyz (the watch caches are synced).
+    pub fn new(
+        catalog: Arc<dyn Catalog + Send + Sync>,
+        ready: Arc<dyn Fn() -> bool + Send + Sync>,
+        config: InjectConfig,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                catalog,
+                ready,
+                config,
+                metrics: Metrics::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// An error answered as `{"code": <status>, "message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.status.as_u16(), "message": self.message});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`].
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(ApiError {
+                status: rejection.status(),
+                message: rejection.body_text(),
+            }),
+        }
+    }
+}
+
+/// All routes, TLS-agnostic (tests call it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    admin_router(state.clone()).merge(
+        Router::new()
+            .route("/mutate", post(mutate_handler))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(state),
+    )
+}
+
+/// Only /healthz, /readyz and /metrics (for the optional plain-HTTP admin address).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no such path: the webhook serves /mutate, /healthz, /readyz and /metrics"
+                    .into(),
+            }
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let ready = (state.inner.ready)();
+    state.inner.metrics.set_ready(ready);
+    if ready {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "watch caches of DsoSecrets and ServiceAccounts are not synced yet".into(),
+        }
+        .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.inner.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn mutate_handler(
+    State(state): State<AppState>,
+    JsonBody(review): JsonBody<AdmissionReview<Pod>>,
+) -> Response {
+    let started = Instant::now();
+    let req: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::warn!(error = %e, "not an AdmissionReview request");
+            state
+                .inner
+                .metrics
+                .admission(Outcome::Invalid, "invalid", started);
+            return Json(AdmissionResponse::invalid(e).into_review()).into_response();
+        }
+    };
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| {
+            req.object
+                .as_ref()
+                .and_then(|p| p.metadata.namespace.clone())
+        })
+        .unwrap_or_default();
+    let pod_name = req
+        .object
+        .as_ref()
+        .and_then(|p| {
+            p.metadata
+                .name
+                .clone()
+                .or_else(|| p.metadata.generate_name.clone())
+        })
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "admission",
+        uid = %req.uid,
+        namespace = %namespace,
+        pod = %pod_name,
+        dry_run = req.dry_run,
+        outcome = tracing::field::Empty,
+    );
+    let (response, outcome, reason) = span.in_scope(|| admit(&state, &req, &namespace));
+    span.record("outcome", outcome.as_str());
+    state.inner.metrics.admission(outcome, reason, started);
+    Json(response.into_review()).into_response()
+}
+
+/// Decides one admission. `dryRun` needs no special case: the webhook has no side effects.
+fn admit(
+    state: &AppState,
+    req: &AdmissionRequest<Pod>,
+    namespace: &str,
+) -> (AdmissionResponse, Outcome, &'static str) {
+    let res = AdmissionResponse::from(req);
+    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
+    let (true, Operation::Create, Some(pod)) = (is_pod, &req.operation, req.object.as_ref()) else {
+        return (res, Outcome::Skipped, "none");
+    };
+    if namespace.is_empty() {
+        return (
+            res.deny("the pod has no namespace"),
+            Outcome::Denied,
+            "no_namespace",
+        );
+    }
+    match mutate(
+        pod,
+        namespace,
+        state.inner.catalog.as_ref(),
+        &state.inner.config,
+    ) {
+        Ok(Mutation::NotRequested) => (res, Outcome::Skipped, "none"),
+        Ok(Mutation::AlreadyInjected) => {
+            tracing::info!("already injected: no change");
+            (res, Outcome::Unchanged, "none")
+        }
+        Ok(Mutation::Inject(inj)) => {
+            let secrets = inj.secrets.join(",");
+            let containers = inj.containers.join(",");
+            match res.clone().with_patch(inj.patch) {
+                Ok(res) => {
+                    tracing::info!(%secrets, %containers, identity = %inj.identity, "injected");
+                    (res, Outcome::Injected, "none")
+                }
+                Err(e) => {
+                    let e = crate::error::Error::from(e);
+                    tracing::error!(error = %e, "cannot serialize the patch");
+                    (res.deny(e.to_string()), Outcome::Denied, e.metric_label())
+                }
+            }
+        }
+        Err(e) => {
+            tracing::info!(reason = e.metric_label(), message = %e, "denied");
+            (res.deny(e.to_string()), Outcome::Denied, e.metric_label())
+        }
+    }
+}

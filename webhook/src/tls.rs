@@ -1,0 +1,151 @@
+//! The serving certificate: loaded from PEM files, re-read on a timer, swapped without a restart.
+//!
+//! Kubernetes updates a mounted Secret by swapping a symlink in the volume's directory, so
+//! watching the files themselves misses updates; a periodic re-read of both files sees every
+//! change. A new pair replaces the old one only when it parses and the key matches the
+//! certificate: a half-written update (new certificate, old key) is skipped and retried on the
+//! next tick, and a broken pair keeps the old one serving.
+
+use crate::error::{Error, Result};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Installs ring as the process's rustls provider (idempotent). Call at start and in tests.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// File contents (certificate, key) of a pair.
+type Files = (Vec<u8>, Vec<u8>);
+
+/// The pair in use, and the last pair that failed (logged once, not on every tick).
+#[derive(Debug)]
+struct Seen {
+    current: Files,
+    failed: Option<Files>,
+}
+
+/// The current certificate, readable by every handshake, replaceable by [`CertReloader::reload`].
+#[derive(Debug)]
+pub struct CertReloader {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    seen: Mutex<Seen>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))
+}
+
+fn parse(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(
+            "the certificate file holds no CERTIFICATE block".into(),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| Error::Tls(format!("key PEM: {e}")))?
+        .ok_or_else(|| Error::Tls("the key file holds no PRIVATE KEY block".into()))?;
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        Error::Tls(format!(
+            "certificate and key do not form a usable pair: {e}"
+        ))
+    })
+}
+
+impl CertReloader {
+    /// Loads the pair once; fails when it is missing or broken (start-up).
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>> {
+        let (cert, key) = (read(cert_path)?, read(key_path)?);
+        let ck = parse(&cert, &key)?;
+        Ok(Arc::new(CertReloader {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new(Arc::new(ck)),
+            seen: Mutex::new(Seen {
+                current: (cert, key),
+                failed: None,
+            }),
+        }))
+    }
+
+    /// Re-reads both files. `Ok(true)`: a new pair is in use; `Ok(false)`: nothing changed;
+    /// `Err`: the files changed but do not form a valid pair (the old one stays).
+    pub fn reload(&self) -> Result<bool> {
+        let (cert, key) = (read(&self.cert_path)?, read(&self.key_path)?);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.current.0 == cert && seen.current.1 == key {
+            return Ok(false);
+        }
+        match parse(&cert, &key) {
+            Ok(ck) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+                *seen = Seen {
+                    current: (cert, key),
+                    failed: None,
+                };
+                Ok(true)
+            }
+            Err(e) => {
+                let failed = Some((cert, key));
+                if seen.failed == failed {
+                    // Same broken pair as last time: quiet.
+                    return Ok(false);
+                }
+                seen.failed = failed;
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the files every `interval`, forever.
+    pub async fn run(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.reload()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "new certificate files not usable; still serving the previous certificate")
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate reload task failed"),
+            }
+        }
+    }
+
+    /// A rustls server configuration that always serves the current pair (HTTP/2 and 1.1).
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+impl ResolvesServerCert for CertReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}

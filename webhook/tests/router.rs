@@ -1,0 +1,258 @@
+//! In-process tests of the router: AdmissionReview JSON in, AdmissionReview JSON out, through
+//! `oneshot` (no socket, no TLS), against the real store loaded from a file of objects.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use clap::Parser;
+use dso_webhook::config::{Args, InjectConfig};
+use dso_webhook::store::Store;
+use dso_webhook::{AppState, router};
+use http_body_util::BodyExt;
+use rstest::rstest;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tower::ServiceExt;
+
+const OBJECTS: &str = r#"
+apiVersion: dso.dev/v1alpha1
+kind: DsoSecret
+metadata: {name: db, namespace: shop}
+spec:
+  files: [{path: password, secretId: prod/db, jsonKey: password}]
+"#;
+
+fn state(ready: Arc<AtomicBool>) -> AppState {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("objects.yaml");
+    std::fs::write(&f, OBJECTS).expect("write");
+    let store = Store::from_file(&f).expect("store");
+    let args =
+        Args::try_parse_from(["dso-webhook", "--init-image", "dso-init:test"]).expect("args");
+    let cfg = InjectConfig::from_args(&args).expect("config");
+    AppState::new(
+        Arc::new(store),
+        Arc::new(move || ready.load(Ordering::Relaxed)),
+        cfg,
+    )
+}
+
+fn app() -> axum::Router {
+    router(state(Arc::new(AtomicBool::new(true))))
+}
+
+fn review(operation: &str, annotations: Value, dry_run: bool) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "6a1d3e2c-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-", "namespace": "shop", "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+            "oldObject": null, "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+async fn call(
+    app: axum::Router,
+    method: &str,
+    uri: &str,
+    body: Body,
+    json_type: bool,
+) -> (StatusCode, Value, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if json_type {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = app
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+async fn post_review(app: axum::Router, body: Value) -> Value {
+    let (status, v, text) = call(app, "POST", "/mutate", Body::from(body.to_string()), true).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    v["response"].clone()
+}
+
+fn patch_of(response: &Value) -> Vec<Value> {
+    let bytes = match &response["patch"] {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        Value::Array(nums) => nums
+            .iter()
+            .map(|n| n.as_u64().expect("byte") as u8)
+            .collect(),
+        other => panic!("no patch: {other}"),
+    };
+    serde_json::from_slice(&bytes).expect("patch json")
+}
+
+#[rstest]
+#[case::create(false)]
+#[case::dry_run_create(true)]
+#[tokio::test]
+async fn an_annotated_pod_gets_a_json_patch_with_the_init_container(#[case] dry_run: bool) {
+    let r = post_review(
+        app(),
+        review(
+            "CREATE",
+            json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+            dry_run,
+        ),
+    )
+    .await;
+    assert_eq!(r["uid"], "6a1d3e2c-0000-4000-8000-000000000001");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["patchType"], "JSONPatch");
+    let ops = patch_of(&r);
+    let init = ops
+        .iter()
+        .find(|o| o["path"] == "/spec/initContainers")
+        .expect("init op");
+    assert_eq!(init["value"][0]["name"], "dso-init");
+    assert_eq!(init["value"][0]["image"], "dso-init:test");
+    assert!(
+        ops.iter()
+            .any(|o| o["path"] == "/metadata/annotations/dso.dev~1injected")
+    );
+}
+
+#[rstest]
+#[case::not_annotated("CREATE", json!({"team": "a"}))]
+#[case::opted_out("CREATE", json!({"dso.dev/inject": "false", "dso.dev/secrets": "db"}))]
+#[case::update_of_an_annotated_pod("UPDATE", json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}))]
+#[tokio::test]
+async fn other_pods_and_operations_pass_untouched(#[case] op: &str, #[case] annotations: Value) {
+    let r = post_review(app(), review(op, annotations, false)).await;
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+}
+
+#[rstest]
+#[case::unknown_dsosecret(json!({"dso.dev/secrets": "nope"}), "DsoSecret \"nope\" not found in namespace shop")]
+#[case::other_namespace(json!({"dso.dev/secrets": "other/db"}), "refers to another namespace")]
+#[case::unknown_container(json!({"dso.dev/secrets": "db", "dso.dev/containers": "ghost"}), "no such container")]
+#[tokio::test]
+async fn bad_pods_are_denied_with_the_reason_in_the_status(
+    #[case] extra: Value,
+    #[case] message: &str,
+) {
+    let mut annotations = json!({"dso.dev/inject": "true"});
+    annotations
+        .as_object_mut()
+        .expect("object")
+        .extend(extra.as_object().expect("object").clone());
+    let r = post_review(app(), review("CREATE", annotations, false)).await;
+    assert_eq!(r["allowed"], false);
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(got.contains(message), "{got}");
+}
+
+#[rstest]
+#[case::not_json("{not json", true)]
+#[case::wrong_shape(r#"{"request": 42}"#, true)]
+#[case::no_content_type(r#"{}"#, false)]
+#[tokio::test]
+async fn an_unreadable_body_gets_a_json_error(#[case] body: &'static str, #[case] json_type: bool) {
+    let (status, v, text) = call(app(), "POST", "/mutate", Body::from(body), json_type).await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(
+        v["code"],
+        status.as_u16(),
+        "a JSON body, not plain text: {text}"
+    );
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_review_without_a_request_is_answered_as_invalid() {
+    let r = post_review(
+        app(),
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+    )
+    .await;
+    assert_eq!(r["allowed"], false);
+}
+
+#[tokio::test]
+async fn readyz_follows_the_watch_caches() {
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = router(state(ready.clone()));
+    let (status, v, _) = call(app.clone(), "GET", "/readyz", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("not synced")
+    );
+    ready.store(true, Ordering::Relaxed);
+    let (status, _, _) = call(app.clone(), "GET", "/readyz", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(app, "GET", "/healthz", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_admissions_by_outcome_and_reason() {
+    let app = app();
+    post_review(
+        app.clone(),
+        review(
+            "CREATE",
+            json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+            false,
+        ),
+    )
+    .await;
+    post_review(
+        app.clone(),
+        review(
+            "CREATE",
+            json!({"dso.dev/inject": "true", "dso.dev/secrets": "nope"}),
+            false,
+        ),
+    )
+    .await;
+    post_review(app.clone(), review("CREATE", json!({}), false)).await;
+    let (status, _, text) = call(app, "GET", "/metrics", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        r#"dso_webhook_admissions_total{outcome="injected",reason="none"} 1"#,
+        r#"dso_webhook_admissions_total{outcome="denied",reason="unknown_dsosecret"} 1"#,
+        r#"dso_webhook_admissions_total{outcome="skipped",reason="none"} 1"#,
+        "dso_webhook_admission_duration_seconds_count 3",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_path_gets_a_json_404() {
+    let (status, v, _) = call(app(), "GET", "/nope", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], 404);
+}

@@ -1,0 +1,187 @@
+//! The TLS server: certificate reload without a restart, a broken update keeps the old
+//! certificate, and a shutdown lets a request in flight finish while refusing new connections.
+
+use axum::Router;
+use axum::routing::get;
+use dso_webhook::server::serve_tls;
+use dso_webhook::tls::{CertReloader, install_crypto_provider};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+struct Pair {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn pair() -> Pair {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("rcgen");
+    Pair {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn write(dir: &Path, p: &Pair) {
+    std::fs::write(dir.join("tls.crt"), &p.cert_pem).expect("write cert");
+    std::fs::write(dir.join("tls.key"), &p.key_pem).expect("write key");
+}
+
+/// Opens a TLS connection trusting every certificate in `trusted`; returns the served one.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    trusted: &[&Pair],
+) -> std::io::Result<(
+    CertificateDer<'static>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+)> {
+    let mut roots = rustls::RootCertStore::empty();
+    for p in trusted {
+        roots.add(p.der.clone()).expect("root");
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await?;
+    let served = tls.get_ref().1.peer_certificates().expect("peer certs")[0].clone();
+    Ok((served, tls))
+}
+
+async fn start(
+    reloader: &Arc<CertReloader>,
+    app: Router,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve_tls(
+        listener,
+        reloader.server_config(),
+        app,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    (addr, stop, server)
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_ignored() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (pair(), pair(), pair());
+    write(dir.path(), &a);
+    let reloader =
+        CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
+    let (addr, _stop, _server) = start(&reloader, Router::new()).await;
+    let timer = tokio::spawn(reloader.clone().run(Duration::from_millis(50)));
+
+    let (served, _) = handshake(addr, &[&a, &b, &c]).await.expect("handshake");
+    assert_eq!(served, a.der);
+
+    // A Secret update swaps both files: the new pair is picked up by the timer.
+    write(dir.path(), &b);
+    let start = std::time::Instant::now();
+    loop {
+        let (served, _) = handshake(addr, &[&a, &b, &c]).await.expect("handshake");
+        if served == b.der {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // From here the test drives reloads itself.
+    timer.abort();
+    let _ = timer.await;
+
+    // A half-written update (new certificate, old key) and a garbage key keep B serving.
+    std::fs::write(dir.path().join("tls.crt"), &c.cert_pem).expect("write");
+    assert!(
+        reloader.reload().is_err(),
+        "a certificate that does not match the key is refused"
+    );
+    std::fs::write(dir.path().join("tls.key"), "not a key").expect("write");
+    assert!(
+        reloader.reload().is_err(),
+        "a key that does not parse is refused"
+    );
+    let (served, _) = handshake(addr, &[&a, &b, &c]).await.expect("handshake");
+    assert_eq!(served, b.der, "the previous certificate keeps serving");
+
+    // Once the key arrives too, C is served.
+    std::fs::write(dir.path().join("tls.key"), &c.key_pem).expect("write");
+    assert!(reloader.reload().expect("valid pair"));
+    let (served, _) = handshake(addr, &[&a, &b, &c]).await.expect("handshake");
+    assert_eq!(served, c.der);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = pair();
+    write(dir.path(), &a);
+    let reloader =
+        CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
+    let (entered_tx, entered_rx) = oneshot::channel::<()>();
+    let entered = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let entered = entered.clone();
+            async move {
+                if let Some(tx) = entered.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }
+        }),
+    );
+    let (addr, stop, server) = start(&reloader, app).await;
+
+    let (_, mut tls) = handshake(addr, &[&a]).await.expect("handshake");
+    tls.write_all(b"GET /slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    entered_rx.await.expect("the request reached the handler");
+    stop.send(()).expect("stop");
+
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("done"), "{response}");
+
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stopped")
+        .expect("join");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
