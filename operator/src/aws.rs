@@ -1,0 +1,248 @@
+//! AWS Secrets Manager, metadata only: `DescribeSecret` and `ListSecrets`. The operator never
+//! calls `GetSecretValue`, so its IAM policy needs neither the value nor the KMS key.
+//!
+//! Every SDK failure goes through [`classify`], the one place that decides what is transient
+//! (retried with backoff, never cached) and what is permanent (recorded in status and cached for
+//! the refresh interval).
+
+use crate::metrics::Metrics;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use k8s_openapi::jiff::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// What AWS says about one secret: its versions and their staging labels. Never a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretMeta {
+    /// Full ARN.
+    pub arn: Option<String>,
+    /// Friendly name.
+    pub name: Option<String>,
+    /// Version id → staging labels (`VersionIdsToStages`).
+    pub versions: BTreeMap<String, Vec<String>>,
+    /// When the secret last changed.
+    pub last_changed: Option<Timestamp>,
+    /// Set when the secret is scheduled for deletion.
+    pub deleted: bool,
+}
+
+/// What kind of failure an AWS call hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    /// The secret does not exist (or is scheduled for deletion).
+    NotFound,
+    /// The operator's identity may not describe or list this secret.
+    AccessDenied,
+    /// Throttling, timeouts, connection failures, 5xx: worth retrying soon.
+    Transient,
+    /// Anything else AWS refused (bad request, unknown region...): retrying will not help.
+    Permanent,
+}
+
+/// A classified AWS failure, with a message a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AwsProblem {
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+impl AwsProblem {
+    /// True for failures worth retrying with backoff (never cached).
+    pub fn is_transient(&self) -> bool {
+        self.kind == ProblemKind::Transient
+    }
+}
+
+/// Error codes that mean "not allowed" rather than "broken".
+const DENIED_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "InvalidSignatureException",
+];
+/// Error codes that mean "slow down".
+const THROTTLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "InternalServiceError",
+];
+
+/// Classifies an SDK error: the single place that decides transient vs permanent.
+pub fn classify<E>(
+    operation: &str,
+    secret: &str,
+    err: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> AwsProblem
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let (kind, detail) = match err {
+        SdkError::TimeoutError(_) => (ProblemKind::Transient, "timed out".to_string()),
+        SdkError::ResponseError(_) => (
+            ProblemKind::Transient,
+            "unreadable response from AWS".to_string(),
+        ),
+        SdkError::DispatchFailure(d) => {
+            let kind = if d.is_timeout() || d.is_io() {
+                ProblemKind::Transient
+            } else {
+                ProblemKind::Permanent
+            };
+            (kind, format!("request not sent: {}", error_chain(err)))
+        }
+        SdkError::ServiceError(s) => {
+            let code = err.code().unwrap_or("Unknown");
+            let msg = err.message().unwrap_or("");
+            let kind = if code == "ResourceNotFoundException" {
+                ProblemKind::NotFound
+            } else if DENIED_CODES.contains(&code) {
+                ProblemKind::AccessDenied
+            } else if THROTTLE_CODES.contains(&code) || s.raw().status().is_server_error() {
+                ProblemKind::Transient
+            } else {
+                ProblemKind::Permanent
+            };
+            (kind, format!("{code}: {msg}"))
+        }
+        // Construction failures: no credentials, no region, bad endpoint.
+        _ => (ProblemKind::Permanent, error_chain(err)),
+    };
+    let hint = match kind {
+        ProblemKind::NotFound => "; check the secretId and the region",
+        ProblemKind::AccessDenied => {
+            "; grant the operator's role secretsmanager:DescribeSecret and secretsmanager:ListSecrets"
+        }
+        _ => "",
+    };
+    AwsProblem {
+        kind,
+        message: format!("{operation} {secret}: {detail}{hint}"),
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<Timestamp> {
+    t.and_then(|t| Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
+}
+
+fn stages(map: Option<&HashMap<String, Vec<String>>>) -> BTreeMap<String, Vec<String>> {
+    map.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Secrets Manager clients (one per region, built lazily from one base configuration).
+pub struct Aws {
+    base: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
+    metrics: Metrics,
+}
+
+impl Aws {
+    /// Wraps a loaded AWS configuration (default chain; honours `AWS_ENDPOINT_URL`, `AWS_REGION`).
+    pub fn new(base: aws_config::SdkConfig, metrics: Metrics) -> Self {
+        Aws {
+            base,
+            clients: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The region used when neither the secret ARN nor the DsoSecret names one.
+    pub fn default_region(&self) -> String {
+        self.base
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let mut conf = aws_sdk_secretsmanager::config::Builder::from(&self.base);
+                if !region.is_empty() {
+                    conf = conf.region(aws_config::Region::new(region.to_string()));
+                }
+                Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+
+    /// `DescribeSecret`: the versions and staging labels of one secret.
+    pub async fn describe(&self, region: &str, secret_id: &str) -> Result<SecretMeta, AwsProblem> {
+        self.metrics.aws_call("DescribeSecret");
+        let out = self
+            .client(region)
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecret", secret_id, &e))?;
+        let meta = SecretMeta {
+            arn: out.arn().map(str::to_string),
+            name: out.name().map(str::to_string),
+            versions: stages(out.version_ids_to_stages()),
+            last_changed: timestamp(out.last_changed_date()),
+            deleted: out.deleted_date().is_some(),
+        };
+        if meta.deleted {
+            return Err(AwsProblem {
+                kind: ProblemKind::NotFound,
+                message: format!(
+                    "DescribeSecret {secret_id}: the secret is scheduled for deletion; restore it or point the DsoSecret elsewhere"
+                ),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// `ListSecrets`, every page (100 secrets a call): the metadata of all secrets of a region.
+    pub async fn list_all(&self, region: &str) -> Result<Vec<SecretMeta>, AwsProblem> {
+        let client = self.client(region);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.metrics.aws_call("ListSecrets");
+            let page = client
+                .list_secrets()
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListSecrets", region, &e))?;
+            for s in page.secret_list() {
+                if s.deleted_date().is_some() {
+                    continue;
+                }
+                out.push(SecretMeta {
+                    arn: s.arn().map(str::to_string),
+                    name: s.name().map(str::to_string),
+                    versions: stages(s.secret_versions_to_stages()),
+                    last_changed: timestamp(s.last_changed_date()),
+                    deleted: false,
+                });
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! One version cache shared by every DsoSecret: two DsoSecrets naming the same secret cost one
+//! AWS lookup per refresh interval, however many DsoSecrets or pods there are.
+//!
+//! Two lookup modes:
+//! - [`LookupMode::Describe`]: one `DescribeSecret` per distinct secret per interval.
+//! - [`LookupMode::Sweep`]: one `ListSecrets` pass (100 secrets a page) refreshes every entry of
+//!   the region at once; only secrets the list cannot tell about (absent, partial ARN, denied)
+//!   are described. Cost per interval: pages of the account's secret list, plus misses.
+//!
+//! Concurrent callers of one secret (or one sweep) wait for a single call (single flight).
+//! Transient failures are never cached; permanent ones are, for the caller's interval.
+
+use crate::aws::Aws;
+use crate::domain::{Lookup, SecretKey};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Mutex as AsyncMutex;
+
+/// How stale entries are refreshed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LookupMode {
+    /// `DescribeSecret` per distinct secret.
+    Describe,
+    /// `ListSecrets` pages for the whole region, `DescribeSecret` only for what a list misses.
+    Sweep,
+}
+
+#[derive(Clone)]
+struct Entry {
+    fetched: Instant,
+    result: Lookup,
+}
+
+type Slot = Arc<AsyncMutex<Option<Entry>>>;
+
+/// The shared cache.
+pub struct VersionCache {
+    aws: Arc<Aws>,
+    mode: LookupMode,
+    slots: Mutex<HashMap<SecretKey, Slot>>,
+    sweeps: Mutex<HashMap<String, Arc<AsyncMutex<Option<Instant>>>>>,
+}
+
+impl VersionCache {
+    pub fn new(aws: Arc<Aws>, mode: LookupMode) -> Self {
+        VersionCache {
+            aws,
+            mode,
+            slots: Mutex::new(HashMap::new()),
+            sweeps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The region of secrets whose DsoSecret and id name none.
+    pub fn default_region(&self) -> String {
+        self.aws.default_region()
+    }
+
+    fn slot(&self, key: &SecretKey) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key.clone()).or_default().clone()
+    }
+
+    /// The metadata of `key`, fetched at or after `not_before` (`None`: any cached answer).
+    pub async fn get(&self, key: &SecretKey, not_before: Option<Instant>) -> Lookup {
+        let fresh = |e: &Option<Entry>| match (e, not_before) {
+            (Some(e), Some(t)) if e.fetched >= t => Some(e.result.clone()),
+            (Some(e), None) => Some(e.result.clone()),
+            _ => None,
+        };
+        let slot = self.slot(key);
+        if self.mode == LookupMode::Sweep {
+            if let Some(r) = fresh(&*slot.lock().await) {
+                return r;
+            }
+            self.sweep(&key.region, not_before).await;
+        }
+        let mut guard = slot.lock().await;
+        if let Some(r) = fresh(&guard) {
+            return r;
+        }
+        let started = Instant::now();
+        let result = self.aws.describe(&key.region, &key.secret_id).await;
+        if !matches!(&result, Err(p) if p.is_transient()) {
+            *guard = Some(Entry {
+                fetched: started,
+                result: result.clone(),
+            });
+        }
+        result
+    }
+
+    /// One `ListSecrets` pass over `region`, unless one started at or after `not_before`.
+    async fn sweep(&self, region: &str, not_before: Option<Instant>) {
+        let lock = {
+            let mut sweeps = self.sweeps.lock().unwrap_or_else(|p| p.into_inner());
+            sweeps.entry(region.to_string()).or_default().clone()
+        };
+        let mut last = lock.lock().await;
+        if let Some(last) = *last
+            && not_before.is_none_or(|t| last >= t)
+        {
+            return;
+        }
+        let started = Instant::now();
+        // A failed pass counts too: misses fall back to DescribeSecret until the next interval.
+        *last = Some(started);
+        match self.aws.list_all(region).await {
+            Ok(list) => {
+                for meta in list {
+                    for id in [meta.name.clone(), meta.arn.clone()].into_iter().flatten() {
+                        let key = SecretKey {
+                            region: region.to_string(),
+                            secret_id: id,
+                        };
+                        *self.slot(&key).lock().await = Some(Entry {
+                            fetched: started,
+                            result: Ok(meta.clone()),
+                        });
+                    }
+                }
+            }
+            Err(problem) => {
+                tracing::warn!(region, %problem, "ListSecrets failed; describing secrets one by one");
+            }
+        }
+    }
+}

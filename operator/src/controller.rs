@@ -1,0 +1,588 @@
+//! The DsoSecret controller: the shell around [`crate::domain`]. It looks secrets up through
+//! the shared [`VersionCache`], writes status by server-side apply, publishes events, and rolls
+//! consuming workloads with a bounded concurrency.
+
+use crate::cache::VersionCache;
+use crate::domain::{self, Decision, Lookup, Reason, Resolution, SecretKey, Versions};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::workload::{Workload, WorkloadKind};
+use dso_api::annotations::REFRESH;
+use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// The field manager of every write (status and workload annotations).
+pub const FIELD_MANAGER: &str = "dso-operator";
+
+/// The watch caches the controller reads.
+#[derive(Clone)]
+pub struct Stores {
+    pub dsosecrets: Store<DsoSecret>,
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    pub daemonsets: Store<DaemonSet>,
+}
+
+impl Stores {
+    /// Workloads of `namespace` whose template consumes the DsoSecret `name`.
+    pub fn consumers(&self, namespace: &str, name: &str) -> Vec<Workload> {
+        fn scan<K: WorkloadKind>(store: &Store<K>, ns: &str, name: &str, out: &mut Vec<Workload>) {
+            for obj in store.state() {
+                if obj.meta().namespace.as_deref() != Some(ns) {
+                    continue;
+                }
+                let w = Workload::of(obj.as_ref());
+                if w.consumes().iter().any(|n| n == name) {
+                    out.push(w);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        scan(&self.deployments, namespace, name, &mut out);
+        scan(&self.statefulsets, namespace, name, &mut out);
+        scan(&self.daemonsets, namespace, name, &mut out);
+        out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        out
+    }
+}
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// First retry delay after a failed reconcile; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+}
+
+/// State shared by `reconcile` and `error_policy`.
+pub struct Context {
+    pub client: Client,
+    pub cache: VersionCache,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub stores: Stores,
+    pub settings: Settings,
+    rollouts: Semaphore,
+    failures: Mutex<HashMap<(String, String), u32>>,
+    refreshes: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cache: VersionCache,
+        recorder: Recorder,
+        metrics: Metrics,
+        stores: Stores,
+        settings: Settings,
+        max_concurrent_rollouts: usize,
+    ) -> Self {
+        Context {
+            client,
+            cache,
+            recorder,
+            metrics,
+            stores,
+            settings,
+            rollouts: Semaphore::new(max_concurrent_rollouts.max(1)),
+            failures: Mutex::new(HashMap::new()),
+            refreshes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn now() -> Time {
+    let t = Timestamp::now();
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+fn key_of(dso: &DsoSecret) -> (String, String) {
+    (dso.namespace().unwrap_or_default(), dso.name_any())
+}
+
+/// Reconciles one DsoSecret: a span per call, metrics, and the failure count for backoff.
+pub async fn reconcile(dso: Arc<DsoSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        namespace = dso.namespace().unwrap_or_default(),
+        name = dso.name_any(),
+        generation = dso.metadata.generation.unwrap_or_default(),
+    );
+    let _timer = ctx.metrics.reconcile_started();
+    let result = apply(&dso, &ctx).instrument(span).await;
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key_of(&dso));
+    }
+    result
+}
+
+/// Requeue delay after a failure: exponential per object, capped.
+pub fn error_policy(dso: Arc<DsoSecret>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let n = {
+        let mut failures = lock(&ctx.failures);
+        let n = failures.entry(key_of(&dso)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(&ctx.settings, n);
+    warn!(
+        namespace = dso.namespace().unwrap_or_default(),
+        name = dso.name_any(),
+        error = %error,
+        label = error.metric_label(),
+        attempt = n,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// `base * 2^(attempt-1)`, capped at `max`.
+pub fn backoff(settings: &Settings, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    settings
+        .backoff_base
+        .saturating_mul(factor)
+        .min(settings.backoff_max)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Looks up every secret of a DsoSecret (concurrently, through the cache) and resolves it.
+async fn lookup(ctx: &Context, dso: &DsoSecret, not_before: Option<Instant>) -> Resolution {
+    let region = ctx.cache.default_region();
+    let keys: Vec<SecretKey> = domain::secret_keys(&dso.spec, &region)
+        .into_iter()
+        .collect();
+    let answers: Vec<Lookup> = join_all(keys.iter().map(|k| ctx.cache.get(k, not_before))).await;
+    let answers: HashMap<&SecretKey, Lookup> = keys.iter().zip(answers).collect();
+    domain::resolve(&dso.name_any(), &dso.spec, &region, |k| answers.get(k))
+}
+
+fn not_before(interval: Duration) -> Option<Instant> {
+    Instant::now().checked_sub(interval)
+}
+
+async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
+    let ns = dso
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(format!("DsoSecret {}", dso.name_any())))?;
+    let name = dso.name_any();
+    let previous = dso.status.clone().unwrap_or_default();
+    let interval = dso_api::validate::interval(&dso.spec);
+
+    if let Err(errors) = dso_api::validate::validate_spec(&dso.spec) {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let resolution = Resolution {
+            problem: Some((Reason::InvalidSpec, message)),
+            ..Resolution::default()
+        };
+        write_status(
+            ctx,
+            dso,
+            &ns,
+            &previous,
+            &resolution,
+            previous.last_rotation.clone(),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+
+    // `dso.dev/refresh` set to a value not handled yet: bypass the cache for this DsoSecret.
+    let refresh = dso.annotations().get(REFRESH).cloned();
+    let forced = refresh
+        .as_ref()
+        .is_some_and(|v| lock(&ctx.refreshes).get(&key_of(dso)) != Some(v));
+    let resolution = lookup(
+        ctx,
+        dso,
+        if forced {
+            Some(Instant::now())
+        } else {
+            not_before(interval)
+        },
+    )
+    .await;
+    if forced {
+        info!(
+            refresh = refresh.as_deref().unwrap_or_default(),
+            "forced check (dso.dev/refresh)"
+        );
+    }
+
+    let mut rolled = Vec::new();
+    let mut failed = Vec::new();
+    if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::Rollout {
+        let consumers = ctx.stores.consumers(&ns, &name);
+        let outcomes = join_all(
+            consumers
+                .iter()
+                .map(|w| act_on(ctx, w, &name, &resolution.following)),
+        )
+        .await;
+        for (w, outcome) in consumers.iter().zip(outcomes) {
+            match outcome {
+                Ok(true) => rolled.push(w.id()),
+                Ok(false) => {}
+                Err(e) => failed.push(format!("{}: {e}", w.id())),
+            }
+        }
+    }
+
+    let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
+    if !rotations.is_empty() {
+        ctx.metrics.rotated(rotations.len());
+        let what = rotations
+            .iter()
+            .map(|r| format!("{} {}: {} -> {}", r.secret_id, r.stage, r.from, r.to))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let note = match dso.spec.strategy() {
+            RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
+            RefreshStrategy::Rollout if rolled.is_empty() => {
+                format!("{what}; no consuming workload needed a restart")
+            }
+            RefreshStrategy::Rollout => format!("{what}; rolling {}", rolled.join(", ")),
+        };
+        info!(rotations = %what, rolled = ?rolled, "secret rotated");
+        publish(
+            ctx,
+            dso,
+            EventType::Normal,
+            "Rotated",
+            "DetectRotation",
+            note,
+            None,
+        )
+        .await;
+    }
+    for id in &rolled {
+        publish(
+            ctx,
+            dso,
+            EventType::Normal,
+            "RolledOut",
+            "Rollout",
+            format!("restarted {id}: a consumed secret version changed"),
+            None,
+        )
+        .await;
+    }
+    if !failed.is_empty() {
+        let first = failed[0].clone();
+        publish(
+            ctx,
+            dso,
+            EventType::Warning,
+            "RolloutFailed",
+            "Rollout",
+            failed.join("; "),
+            None,
+        )
+        .await;
+        // Status keeps the previous versions, so the rotation is acted on again after backoff.
+        return Err(Error::Rollout {
+            failed: failed.len(),
+            first,
+        });
+    }
+
+    let last_rotation = if rotations.is_empty() && rolled.is_empty() {
+        previous.last_rotation.clone()
+    } else {
+        Some(RotationStatus {
+            at: now(),
+            workloads: rolled,
+        })
+    };
+    write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await?;
+    if let Some(v) = refresh
+        && resolution.problem.is_none()
+    {
+        lock(&ctx.refreshes).insert(key_of(dso), v);
+    }
+    if resolution.transient
+        && let Some((_, message)) = &resolution.problem
+    {
+        return Err(Error::AwsTransient(crate::aws::AwsProblem {
+            kind: crate::aws::ProblemKind::Transient,
+            message: message.clone(),
+        }));
+    }
+    Ok(Action::requeue(interval))
+}
+
+/// Writes status if it changed, and publishes an event when the Ready reason changes.
+async fn write_status(
+    ctx: &Context,
+    dso: &DsoSecret,
+    ns: &str,
+    previous: &DsoSecretStatus,
+    resolution: &Resolution,
+    last_rotation: Option<RotationStatus>,
+) -> Result<()> {
+    let reason = resolution.reason();
+    let message = match &resolution.problem {
+        Some((_, m)) => m.clone(),
+        None => format!(
+            "{} secret version(s) resolved from AWS Secrets Manager",
+            resolution.secrets.len()
+        ),
+    };
+    let condition = domain::ready_condition(
+        &previous.conditions,
+        reason,
+        &message,
+        dso.metadata.generation,
+        now(),
+    );
+    let status = DsoSecretStatus {
+        observed_generation: dso.metadata.generation,
+        conditions: vec![condition],
+        secrets: if reason == Reason::InvalidSpec {
+            previous.secrets.clone()
+        } else {
+            resolution.secrets.clone()
+        },
+        last_rotation,
+    };
+    let before = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone());
+    if &status != previous {
+        let api: Api<DsoSecret> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = json!({
+            "apiVersion": DsoSecret::api_version(&()),
+            "kind": DsoSecret::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &dso.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write DsoSecret status"))?;
+        debug!(reason = reason.as_str(), "status written");
+    }
+    if before.as_deref() != Some(reason.as_str()) {
+        let type_ = if reason == Reason::Synced {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        if reason == Reason::Synced {
+            info!(%message, "ready");
+        } else {
+            warn!(reason = reason.as_str(), %message, "not ready");
+        }
+        publish(ctx, dso, type_, reason.as_str(), "Reconcile", message, None).await;
+    }
+    Ok(())
+}
+
+/// Publishes an event on the DsoSecret; a failure to publish is logged, never fatal.
+async fn publish(
+    ctx: &Context,
+    dso: &DsoSecret,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    secondary: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dso.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// The versions a workload consumes under `strategy: Rollout`, or `None` when one of its
+/// DsoSecrets cannot be resolved now (its pods could not start either: better not roll).
+async fn consumed_versions(
+    ctx: &Context,
+    w: &Workload,
+    this: &str,
+    this_versions: &Versions,
+) -> Option<Versions> {
+    let mut versions = this_versions.clone();
+    for name in w.consumes() {
+        if name == this {
+            continue;
+        }
+        let Some(other) = ctx
+            .stores
+            .dsosecrets
+            .get(&ObjectRef::new(&name).within(&w.namespace))
+        else {
+            continue;
+        };
+        if other.spec.strategy() != RefreshStrategy::Rollout
+            || dso_api::validate::validate_spec(&other.spec).is_err()
+        {
+            continue;
+        }
+        let r = lookup(
+            ctx,
+            &other,
+            not_before(dso_api::validate::interval(&other.spec)),
+        )
+        .await;
+        if r.problem.is_some() {
+            debug!(
+                workload = w.id(),
+                dsosecret = name,
+                "a consumed DsoSecret is not ready: not rolling"
+            );
+            return None;
+        }
+        versions.extend(r.following);
+    }
+    Some(versions)
+}
+
+/// Decides and acts on one consuming workload. `Ok(true)`: it was rolled.
+async fn act_on(ctx: &Context, w: &Workload, this: &str, this_versions: &Versions) -> Result<bool> {
+    let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
+        return Ok(false);
+    };
+    let recorded = w.recorded();
+    let mut decision = domain::decide(&current, w.template_hash(), recorded.as_ref(), None);
+    if decision == Decision::NeedPods {
+        let reports = pod_reports(ctx, w).await?;
+        decision = domain::decide(
+            &current,
+            w.template_hash(),
+            recorded.as_ref(),
+            Some(&reports),
+        );
+    }
+    let record = domain::record(&current);
+    match decision {
+        Decision::Current | Decision::NeedPods => Ok(false),
+        Decision::Record => {
+            patch_workload(ctx, w, &w.apply_patch(w.template_hash(), &record)).await?;
+            debug!(workload = w.id(), "recorded the versions its pods run");
+            Ok(false)
+        }
+        Decision::Roll => {
+            let _permit = ctx.rollouts.acquire().await.map_err(|_| Error::Rollout {
+                failed: 1,
+                first: "the operator is shutting down".into(),
+            })?;
+            let hash = domain::hash(&current);
+            patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            ctx.metrics.rolled(w.kind);
+            info!(workload = w.id(), versions_hash = %hash, "rolled out");
+            Ok(true)
+        }
+    }
+}
+
+async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let patch = Patch::Apply(patch);
+    let c = ctx.client.clone();
+    let ns = w.namespace.as_str();
+    let r = match w.kind {
+        "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns)
+            .patch(&w.name, &params, &patch)
+            .await
+            .map(drop),
+        "DaemonSet" => Api::<DaemonSet>::namespaced(c, ns)
+            .patch(&w.name, &params, &patch)
+            .await
+            .map(drop),
+        _ => Api::<Deployment>::namespaced(c, ns)
+            .patch(&w.name, &params, &patch)
+            .await
+            .map(drop),
+    };
+    r.map_err(Error::kube("patch workload annotations"))
+}
+
+/// The `dso-init` reports of the workload's live pods (those that have one).
+async fn pod_reports(
+    ctx: &Context,
+    w: &Workload,
+) -> Result<Vec<Vec<dso_api::contract::ReportedVersion>>> {
+    let Some(selector) = w.selector.clone() else {
+        return Ok(Vec::new());
+    };
+    let Ok(selector) = kube::core::Selector::try_from(selector) else {
+        return Ok(Vec::new());
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    let list = pods
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(Error::kube("list pods of a workload"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .init_container_statuses
+                .as_ref()?
+                .iter()
+                .find(|s| s.name == dso_api::annotations::INIT_CONTAINER_NAME)?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .as_deref()
+                .and_then(domain::parse_report)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap() {
+        let s = Settings {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        };
+        let delays: Vec<u64> = (1..=8).map(|n| backoff(&s, n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(&s, u32::MAX).as_secs(), 60);
+    }
+}

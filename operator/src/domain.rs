@@ -1,0 +1,411 @@
+//! The pure core: no I/O, no Kubernetes client, no AWS client. Everything the operator decides
+//! is decided here, from values, and tested with tables and property tests.
+//!
+//! - [`resolve`]: a DsoSecret's entries + AWS metadata → the version each entry resolves to,
+//!   the Ready reason, and the stage-following versions a rollout depends on.
+//! - [`ready_condition`] / [`rotations`]: the status pieces.
+//! - [`decide`]: whether a consuming workload must roll, only record, or is current.
+//!
+//! ## How "never restart what is already current" works
+//!
+//! A workload's pod template carries `dso.dev/versions-hash` (see [`dso_api::versions`]): the
+//! hash of the stage-following versions of every `strategy: Rollout` DsoSecret the template
+//! consumes. Writing it changes the template, so it is written only to roll. What the pods run is
+//! recorded separately, on the workload's own metadata ([`RECORDED_VERSIONS`], JSON
+//! `{key: versionId}`), which rolls nothing. The decision, in order:
+//!
+//! 1. the template hash equals the hash of the current versions → current (an operator restart
+//!    lands here: same versions, same hash, nothing to do);
+//! 2. the record matches the current versions → current;
+//! 3. pods of the workload report what `dso-init` fetched (termination message) → roll if any
+//!    pod runs another version of a consumed secret, else only record;
+//! 4. no pod reports: the record (if any) says which versions the pods got → roll if one of them
+//!    changed; a template hash stamped by us for other versions → roll;
+//! 5. otherwise the workload is seen for the first time: its pods started after the versions
+//!    were current, so it is only recorded (the baseline for the next rotation).
+//!
+//! Pinned `versionId` entries and `strategy: None` DsoSecrets are never part of the hash, so
+//! they never roll anything.
+
+use crate::aws::{AwsProblem, ProblemKind, SecretMeta};
+use dso_api::contract::ReportedVersion;
+use dso_api::{DsoSecretSpec, FileSpec, SecretVersionStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Metadata annotation on a workload (not its template) recording the versions its pods were
+/// last seen or made to run. Written by the operator; changing it restarts nothing.
+pub const RECORDED_VERSIONS: &str = "dso.dev/recorded-versions";
+
+/// The stage followed when an entry names neither a stage nor a version id.
+pub const DEFAULT_STAGE: &str = "AWSCURRENT";
+
+/// The answer of one AWS lookup.
+pub type Lookup = Result<SecretMeta, AwsProblem>;
+
+/// The reason of the Ready condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Synced,
+    SecretNotFound,
+    AccessDenied,
+    InvalidSpec,
+    AwsError,
+}
+
+impl Reason {
+    /// The reason as written in the condition (and used as the event reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Synced => "Synced",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::AwsError => "AwsError",
+        }
+    }
+
+    fn of(kind: ProblemKind) -> Reason {
+        match kind {
+            ProblemKind::NotFound => Reason::SecretNotFound,
+            ProblemKind::AccessDenied => Reason::AccessDenied,
+            ProblemKind::Transient | ProblemKind::Permanent => Reason::AwsError,
+        }
+    }
+}
+
+/// One secret as the operator looks it up: the region it lives in and its id (name or ARN).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretKey {
+    pub region: String,
+    pub secret_id: String,
+}
+
+/// The lookup key of an entry: the ARN's region, else `spec.aws.region`, else the default.
+pub fn secret_key(spec: &DsoSecretSpec, file: &FileSpec, default_region: &str) -> SecretKey {
+    let region = dso_api::validate::arn_region(&file.secret_id)
+        .map(str::to_string)
+        .or_else(|| spec.aws.as_ref().and_then(|a| a.region.clone()))
+        .unwrap_or_else(|| default_region.to_string());
+    SecretKey {
+        region,
+        secret_id: file.secret_id.clone(),
+    }
+}
+
+/// The distinct secrets a DsoSecret needs looked up.
+pub fn secret_keys(spec: &DsoSecretSpec, default_region: &str) -> BTreeSet<SecretKey> {
+    spec.files
+        .iter()
+        .map(|f| secret_key(spec, f, default_region))
+        .collect()
+}
+
+/// A consumed version: the input of the versions hash.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Consumed {
+    pub secret_id: String,
+    pub version_id: String,
+}
+
+/// Stage-following versions, by hash key (`<dsosecret>/<secretId>`, plus `@<stage>` for a stage
+/// other than AWSCURRENT).
+pub type Versions = BTreeMap<String, Consumed>;
+
+/// The hash key of a stage-following entry.
+pub fn version_key(dso_name: &str, secret_id: &str, stage: &str) -> String {
+    if stage == DEFAULT_STAGE {
+        format!("{dso_name}/{secret_id}")
+    } else {
+        format!("{dso_name}/{secret_id}@{stage}")
+    }
+}
+
+/// What a DsoSecret resolves to right now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resolution {
+    /// One status entry per distinct (secret, stage or pinned id).
+    pub secrets: Vec<SecretVersionStatus>,
+    /// The stage-following versions (what a rollout depends on).
+    pub following: Versions,
+    /// Why it is not Ready (first reason, every message).
+    pub problem: Option<(Reason, String)>,
+    /// True when the problem is worth a quick retry.
+    pub transient: bool,
+}
+
+impl Resolution {
+    /// The Ready reason.
+    pub fn reason(&self) -> Reason {
+        self.problem.as_ref().map_or(Reason::Synced, |p| p.0)
+    }
+}
+
+/// Resolves every entry of a DsoSecret against the metadata `lookup` returns for its secret.
+pub fn resolve<'a>(
+    name: &str,
+    spec: &DsoSecretSpec,
+    default_region: &str,
+    lookup: impl Fn(&SecretKey) -> Option<&'a Lookup>,
+) -> Resolution {
+    let mut out = Resolution::default();
+    let mut seen = BTreeSet::new();
+    let mut problems: Vec<(Reason, String)> = Vec::new();
+    let mut failed_secrets = BTreeSet::new();
+    for file in &spec.files {
+        let stage = file.stage().map(str::to_string);
+        if !seen.insert((
+            file.secret_id.clone(),
+            stage.clone(),
+            file.version_id.clone(),
+        )) {
+            continue;
+        }
+        let key = secret_key(spec, file, default_region);
+        let meta = match lookup(&key) {
+            Some(Ok(meta)) => Some(meta),
+            Some(Err(p)) => {
+                if failed_secrets.insert(key.clone()) {
+                    problems.push((Reason::of(p.kind), p.message.clone()));
+                    out.transient |= p.is_transient();
+                }
+                None
+            }
+            None => {
+                if failed_secrets.insert(key.clone()) {
+                    problems.push((
+                        Reason::AwsError,
+                        format!("{}: not looked up yet", file.secret_id),
+                    ));
+                    out.transient = true;
+                }
+                None
+            }
+        };
+        let mut entry = SecretVersionStatus {
+            secret_id: file.secret_id.clone(),
+            version_stage: stage.clone(),
+            version_id: file.version_id.clone(),
+            last_changed_date: meta.and_then(|m| m.last_changed).map(Time),
+        };
+        if let (Some(stage), Some(meta)) = (&stage, meta) {
+            match meta
+                .versions
+                .iter()
+                .find(|(_, stages)| stages.iter().any(|s| s == stage))
+            {
+                Some((id, _)) => {
+                    entry.version_id = Some(id.clone());
+                    out.following.insert(
+                        version_key(name, &file.secret_id, stage),
+                        Consumed {
+                            secret_id: file.secret_id.clone(),
+                            version_id: id.clone(),
+                        },
+                    );
+                }
+                None => problems.push((
+                    Reason::SecretNotFound,
+                    format!(
+                        "{}: no version has the staging label {stage}",
+                        file.secret_id
+                    ),
+                )),
+            }
+        }
+        out.secrets.push(entry);
+    }
+    if let Some((reason, _)) = problems.first() {
+        let message = problems
+            .iter()
+            .map(|p| p.1.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.problem = Some((*reason, message));
+    }
+    out
+}
+
+/// The Ready condition, keeping `lastTransitionTime` while the status does not change.
+pub fn ready_condition(
+    previous: &[Condition],
+    reason: Reason,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let status = if reason == Reason::Synced {
+        "True"
+    } else {
+        "False"
+    };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map_or(now, |c| c.last_transition_time.clone());
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.as_str().into(),
+        message: truncate(message, 1024),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A stage-following entry whose version changed since the previous status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub secret_id: String,
+    pub stage: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The stage-following entries whose version id changed between two statuses. Pinned entries
+/// never rotate; entries new in `now` are not rotations.
+pub fn rotations(previous: &[SecretVersionStatus], now: &[SecretVersionStatus]) -> Vec<Rotation> {
+    now.iter()
+        .filter_map(|n| {
+            let stage = n.version_stage.as_ref()?;
+            let to = n.version_id.as_ref()?;
+            let from = previous
+                .iter()
+                .find(|p| p.secret_id == n.secret_id && p.version_stage.as_ref() == Some(stage))?
+                .version_id
+                .as_ref()?;
+            (from != to).then(|| Rotation {
+                secret_id: n.secret_id.clone(),
+                stage: stage.clone(),
+                from: from.clone(),
+                to: to.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The versions hash written on pod templates.
+pub fn hash(versions: &Versions) -> String {
+    dso_api::versions::versions_hash(&record(versions))
+}
+
+/// The record written on the workload's metadata: key → version id.
+pub fn record(versions: &Versions) -> BTreeMap<String, String> {
+    versions
+        .iter()
+        .map(|(k, c)| (k.clone(), c.version_id.clone()))
+        .collect()
+}
+
+/// What to do with one consuming workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to write.
+    Current,
+    /// Its pods run the current versions: write the record only (restarts nothing).
+    Record,
+    /// Its pods run older versions: stamp the new hash on the template (rolls it) and record.
+    Roll,
+    /// Cannot tell without the pods' reports: call again with them.
+    NeedPods,
+}
+
+/// Decides what a workload consuming `current` needs. `pods` holds the `dso-init` reports of
+/// its pods that have one (`None`: not looked up yet). See the module documentation.
+pub fn decide(
+    current: &Versions,
+    template_hash: Option<&str>,
+    recorded: Option<&BTreeMap<String, String>>,
+    pods: Option<&[Vec<ReportedVersion>]>,
+) -> Decision {
+    if current.is_empty() {
+        return Decision::Current;
+    }
+    let want = record(current);
+    let record_or_current = || {
+        if recorded == Some(&want) {
+            Decision::Current
+        } else {
+            Decision::Record
+        }
+    };
+    if template_hash == Some(hash(current).as_str()) {
+        return record_or_current();
+    }
+    if let Some(rec) = recorded
+        && want.iter().all(|(k, v)| rec.get(k) == Some(v))
+    {
+        return record_or_current();
+    }
+    let Some(pods) = pods else {
+        return Decision::NeedPods;
+    };
+    if !pods.is_empty() {
+        let stale = pods.iter().any(|report| {
+            current.values().any(|c| {
+                let mut of_secret = report.iter().filter(|r| r.secret_id == c.secret_id);
+                let mut any = false;
+                let mut matches = false;
+                for r in of_secret.by_ref() {
+                    any = true;
+                    matches |= r.version_id == c.version_id;
+                }
+                any && !matches
+            })
+        });
+        return if stale {
+            Decision::Roll
+        } else {
+            Decision::Record
+        };
+    }
+    match recorded {
+        Some(rec) if want.iter().any(|(k, v)| rec.get(k).is_some_and(|r| r != v)) => Decision::Roll,
+        Some(_) => Decision::Record,
+        None if template_hash.is_some() => Decision::Roll,
+        None => Decision::Record,
+    }
+}
+
+/// The DsoSecrets a pod template consumes: its `dso.dev/secrets`, when it opts in.
+pub fn consumed_names(annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
+    if !dso_api::annotations::wants_injection(annotations) {
+        return Vec::new();
+    }
+    annotations
+        .and_then(|a| a.get(dso_api::annotations::SECRETS))
+        .map(|v| {
+            dso_api::annotations::split_list(v)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses the record annotation; a malformed one counts as absent.
+pub fn parse_record(value: Option<&String>) -> Option<BTreeMap<String, String>> {
+    value.and_then(|v| serde_json::from_str(v).ok())
+}
+
+/// Parses a `dso-init` termination message; anything else (another tool's message, a
+/// truncated one) counts as no report.
+pub fn parse_report(message: &str) -> Option<Vec<ReportedVersion>> {
+    serde_json::from_str::<dso_api::contract::InitReport>(message)
+        .ok()
+        .map(|r| r.versions)
+}
+
+#[cfg(test)]
+mod tests;

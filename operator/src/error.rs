@@ -1,0 +1,55 @@
+//! The operator's one error type. Every variant has a stable [`Error::metric_label`] and a
+//! message that says what to do; none carries a secret value (the operator never reads one).
+
+use crate::aws::AwsProblem;
+
+/// Why a reconcile (or the start-up) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("Kubernetes API call failed ({context}): {source}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A transient AWS failure (throttling, timeout, 5xx): retried with backoff.
+    #[error("AWS Secrets Manager is temporarily unavailable: {0}")]
+    AwsTransient(AwsProblem),
+
+    /// One or more workload rollouts failed; the rotation is retried with backoff.
+    #[error("rolling {failed} workload(s) failed, first error: {first}")]
+    Rollout { failed: usize, first: String },
+
+    /// The DsoSecretCRD is not installed (start-up check).
+    #[error(
+        "the DsoSecret CRD is not installed or not readable ({0}); install it with: kubectl apply --server-side -f crds/dso.dev_dsosecrets.yaml"
+    )]
+    CrdMissing(String),
+
+    /// An object came from the API without a namespace (cannot happen for namespaced kinds).
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// Result alias of the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A short, stable label for metrics (`dso_reconcile_errors_total{error=...}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::AwsTransient(_) => "aws_transient",
+            Error::Rollout { .. } => "rollout",
+            Error::CrdMissing(_) => "crd_missing",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+
+    /// Wraps a kube error with what was being done.
+    pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { context, source }
+    }
+}

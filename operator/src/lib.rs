@@ -1,0 +1,28 @@
+//! `dso-operator`: reconciles DsoSecrets against AWS Secrets Manager **metadata** (never a
+//! value), records the version each entry resolves to, and rolls the Deployments, StatefulSets
+//! and DaemonSets that consume a rotated secret — only those not already running it.
+//!
+//! - [`domain`]: the pure core — resolution, status, rotations, the rollout decision.
+//! - [`aws`]: DescribeSecret / ListSecrets and the one classifier of AWS errors.
+//! - [`cache`]: the version cache shared by every DsoSecret (describe or sweep mode).
+//! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
+//! - [`controller`]: reconcile / error_policy: status, events, rollouts, backoff.
+//! - [`lease`]: leader election on a coordination.k8s.io Lease.
+//! - [`metrics`], [`http`]: Prometheus metrics, /metrics, /healthz, /readyz.
+//! - [`args`]: configuration and wiring (what `main` runs).
+//! - [`crd`]: the generated CustomResourceDefinition (also printed by the `crdgen` binary).
+//! - [`error`]: the crate's error type.
+
+pub mod args;
+pub mod aws;
+pub mod cache;
+pub mod controller;
+pub mod crd;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod workload;
+
+pub use error::{Error, Result};
