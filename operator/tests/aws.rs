@@ -112,7 +112,10 @@ async fn describe_reports_the_version_holding_awscurrent_and_follows_a_rotation(
     let meta = aws.describe("us-east-1", &name).await.expect("describe");
     assert_eq!(current(&meta), v2);
     assert!(meta.versions[&v1].iter().any(|s| s == "AWSPREVIOUS"));
-    assert!(!format!("{meta:?}").contains("canary"), "metadata never holds a value");
+    assert!(
+        !format!("{meta:?}").contains("canary"),
+        "metadata never holds a value"
+    );
 }
 
 #[tokio::test]
@@ -123,7 +126,11 @@ async fn a_missing_secret_is_not_found_with_a_hint() {
         .await
         .expect_err("missing");
     assert_eq!(p.kind, ProblemKind::NotFound);
-    assert!(p.message.contains("ResourceNotFoundException"), "{}", p.message);
+    assert!(
+        p.message.contains("ResourceNotFoundException"),
+        "{}",
+        p.message
+    );
     assert!(p.message.contains("check the secretId"), "{}", p.message);
 }
 
@@ -210,7 +217,9 @@ async fn failing_endpoint(status: u16, code: &'static str) -> String {
                 let mut got = Vec::new();
                 // Read headers and the (small) body.
                 loop {
-                    let Ok(n) = sock.read(&mut buf).await else { return };
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -230,7 +239,8 @@ async fn failing_endpoint(status: u16, code: &'static str) -> String {
                         }
                     }
                 }
-                let body = format!(r#"{{"__type":"{code}","message":"denied by the test endpoint"}}"#);
+                let body =
+                    format!(r#"{{"__type":"{code}","message":"denied by the test endpoint"}}"#);
                 let resp = format!(
                     "HTTP/1.1 {status} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -248,10 +258,20 @@ async fn access_denied_is_permanent_and_cached_for_the_interval() {
     let (aws, calls) = aws(&endpoint).await;
     let cache = VersionCache::new(aws, LookupMode::Describe);
     let not_before = Instant::now().checked_sub(Duration::from_secs(60));
-    let p = cache.get(&key("prod/db"), not_before).await.expect_err("denied");
+    let p = cache
+        .get(&key("prod/db"), not_before)
+        .await
+        .expect_err("denied");
     assert_eq!(p.kind, ProblemKind::AccessDenied);
-    assert!(p.message.contains("secretsmanager:DescribeSecret"), "{}", p.message);
-    cache.get(&key("prod/db"), not_before).await.expect_err("denied");
+    assert!(
+        p.message.contains("secretsmanager:DescribeSecret"),
+        "{}",
+        p.message
+    );
+    cache
+        .get(&key("prod/db"), not_before)
+        .await
+        .expect_err("denied");
     assert_eq!(calls("DescribeSecret"), 1, "a permanent answer is cached");
 }
 
@@ -274,6 +294,9 @@ async fn an_unreachable_endpoint_is_transient() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let (aws, _) = aws(&format!("http://{addr}")).await;
-    let p = aws.describe("us-east-1", "prod/db").await.expect_err("refused");
+    let p = aws
+        .describe("us-east-1", "prod/db")
+        .await
+        .expect_err("refused");
     assert_eq!(p.kind, ProblemKind::Transient, "{}", p.message);
 }
