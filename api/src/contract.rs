@@ -125,7 +125,10 @@ mod tests {
         };
         let json = serde_json::to_string(&plan).expect("serialize");
         assert!(!json.contains("expand"), "false flags are left out: {json}");
-        assert_eq!(serde_json::from_str::<InitPlan>(&json).expect("parse"), plan);
+        assert_eq!(
+            serde_json::from_str::<InitPlan>(&json).expect("parse"),
+            plan
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(err("expected a number"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let part = match &rest[..unit_len] {

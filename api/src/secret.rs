@@ -82,7 +82,9 @@ pub struct AwsSpec {
     /// these secrets. Default: the ServiceAccount's `eks.amazonaws.com/role-arn` annotation;
     /// without either, the default credential chain (EKS Pod Identity, instance role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"))]
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+    ))]
     pub role_arn: Option<String>,
 }
 
@@ -103,7 +105,10 @@ pub struct FileSpec {
     /// File name under `<mount-path>/<DsoSecret name>/`. Relative, made of letters, digits,
     /// `.`, `_`, `-` and `/`; no `.` or `..` segment. Required unless `expand` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+    )]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "!self.matches('(^|/)[.][.]?(/|$)')",
          "message": "path must not contain '.' or '..' segments"}
@@ -111,7 +116,10 @@ pub struct FileSpec {
     pub path: Option<String>,
 
     /// The AWS secret: its name (such as prod/shop/db) or its full ARN.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
+    )]
     pub secret_id: String,
 
     /// Write only this top-level key of a JSON SecretString. A string value is written as is;

@@ -56,7 +56,10 @@ pub fn check_path(path: &str) -> Result<(), String> {
 
 /// Parses `fileMode` ("0440", "440").
 pub fn parse_file_mode(mode: &str) -> Result<u32, String> {
-    let digits = mode.strip_prefix('0').filter(|d| d.len() == 3).unwrap_or(mode);
+    let digits = mode
+        .strip_prefix('0')
+        .filter(|d| d.len() == 3)
+        .unwrap_or(mode);
     if digits.len() != 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return Err(format!(
             "{mode:?} is not an octal file mode: write 3 or 4 octal digits such as \"0440\""
@@ -68,7 +71,8 @@ pub fn parse_file_mode(mode: &str) -> Result<u32, String> {
 /// The region of a Secrets Manager ARN (`arn:aws:secretsmanager:<region>:<account>:secret:<name>`).
 pub fn arn_region(secret_id: &str) -> Option<&str> {
     let mut parts = secret_id.splitn(6, ':');
-    let (arn, _partition, service, region) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (arn, _partition, service, region) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     (arn == "arn" && service == "secretsmanager" && !region.is_empty()).then_some(region)
 }
 
@@ -164,7 +168,11 @@ pub fn validate_spec(spec: &DsoSecretSpec) -> Result<(), Vec<FieldError>> {
             Ok(_) => {}
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// The refresh interval of a spec, defaulted (call after [`validate_spec`]).
@@ -251,7 +259,10 @@ mod tests {
             (spec(vec![file("a/../b", "a")]), "spec.files[0].path"),
             (spec(vec![file("./b", "a")]), "spec.files[0].path"),
             (spec(vec![file("a b", "a")]), "spec.files[0].path"),
-            (spec(vec![file("x", "a"), file("x", "b")]), "spec.files[1].path"),
+            (
+                spec(vec![file("x", "a"), file("x", "b")]),
+                "spec.files[1].path",
+            ),
             (
                 spec(vec![FileSpec {
                     path: None,

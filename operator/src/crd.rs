@@ -8,15 +8,60 @@ pub const HEADER: &str = "# Generated from the Rust types in api/src/secret.rs b
 
 /// The CRD as YAML, exactly as committed in `crds/dso.dev_dsosecrets.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
-    Ok(format!(
-        "{HEADER}{}",
-        serde_yaml_ng::to_string(&DsoSecret::crd())?
-    ))
+    let mut crd = serde_json::to_value(DsoSecret::crd())
+        .map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
+    unwrap_descriptions(&mut crd);
+    Ok(format!("{HEADER}{}", serde_yaml_ng::to_string(&crd)?))
+}
+
+/// Doc comments arrive with the source's line breaks; `kubectl explain` wraps text itself and
+/// would keep them as ragged breaks. Join the lines of each paragraph, keep paragraph breaks.
+fn unwrap_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(s) if k == "description" => {
+                        *s = s
+                            .split("\n\n")
+                            .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptions_read_as_paragraphs() {
+        let mut v =
+            serde_json::json!({"description": "one\ntwo\n\nthree", "x": [{"description": "a\nb"}]});
+        unwrap_descriptions(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"description": "one two\n\nthree", "x": [{"description": "a b"}]})
+        );
+    }
+
+    #[test]
+    fn descriptions_read_as_paragraphs() {
+        let mut v =
+            serde_json::json!({"description": "one\ntwo\n\nthree", "x": [{"description": "a\nb"}]});
+        unwrap_descriptions(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"description": "one two\n\nthree", "x": [{"description": "a b"}]})
+        );
+    }
 
     #[test]
     fn committed_crd_matches_the_rust_types() {

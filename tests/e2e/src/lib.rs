@@ -106,9 +106,11 @@ pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &st
         .await
         .expect("create namespace");
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-    wait_for("the default ServiceAccount", Duration::from_secs(30), || async {
-        Ok(sas.get_opt("default").await?.map(|_| ()))
-    })
+    wait_for(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async { Ok(sas.get_opt("default").await?.map(|_| ())) },
+    )
     .await
     .expect("default ServiceAccount");
     name

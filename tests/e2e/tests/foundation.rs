@@ -8,7 +8,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/dso.dev_dsosecrets.yaml");
+const CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../crds/dso.dev_dsosecrets.yaml"
+);
 
 fn apply_crd() {
     let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", CRD]);
@@ -23,7 +26,11 @@ fn apply_crd() {
         "--timeout=30s",
         "crd/dsosecrets.dso.dev",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn dso_yaml(ns: &str, name: &str, spec: &str) -> String {
@@ -43,7 +50,11 @@ async fn a_valid_dsosecret_is_stored_and_read_back_with_its_printer_columns() {
         "  aws: {region: us-east-1, roleArn: 'arn:aws:iam::123456789012:role/shop-db'}\n  files:\n  - {path: password, secretId: prod/shop/db, jsonKey: password, versionStage: AWSCURRENT}\n  - {path: db.json, secretId: prod/shop/db}\n  - {secretId: prod/shop/api, expand: true}\n  fileMode: \"0440\"\n  refresh: {interval: 5m, strategy: Rollout}\n",
     );
     let out = kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let api: Api<DsoSecret> = Api::namespaced(c.clone(), &ns);
     let got = api.get("db").await.expect("read back");
@@ -69,22 +80,97 @@ async fn the_apiserver_rejects_each_invalid_dsosecret_naming_the_field() {
     let ns = namespace(&c, "e2e-invalid", &[]).await;
     // (name, spec, the field the message must name, a phrase of the message)
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("absolute-path", "  files: [{path: /etc/passwd, secretId: a}]\n", "spec.files[0].path", "should match"),
-        ("dotdot-path", "  files: [{path: a/../b, secretId: a}]\n", "spec.files[0].path", "'..' segments"),
-        ("duplicate-path", "  files: [{path: x, secretId: a}, {path: x, secretId: b}]\n", "spec.files", "same path"),
-        ("jsonkey-and-expand", "  files: [{secretId: a, jsonKey: k, expand: true}]\n", "spec.files[0]", "jsonKey and expand are mutually exclusive"),
-        ("stage-and-id", "  files: [{path: x, secretId: a, versionStage: AWSCURRENT, versionId: 0123456789abcdef0123456789abcdef}]\n", "spec.files[0]", "versionStage and versionId are mutually exclusive"),
-        ("expand-with-path", "  files: [{path: x, secretId: a, expand: true}]\n", "spec.files[0]", "leave path unset"),
-        ("no-path", "  files: [{secretId: a}]\n", "spec.files[0]", "path is required"),
-        ("interval-too-short", "  files: [{path: x, secretId: a}]\n  refresh: {interval: 1s}\n", "spec.refresh.interval", "between 10s and 24h"),
-        ("interval-too-long", "  files: [{path: x, secretId: a}]\n  refresh: {interval: 48h}\n", "spec.refresh.interval", "between 10s and 24h"),
-        ("interval-not-a-duration", "  files: [{path: x, secretId: a}]\n  refresh: {interval: soon}\n", "spec.refresh.interval", "should match"),
-        ("file-mode-not-octal", "  files: [{path: x, secretId: a}]\n  fileMode: \"0999\"\n", "spec.fileMode", "should match"),
-        ("unknown-strategy", "  files: [{path: x, secretId: a}]\n  refresh: {strategy: Sometimes}\n", "spec.refresh.strategy", "Unsupported value"),
+        (
+            "absolute-path",
+            "  files: [{path: /etc/passwd, secretId: a}]\n",
+            "spec.files[0].path",
+            "should match",
+        ),
+        (
+            "dotdot-path",
+            "  files: [{path: a/../b, secretId: a}]\n",
+            "spec.files[0].path",
+            "'..' segments",
+        ),
+        (
+            "duplicate-path",
+            "  files: [{path: x, secretId: a}, {path: x, secretId: b}]\n",
+            "spec.files",
+            "same path",
+        ),
+        (
+            "jsonkey-and-expand",
+            "  files: [{secretId: a, jsonKey: k, expand: true}]\n",
+            "spec.files[0]",
+            "jsonKey and expand are mutually exclusive",
+        ),
+        (
+            "stage-and-id",
+            "  files: [{path: x, secretId: a, versionStage: AWSCURRENT, versionId: 0123456789abcdef0123456789abcdef}]\n",
+            "spec.files[0]",
+            "versionStage and versionId are mutually exclusive",
+        ),
+        (
+            "expand-with-path",
+            "  files: [{path: x, secretId: a, expand: true}]\n",
+            "spec.files[0]",
+            "leave path unset",
+        ),
+        (
+            "no-path",
+            "  files: [{secretId: a}]\n",
+            "spec.files[0]",
+            "path is required",
+        ),
+        (
+            "interval-too-short",
+            "  files: [{path: x, secretId: a}]\n  refresh: {interval: 1s}\n",
+            "spec.refresh.interval",
+            "between 10s and 24h",
+        ),
+        (
+            "interval-too-long",
+            "  files: [{path: x, secretId: a}]\n  refresh: {interval: 48h}\n",
+            "spec.refresh.interval",
+            "between 10s and 24h",
+        ),
+        (
+            "interval-not-a-duration",
+            "  files: [{path: x, secretId: a}]\n  refresh: {interval: soon}\n",
+            "spec.refresh.interval",
+            "should match",
+        ),
+        (
+            "file-mode-not-octal",
+            "  files: [{path: x, secretId: a}]\n  fileMode: \"0999\"\n",
+            "spec.fileMode",
+            "should match",
+        ),
+        (
+            "unknown-strategy",
+            "  files: [{path: x, secretId: a}]\n  refresh: {strategy: Sometimes}\n",
+            "spec.refresh.strategy",
+            "Unsupported value",
+        ),
         ("no-files", "  files: []\n", "spec.files", "at least 1"),
-        ("bad-role-arn", "  aws: {roleArn: not-an-arn}\n  files: [{path: x, secretId: a}]\n", "spec.aws.roleArn", "should match"),
-        ("bad-secret-id", "  files: [{path: x, secretId: 'has space'}]\n", "spec.files[0].secretId", "should match"),
-        ("unknown-field", "  files: [{path: x, secretId: a, value: hunter2}]\n", "spec.files[0]", "unknown field"),
+        (
+            "bad-role-arn",
+            "  aws: {roleArn: not-an-arn}\n  files: [{path: x, secretId: a}]\n",
+            "spec.aws.roleArn",
+            "should match",
+        ),
+        (
+            "bad-secret-id",
+            "  files: [{path: x, secretId: 'has space'}]\n",
+            "spec.files[0].secretId",
+            "should match",
+        ),
+        (
+            "unknown-field",
+            "  files: [{path: x, secretId: a, value: hunter2}]\n",
+            "spec.files[0]",
+            "unknown field",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();
@@ -97,20 +183,38 @@ async fn the_apiserver_rejects_each_invalid_dsosecret_naming_the_field() {
         if out.status.success() {
             failures.push(format!("{name}: was accepted"));
         } else if !stderr.contains(field) || !stderr.contains(phrase) {
-            failures.push(format!("{name}: message does not name {field:?} / {phrase:?}: {stderr}"));
+            failures.push(format!(
+                "{name}: message does not name {field:?} / {phrase:?}: {stderr}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let api: Api<DsoSecret> = Api::namespaced(c, &ns);
-    assert!(api.list(&Default::default()).await.expect("list").items.is_empty());
+    assert!(
+        api.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
 }
 
 #[test]
 fn kubectl_explain_shows_the_doc_comments() {
     apply_crd();
     let out = wait_explain("dsosecret.spec.files");
-    for phrase in ["The files to write", "path", "secretId", "jsonKey", "expand", "versionId"] {
-        assert!(out.contains(phrase), "kubectl explain lacks {phrase:?}:\n{out}");
+    for phrase in [
+        "The files to write",
+        "path",
+        "secretId",
+        "jsonKey",
+        "expand",
+        "versionId",
+    ] {
+        assert!(
+            out.contains(phrase),
+            "kubectl explain lacks {phrase:?}:\n{out}"
+        );
     }
     let out = wait_explain("dsosecret.spec.files.jsonKey");
     assert!(out.contains("JSON SecretString"), "{out}");
@@ -151,7 +255,9 @@ async fn a_busybox_pod_reaches_running_on_the_real_node() {
     }))
     .expect("pod");
     let pods: Api<Pod> = Api::namespaced(c, &ns);
-    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
     wait_for("pod hello Running", Duration::from_secs(90), || async {
         let p = pods.get("hello").await?;
         let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
