@@ -1,0 +1,333 @@
+//! The one error type of `dso-init`, its exit codes and its stable labels.
+//!
+//! Every message is one line that names where the failure happened — the DsoSecret, the file and
+//! the secret id ([`Target`]) — and what a user can do about it. No message ever holds a secret
+//! value: errors carry ids, key names, sizes and AWS error codes only.
+//!
+//! | exit | meaning |
+//! |---:|---|
+//! | 0 | every file written, report in the termination message |
+//! | 1 | unexpected start-up failure (the async runtime could not start) |
+//! | 2 | bad configuration: `DSO_PLAN` missing or invalid, no AWS region, bad flag |
+//! | 3 | access: AccessDenied, DecryptionFailure (KMS), no or rejected credentials |
+//! | 4 | not found: the secret or the requested version does not exist |
+//! | 5 | content: missing JSON key, value not JSON, key not usable as a file name, path collision, empty value |
+//! | 6 | unavailable: timeout, endpoint unreachable, throttling or 5xx until the deadline |
+//! | 7 | volume: mount path missing, size limit exceeded, a write failed |
+//! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where a failure happened, as a user reads it in `kubectl describe pod`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Target {
+    /// The DsoSecret's name.
+    pub dso_secret: String,
+    /// The file path (relative to the DsoSecret's directory), `(expand)` for an expanded entry.
+    pub file: String,
+    /// The Secrets Manager secret id.
+    pub secret_id: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DsoSecret {:?}, file {:?}, secret {:?}",
+            self.dso_secret, self.file, self.secret_id
+        )
+    }
+}
+
+/// What kind of AWS failure a call ended with; decides retries and the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    AccessDenied,
+    ResourceNotFound,
+    DecryptionFailure,
+    InvalidRequest,
+    InvalidParameter,
+    /// No credentials, or the credential provider (e.g. STS web identity) refused them.
+    Credentials,
+    Throttling,
+    /// A 5xx answer or an `InternalServiceError`.
+    ServiceUnavailable,
+    Timeout,
+    /// Connection refused, DNS failure, TLS failure, connection reset.
+    Unreachable,
+    /// The answer could not be read.
+    BadResponse,
+    /// The version holds neither a SecretString nor a SecretBinary.
+    EmptyValue,
+    Other,
+}
+
+impl AwsErrorKind {
+    /// Worth another attempt (before the deadline).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::Throttling
+                | Self::ServiceUnavailable
+                | Self::Timeout
+                | Self::Unreachable
+                | Self::BadResponse
+        )
+    }
+
+    /// The name printed in messages (AWS's own error names where they exist).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AccessDenied => "AccessDenied",
+            Self::ResourceNotFound => "ResourceNotFound",
+            Self::DecryptionFailure => "DecryptionFailure",
+            Self::InvalidRequest => "InvalidRequest",
+            Self::InvalidParameter => "InvalidParameter",
+            Self::Credentials => "CredentialsError",
+            Self::Throttling => "Throttling",
+            Self::ServiceUnavailable => "ServiceUnavailable",
+            Self::Timeout => "Timeout",
+            Self::Unreachable => "EndpointUnreachable",
+            Self::BadResponse => "BadResponse",
+            Self::EmptyValue => "EmptyValue",
+            Self::Other => "AwsError",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::AccessDenied => "access_denied",
+            Self::ResourceNotFound => "resource_not_found",
+            Self::DecryptionFailure => "decryption_failure",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::Credentials => "credentials",
+            Self::Throttling => "throttling",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::BadResponse => "bad_response",
+            Self::EmptyValue => "empty_value",
+            Self::Other => "aws_other",
+        }
+    }
+
+    fn exit_code(self) -> u8 {
+        match self {
+            Self::AccessDenied | Self::DecryptionFailure | Self::Credentials => 3,
+            Self::ResourceNotFound => 4,
+            Self::EmptyValue => 5,
+            Self::Throttling
+            | Self::ServiceUnavailable
+            | Self::Timeout
+            | Self::Unreachable
+            | Self::BadResponse => 6,
+            Self::InvalidRequest | Self::InvalidParameter | Self::Other => 8,
+        }
+    }
+}
+
+/// A classified AWS failure: the kind, a one-line detail (AWS's message, never a value) and how
+/// many attempts were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsFailure {
+    pub kind: AwsErrorKind,
+    pub detail: String,
+    pub attempts: u32,
+}
+
+impl AwsFailure {
+    pub fn new(kind: AwsErrorKind, detail: impl Into<String>) -> Self {
+        AwsFailure {
+            kind,
+            detail: one_line(&detail.into()),
+            attempts: 1,
+        }
+    }
+}
+
+impl fmt::Display for AwsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.detail)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that makes `dso-init` exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid plan in DSO_PLAN ({0}): the webhook writes it; recreate the pod or report a bug"
+    )]
+    Plan(String),
+
+    #[error(
+        "{at}: NoRegion: no AWS region; set spec.aws.region on the DsoSecret, use the secret's full ARN, or set AWS_REGION"
+    )]
+    NoRegion { at: Target },
+
+    #[error("{at}: {failure}")]
+    Aws { at: Target, failure: AwsFailure },
+
+    #[error("{at}: MissingJsonKey: the secret's JSON object has no top-level key {key:?}")]
+    MissingJsonKey { at: Target, key: String },
+
+    #[error("{at}: NotJson: {why}")]
+    NotJson { at: Target, why: String },
+
+    #[error(
+        "{at}: InvalidKeyName: expand writes one file per top-level JSON key, and key {key:?} is not a usable file name ({why})"
+    )]
+    BadKeyName {
+        at: Target,
+        key: String,
+        why: String,
+    },
+
+    #[error("{at}: PathCollision: {why}")]
+    PathCollision { at: Target, why: String },
+
+    #[error(
+        "{at}: SizeLimit: the files need {needed} bytes of the memory volume (page-rounded) but its sizeLimit is {limit} bytes; this file alone needs {file_bytes} bytes"
+    )]
+    SizeLimit {
+        at: Target,
+        needed: u64,
+        limit: u64,
+        file_bytes: u64,
+    },
+
+    #[error(
+        "MountPathMissing: the volume mount path {0} does not exist or is not a directory: the webhook mounts it; recreate the pod"
+    )]
+    MountPath(PathBuf),
+
+    #[error("{at}: WriteFailed: {path}: {source}")]
+    Write {
+        at: Target,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The process exit code (see the module table).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Plan(_) | Error::NoRegion { .. } | Error::Config(_) => 2,
+            Error::Aws { failure, .. } => failure.kind.exit_code(),
+            Error::MissingJsonKey { .. }
+            | Error::NotJson { .. }
+            | Error::BadKeyName { .. }
+            | Error::PathCollision { .. } => 5,
+            Error::SizeLimit { .. } | Error::MountPath(_) | Error::Write { .. } => 7,
+        }
+    }
+
+    /// A stable label (for metrics and for tests).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Plan(_) => "plan",
+            Error::NoRegion { .. } => "no_region",
+            Error::Config(_) => "config",
+            Error::Aws { failure, .. } => failure.kind.label(),
+            Error::MissingJsonKey { .. } => "missing_json_key",
+            Error::NotJson { .. } => "not_json",
+            Error::BadKeyName { .. } => "bad_key_name",
+            Error::PathCollision { .. } => "path_collision",
+            Error::SizeLimit { .. } => "size_limit",
+            Error::MountPath(_) => "mount_path",
+            Error::Write { .. } => "write",
+        }
+    }
+
+    /// The single line printed to stderr and to the termination message.
+    pub fn line(&self) -> String {
+        format!(
+            "dso-init: {} (exit {})",
+            one_line(&self.to_string()),
+            self.exit_code()
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Collapses whitespace runs (newlines included) so a message stays on one line, and bounds it.
+pub fn one_line(s: &str) -> String {
+    const MAX: usize = 600;
+    let mut out = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > MAX {
+        let mut cut = MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> Target {
+        Target {
+            dso_secret: "db".into(),
+            file: "password".into(),
+            secret_id: "prod/db".into(),
+        }
+    }
+
+    #[test]
+    fn an_aws_failure_names_the_dso_secret_the_file_the_secret_and_the_cause() {
+        let e = Error::Aws {
+            at: at(),
+            failure: AwsFailure {
+                attempts: 3,
+                ..AwsFailure::new(AwsErrorKind::Timeout, "no answer\nin 5s")
+            },
+        };
+        assert_eq!(
+            e.line(),
+            r#"dso-init: DsoSecret "db", file "password", secret "prod/db": Timeout: no answer in 5s (after 3 attempts) (exit 6)"#
+        );
+        assert_eq!(e.label(), "timeout");
+    }
+
+    #[test]
+    fn exit_codes_group_causes_a_user_fixes_the_same_way() {
+        let aws = |kind| Error::Aws {
+            at: at(),
+            failure: AwsFailure::new(kind, "x"),
+        };
+        assert_eq!(Error::Plan("x".into()).exit_code(), 2);
+        assert_eq!(aws(AwsErrorKind::AccessDenied).exit_code(), 3);
+        assert_eq!(aws(AwsErrorKind::DecryptionFailure).exit_code(), 3);
+        assert_eq!(aws(AwsErrorKind::ResourceNotFound).exit_code(), 4);
+        let missing = Error::MissingJsonKey {
+            at: at(),
+            key: "k".into(),
+        };
+        assert_eq!(missing.exit_code(), 5);
+        assert_eq!(aws(AwsErrorKind::Unreachable).exit_code(), 6);
+        assert_eq!(Error::MountPath("/x".into()).exit_code(), 7);
+        assert_eq!(aws(AwsErrorKind::InvalidRequest).exit_code(), 8);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(1000);
+        let out = one_line(&s);
+        assert!(out.len() <= 604);
+        assert!(out.ends_with('…'));
+    }
+}

@@ -1,0 +1,225 @@
+//! From a fetched value to the files of one plan entry: the whole value, one JSON key, or one file
+//! per top-level key (`expand`). Pure functions; errors name keys and positions, never values.
+
+use crate::error::{Error, Result, Target};
+use crate::value::{Contents, SecretValue};
+use dso_api::contract::PlanFile;
+use dso_api::validate::check_path;
+use serde_json::{Map, Value};
+
+/// One file to write, relative to the DsoSecret's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFile {
+    pub path: String,
+    pub contents: Contents,
+}
+
+/// The files a plan entry produces from its secret's value.
+pub fn files_for(at: &Target, file: &PlanFile, value: &SecretValue) -> Result<Vec<OutFile>> {
+    if file.expand {
+        let object = json_object(at, value, "expand")?;
+        let mut out = Vec::with_capacity(object.len());
+        for (key, v) in object {
+            check_key_name(&key).map_err(|why| Error::BadKeyName {
+                at: at.clone(),
+                key: key.clone(),
+                why,
+            })?;
+            out.push(OutFile {
+                contents: render(&v),
+                path: key,
+            });
+        }
+        return Ok(out);
+    }
+    let path = file.path.clone().unwrap_or_default();
+    let contents = match (&file.json_key, value) {
+        (Some(key), _) => {
+            let object = json_object(at, value, "jsonKey")?;
+            let v = object.get(key).ok_or_else(|| Error::MissingJsonKey {
+                at: at.clone(),
+                key: key.clone(),
+            })?;
+            render(v)
+        }
+        (None, SecretValue::Text(s)) => Contents::new(s.as_bytes().to_vec()),
+        (None, SecretValue::Binary(b)) => Contents::new(b.clone()),
+    };
+    Ok(vec![OutFile { path, contents }])
+}
+
+/// A key becomes a file name: one path segment of the same characters as a `path`.
+fn check_key_name(key: &str) -> Result<(), String> {
+    if key.contains('/') {
+        return Err("contains '/'".into());
+    }
+    check_path(key)
+}
+
+/// A JSON string is written as its text; any other JSON value as compact JSON.
+fn render(v: &Value) -> Contents {
+    match v {
+        Value::String(s) => Contents::new(s.as_bytes().to_vec()),
+        other => Contents::new(other.to_string().into_bytes()),
+    }
+}
+
+fn json_object(at: &Target, value: &SecretValue, what: &str) -> Result<Map<String, Value>> {
+    let not_json = |why: String| Error::NotJson {
+        at: at.clone(),
+        why,
+    };
+    let text = match value {
+        SecretValue::Text(s) => s,
+        SecretValue::Binary(_) => {
+            return Err(not_json(format!(
+                "{what} needs a JSON object in SecretString, but this secret holds a SecretBinary"
+            )));
+        }
+    };
+    // Only the position of a syntax error is reported: serde_json's message is safe too, but a
+    // position is all a user needs and cannot echo the input.
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(not_json(format!(
+            "{what} needs a JSON object in SecretString, but the value is a JSON {}",
+            kind(&other)
+        ))),
+        Err(e) => Err(not_json(format!(
+            "{what} needs a JSON object in SecretString, but the value is not JSON (syntax error at line {}, column {})",
+            e.line(),
+            e.column()
+        ))),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "canary-c0ffee";
+
+    fn at() -> Target {
+        Target {
+            dso_secret: "db".into(),
+            file: "f".into(),
+            secret_id: "s".into(),
+        }
+    }
+
+    fn entry(path: Option<&str>, key: Option<&str>, expand: bool) -> PlanFile {
+        PlanFile {
+            path: path.map(Into::into),
+            secret_id: "s".into(),
+            json_key: key.map(Into::into),
+            version_stage: None,
+            version_id: None,
+            expand,
+        }
+    }
+
+    fn text(s: &str) -> SecretValue {
+        SecretValue::Text(s.into())
+    }
+
+    fn one(file: &PlanFile, v: &SecretValue) -> Vec<u8> {
+        let out = files_for(&at(), file, v).expect("ok");
+        assert_eq!(out.len(), 1);
+        out[0].contents.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_whole_string_or_binary_value_is_written_as_is() {
+        assert_eq!(
+            one(&entry(Some("f"), None, false), &text(CANARY)),
+            CANARY.as_bytes()
+        );
+        let bin = SecretValue::Binary(vec![0, 159, 146, 150, 255]);
+        assert_eq!(
+            one(&entry(Some("f"), None, false), &bin),
+            vec![0, 159, 146, 150, 255]
+        );
+    }
+
+    #[test]
+    fn a_json_key_holding_a_string_is_written_without_quotes() {
+        let v = text(&format!(r#"{{"password":"{CANARY}","port":5432}}"#));
+        assert_eq!(
+            one(&entry(Some("f"), Some("password"), false), &v),
+            CANARY.as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_json_key_holding_another_json_value_is_written_as_json() {
+        let v = text(r#"{"port":5432,"hosts":["a","b"],"tls":{"on":true},"none":null}"#);
+        assert_eq!(one(&entry(Some("f"), Some("port"), false), &v), b"5432");
+        assert_eq!(
+            one(&entry(Some("f"), Some("hosts"), false), &v),
+            br#"["a","b"]"#
+        );
+        assert_eq!(
+            one(&entry(Some("f"), Some("tls"), false), &v),
+            br#"{"on":true}"#
+        );
+        assert_eq!(one(&entry(Some("f"), Some("none"), false), &v), b"null");
+    }
+
+    #[test]
+    fn expand_writes_one_file_per_top_level_key() {
+        let v = text(&format!(
+            r#"{{"user":"app","password":"{CANARY}","port":1}}"#
+        ));
+        let out = files_for(&at(), &entry(None, None, true), &v).expect("ok");
+        let names: Vec<&str> = out.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["password", "port", "user"]);
+        assert_eq!(out[0].contents.as_bytes(), CANARY.as_bytes());
+    }
+
+    #[test]
+    fn expand_refuses_keys_that_are_not_file_names() {
+        for key in ["../x", "a/b", ".", "", "has space"] {
+            let v = text(&serde_json::json!({ key: CANARY }).to_string());
+            let err = files_for(&at(), &entry(None, None, true), &v).expect_err(key);
+            assert_eq!(err.label(), "bad_key_name", "{key}");
+            assert!(!err.to_string().contains(CANARY));
+        }
+    }
+
+    #[test]
+    fn a_missing_key_is_named_and_the_value_is_not() {
+        let v = text(&format!(r#"{{"password":"{CANARY}"}}"#));
+        let err =
+            files_for(&at(), &entry(Some("f"), Some("user"), false), &v).expect_err("missing");
+        assert_eq!(err.label(), "missing_json_key");
+        let line = err.line();
+        assert!(line.contains(r#""user""#), "{line}");
+        assert!(!line.contains(CANARY), "{line}");
+    }
+
+    #[test]
+    fn json_key_on_a_value_that_is_not_a_json_object_fails_without_echoing_it() {
+        for v in [
+            text(CANARY),
+            text(&format!("{{\"a\": {CANARY}")),
+            text(&format!("[\"{CANARY}\"]")),
+            SecretValue::Binary(CANARY.as_bytes().to_vec()),
+        ] {
+            let err =
+                files_for(&at(), &entry(Some("f"), Some("k"), false), &v).expect_err("not json");
+            assert_eq!(err.label(), "not_json");
+            assert!(!err.line().contains(CANARY), "{}", err.line());
+        }
+    }
+}

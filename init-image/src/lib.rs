@@ -1,0 +1,137 @@
+//! `dso-init`: the init container DSO injects into pods. It reads the plan the webhook wrote
+//! into `DSO_PLAN` (secret ids, keys, paths, modes — never values), fetches every distinct secret
+//! version once with the pod's own AWS identity, writes the files atomically into the pod's
+//! memory volume at `<mountPath>/<DsoSecret name>/<path>`, and reports the version ids it wrote
+//! in its termination message. Any failure ends the process with a non-zero exit code and one
+//! line naming the DsoSecret, the file, the secret and the cause: the pod does not start
+//! without its secrets (fail closed).
+//!
+//! - [`plan`]: reads and re-validates the plan; which calls serve which files.
+//! - [`fetch`]: AWS clients from the default chain, concurrent fetches, retries, deadline, and
+//!   the one classifier of SDK errors.
+//! - [`extract`]: whole value, one JSON key, or one file per key (`expand`).
+//! - [`write`]: layout and size checks, then atomic writes with tight modes.
+//! - [`report`]: the termination message.
+//! - [`value`]: the value-holding types, whose `Debug` is redacted.
+//! - [`error`]: the error type, exit codes and labels.
+
+pub mod error;
+pub mod extract;
+pub mod fetch;
+pub mod plan;
+pub mod report;
+pub mod value;
+pub mod write;
+
+pub use error::{Error, Result};
+pub use fetch::Settings;
+
+use crate::error::{AwsErrorKind, AwsFailure, Target};
+use crate::plan::FetchKey;
+use dso_api::contract::{InitPlan, InitReport, ReportedVersion};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// For the termination message.
+    pub report: InitReport,
+    /// Files written.
+    pub files: usize,
+    /// GetSecretValue calls that succeeded (distinct secret versions).
+    pub fetched: usize,
+}
+
+/// Fills the volume described by `plan` (already parsed with [`plan::parse`]).
+pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
+    // Every distinct call, and the first file that needs it (named in messages).
+    let mut calls: BTreeMap<FetchKey, Target> = BTreeMap::new();
+    for s in &plan.secrets {
+        for f in &s.files {
+            calls
+                .entry(plan::fetch_key(s, f))
+                .or_insert_with(|| plan::target(s, f));
+        }
+    }
+    let deadline = settings.deadline;
+    let deadline_at = tokio::time::Instant::now() + deadline;
+    let first = calls.values().next().cloned().unwrap_or_default();
+    // The fetch ends by `deadline_at` on its own, with the failure of the secret it waited
+    // for; this is the safety net should anything else (loading the configuration) hang.
+    let fetched = tokio::time::timeout(
+        deadline + SAFETY_MARGIN,
+        fetch(&calls, settings, deadline_at),
+    )
+    .await
+    .map_err(|_| Error::Aws {
+        at: first,
+        failure: AwsFailure::new(
+            AwsErrorKind::Timeout,
+            format!("nothing fetched before the {deadline:?} deadline"),
+        ),
+    })??;
+
+    let mut pending = Vec::new();
+    for s in &plan.secrets {
+        for f in &s.files {
+            let at = plan::target(s, f);
+            let Some(got) = fetched.get(&plan::fetch_key(s, f)) else {
+                return Err(Error::Aws {
+                    at,
+                    failure: AwsFailure::new(AwsErrorKind::Other, "internal: no fetch result"),
+                });
+            };
+            for out in extract::files_for(&at, f, &got.value)? {
+                pending.push(write::Pending {
+                    at: at.clone(),
+                    dso_secret: s.name.clone(),
+                    path: out.path,
+                    contents: out.contents,
+                    mode: s.file_mode,
+                });
+            }
+        }
+    }
+    write::check_layout(&pending)?;
+    write::check_size(&pending, plan.size_limit_bytes)?;
+    write::write_all(Path::new(&plan.mount_path), &pending)?;
+
+    let versions: BTreeSet<ReportedVersion> = fetched
+        .iter()
+        .map(|(key, got)| ReportedVersion {
+            secret_id: key.secret_id.clone(),
+            version_id: got.version_id.clone(),
+        })
+        .collect();
+    Ok(Outcome {
+        report: InitReport {
+            versions: versions.into_iter().collect(),
+        },
+        files: pending.len(),
+        fetched: fetched.len(),
+    })
+}
+
+const SAFETY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn fetch(
+    calls: &BTreeMap<FetchKey, Target>,
+    settings: Settings,
+    deadline_at: tokio::time::Instant,
+) -> Result<BTreeMap<FetchKey, fetch::Fetched>> {
+    let regions: Vec<Option<String>> = calls.keys().map(|k| k.region.clone()).collect();
+    let fetcher = fetch::Fetcher::from_environment(settings, &regions).await;
+    if fetcher.default_region().is_none()
+        && let Some((_, at)) = calls.iter().find(|(k, _)| k.region.is_none())
+    {
+        return Err(Error::NoRegion { at: at.clone() });
+    }
+    fetcher
+        .fetch_all(calls.keys().cloned().collect(), deadline_at)
+        .await
+        .map_err(|(key, failure)| Error::Aws {
+            at: calls.get(&key).cloned().unwrap_or_default(),
+            failure,
+        })
+}

@@ -1,0 +1,623 @@
+//! The real `dso-init` binary against moto server over HTTP, with a cleared environment: the IRSA
+//! chain (a JWT-shaped token file → STS AssumeRoleWithWebIdentity → Secrets Manager) and no
+//! static keys. Every test plants a unique canary value and checks it appears in no output.
+//!
+//! Needs `DSO_MOTO_ENDPOINT` (e.g. `tests/moto.sh start 5100` → `http://127.0.0.1:5100`).
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::{Credentials, Region};
+use aws_smithy_types::Blob;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/dso-test";
+/// moto does not verify the token; the SDK only needs it to be there.
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJpc3MiOiJodHRwczovL2t1YmVybmV0ZXMuZGVmYXVsdC5zdmMiLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphcHAiLCJhdWQiOlsic3RzLmFtYXpvbmF3cy5jb20iXX0.c2lnbmF0dXJl";
+
+fn moto() -> String {
+    std::env::var("DSO_MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "DSO_MOTO_ENDPOINT is not set: start moto with `tests/moto.sh start 5100` and export \
+             DSO_MOTO_ENDPOINT=http://127.0.0.1:5100 (tests/run.sh does this)"
+        )
+    })
+}
+
+/// A unique name, so tests can share one moto.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A Secrets Manager client with static test keys, for setting secrets up.
+async fn admin() -> Client {
+    let conf = aws_sdk_secretsmanager::config::Builder::new()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto())
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn create_string(name: &str, value: &str) -> String {
+    admin()
+        .await
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret in moto")
+        .version_id
+        .expect("version id")
+}
+
+/// One run of the binary in a scratch directory.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    termination: String,
+    elapsed: Duration,
+}
+
+impl Ran {
+    /// Asserts no canary appears in anything the process said.
+    fn assert_silent_about(&self, canaries: &[&str]) {
+        for c in canaries {
+            for (what, text) in [
+                ("stdout", &self.stdout),
+                ("stderr", &self.stderr),
+                ("termination message", &self.termination),
+            ] {
+                assert!(!text.contains(c), "canary {c:?} leaked into {what}: {text}");
+            }
+        }
+    }
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        std::fs::create_dir(dir.path().join("mnt")).expect("mnt");
+        Scratch { dir }
+    }
+
+    fn mount(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn plan(&self, secrets: serde_json::Value) -> String {
+        self.plan_sized(secrets, 1 << 20)
+    }
+
+    fn plan_sized(&self, secrets: serde_json::Value, limit: u64) -> String {
+        serde_json::json!({
+            "version": 1,
+            "mountPath": self.mount(),
+            "sizeLimitBytes": limit,
+            "secrets": secrets,
+        })
+        .to_string()
+    }
+
+    /// Runs with the IRSA variables only (plus `extra`), against moto.
+    fn run(&self, plan: &str, extra: &[(&str, &str)]) -> Ran {
+        let endpoint = moto();
+        let token = self.dir.path().join("token");
+        let mut env: Vec<(&str, &str)> = vec![
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ROLE_ARN", ROLE),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                token.to_str().expect("utf-8"),
+            ),
+            ("AWS_ENDPOINT_URL", &endpoint),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            if !v.is_empty() {
+                env.push((k, v));
+            }
+        }
+        self.run_with(plan, &env)
+    }
+
+    fn run_with(&self, plan: &str, env: &[(&str, &str)]) -> Ran {
+        let log = self.dir.path().join("termination-log");
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_dso-init"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("DSO_PLAN", plan)
+            .env("DSO_TERMINATION_LOG", &log)
+            .output()
+            .expect("run dso-init");
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            termination: std::fs::read_to_string(&log).unwrap_or_default(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.mount().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    fn mode(&self, rel: &str) -> u32 {
+        mode(&self.mount().join(rel))
+    }
+
+    fn is_empty(&self) -> bool {
+        std::fs::read_dir(self.mount())
+            .expect("ls")
+            .next()
+            .is_none()
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+fn one_file(secret_id: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut file = serde_json::json!({"path": "value", "secretId": secret_id});
+    if let (Some(f), Some(e)) = (file.as_object_mut(), extra.as_object()) {
+        f.extend(e.clone());
+    }
+    serde_json::json!([{"name": "app", "fileMode": 0o440, "files": [file]}])
+}
+
+#[tokio::test]
+async fn a_string_secret_is_written_with_its_mode_through_the_irsa_chain_alone() {
+    let canary = unique("canary-whole");
+    let id = unique("it/whole");
+    let version = create_string(&id, &canary).await;
+    let s = Scratch::new();
+    let ran = s.run(&s.plan(one_file(&id, serde_json::json!({}))), &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    assert_eq!(s.mode("app/value"), 0o440);
+    assert_eq!(s.mode("app"), 0o750);
+    let report: dso_api::contract::InitReport =
+        serde_json::from_str(&ran.termination).expect("the termination message is the report");
+    assert_eq!(report.versions.len(), 1);
+    assert_eq!(report.versions[0].secret_id, id);
+    assert_eq!(report.versions[0].version_id, version);
+    assert!(ran.stdout.contains("wrote 1 files"), "{}", ran.stdout);
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn awscurrent_awsprevious_and_a_pinned_version_id_each_get_their_own_value() {
+    let (old, new) = (unique("canary-old"), unique("canary-new"));
+    let id = unique("it/rotated");
+    let v1 = create_string(&id, &old).await;
+    let v2 = admin()
+        .await
+        .put_secret_value()
+        .secret_id(&id)
+        .secret_string(&new)
+        .send()
+        .await
+        .expect("put")
+        .version_id
+        .expect("version id");
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "rot", "fileMode": 0o400, "files": [
+            {"path": "current", "secretId": id},
+            {"path": "explicit-current", "secretId": id, "versionStage": "AWSCURRENT"},
+            {"path": "previous", "secretId": id, "versionStage": "AWSPREVIOUS"},
+            {"path": "pinned", "secretId": id, "versionId": v1},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("rot/current"), new.as_bytes());
+    assert_eq!(s.read("rot/explicit-current"), new.as_bytes());
+    assert_eq!(s.read("rot/previous"), old.as_bytes());
+    assert_eq!(s.read("rot/pinned"), old.as_bytes());
+    assert_eq!(s.mode("rot/pinned"), 0o400);
+    assert_eq!(s.mode("rot"), 0o700);
+    let mut ids: Vec<String> =
+        serde_json::from_str::<dso_api::contract::InitReport>(&ran.termination)
+            .expect("report")
+            .versions
+            .into_iter()
+            .map(|v| v.version_id)
+            .collect();
+    ids.sort();
+    ids.dedup();
+    let mut want = vec![v1, v2];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(
+        ran.stdout.contains("from 3 secret versions"),
+        "one call per distinct version: {}",
+        ran.stdout
+    );
+    ran.assert_silent_about(&[&old, &new]);
+}
+
+#[tokio::test]
+async fn a_json_key_is_written_as_its_string_and_other_json_as_json_text() {
+    let canary = unique("canary-json");
+    let id = unique("it/json");
+    create_string(
+        &id,
+        &serde_json::json!({"password": canary, "port": 5432, "tags": ["a"]}).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "db", "fileMode": 0o440, "files": [
+            {"path": "password", "secretId": id, "jsonKey": "password"},
+            {"path": "conf/port", "secretId": id, "jsonKey": "port"},
+            {"path": "conf/tags", "secretId": id, "jsonKey": "tags"},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("db/password"), canary.as_bytes());
+    assert_eq!(s.read("db/conf/port"), b"5432");
+    assert_eq!(s.read("db/conf/tags"), br#"["a"]"#);
+    assert_eq!(s.mode("db/conf"), 0o750);
+    assert_eq!(s.mode("db/conf/port"), 0o440);
+    assert!(
+        ran.stdout.contains("from 1 secret versions"),
+        "{}",
+        ran.stdout
+    );
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn expand_writes_one_file_per_top_level_key() {
+    let (user, pass) = (unique("canary-user"), unique("canary-pass"));
+    let id = unique("it/expand");
+    create_string(
+        &id,
+        &serde_json::json!({"username": user, "password": pass}).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "api", "fileMode": 0o444, "files": [
+            {"secretId": id, "expand": true},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("api/username"), user.as_bytes());
+    assert_eq!(s.read("api/password"), pass.as_bytes());
+    assert_eq!(s.mode("api/password"), 0o444);
+    assert_eq!(s.mode("api"), 0o755);
+    ran.assert_silent_about(&[&user, &pass]);
+}
+
+#[tokio::test]
+async fn a_binary_secret_is_written_as_its_bytes() {
+    let canary = unique("canary-bin");
+    let mut bytes = vec![0u8, 0xff, 0xfe, b'\n'];
+    bytes.extend_from_slice(canary.as_bytes());
+    let id = unique("it/binary");
+    admin()
+        .await
+        .create_secret()
+        .name(&id)
+        .secret_binary(Blob::new(bytes.clone()))
+        .send()
+        .await
+        .expect("create binary");
+    let s = Scratch::new();
+    let ran = s.run(&s.plan(one_file(&id, serde_json::json!({}))), &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), bytes);
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_closed_with_one_line_naming_everything() {
+    let canary = unique("canary-present");
+    let present = unique("it/present");
+    create_string(&present, &canary).await;
+    let missing = unique("it/missing");
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "shop", "fileMode": 0o440, "files": [
+            {"path": "ok", "secretId": present},
+            {"path": "db-password", "secretId": missing},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(4), "{}", ran.stderr);
+    let line = ran.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    for part in [
+        "\"shop\"",
+        "\"db-password\"",
+        missing.as_str(),
+        "ResourceNotFound",
+    ] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+    assert_eq!(ran.termination.trim(), line);
+    assert!(s.is_empty(), "nothing is written when anything fails");
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn a_missing_json_key_fails_naming_the_key() {
+    let canary = unique("canary-nokey");
+    let id = unique("it/nokey");
+    create_string(&id, &serde_json::json!({"password": canary}).to_string()).await;
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(&id, serde_json::json!({"jsonKey": "username"}))),
+        &[],
+    );
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(ran.stderr.contains("MissingJsonKey"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("\"username\""), "{}", ran.stderr);
+    assert!(ran.stderr.contains(&id), "{}", ran.stderr);
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn a_json_key_on_a_value_that_is_not_json_fails_without_echoing_it() {
+    let canary = unique("canary-notjson");
+    let id = unique("it/notjson");
+    create_string(&id, &format!("{{not json {canary}")).await;
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(&id, serde_json::json!({"jsonKey": "k"}))),
+        &[],
+    );
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(ran.stderr.contains("NotJson"), "{}", ran.stderr);
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn the_size_limit_is_checked_before_anything_is_written() {
+    let canary = unique("canary-size");
+    let id = unique("it/size");
+    create_string(
+        &id,
+        &serde_json::json!({"a": canary, "b": canary}).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan_sized(
+        serde_json::json!([{"name": "big", "fileMode": 0o440, "files": [
+            {"secretId": id, "expand": true},
+        ]}]),
+        4096,
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(7), "{}", ran.stderr);
+    assert!(ran.stderr.contains("SizeLimit"), "{}", ran.stderr);
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn the_region_of_the_plan_is_enough_when_the_environment_names_none() {
+    let canary = unique("canary-region");
+    let id = unique("it/region");
+    create_string(&id, &canary).await;
+    let s = Scratch::new();
+    let mut secrets = one_file(&id, serde_json::json!({}));
+    secrets[0]["region"] = "us-east-1".into();
+    let ran = s.run(&s.plan(secrets), &[("AWS_REGION", "")]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn no_region_anywhere_is_a_configuration_error() {
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("it/any", serde_json::json!({}))),
+        &[("AWS_REGION", ""), ("AWS_EC2_METADATA_DISABLED", "true")],
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(ran.stderr.contains("NoRegion"), "{}", ran.stderr);
+}
+
+#[test]
+fn a_missing_or_broken_plan_is_a_configuration_error() {
+    let s = Scratch::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_dso-init"))
+        .env_clear()
+        .env("DSO_TERMINATION_LOG", s.dir.path().join("log"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DSO_PLAN is not set"));
+    let ran = s.run_with(r#"{"version":1,"mountPath":"/x","sizeLimitBytes":1,"secrets":[{"name":"a","fileMode":288,"files":[{"path":"../../etc/passwd","secretId":"s"}]}]}"#, &[]);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("secrets[0].files[0].path"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_within_the_deadline_with_a_clear_error() {
+    let s = Scratch::new();
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let ran = s.run(
+        &s.plan(one_file("it/unreachable", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL", &endpoint), ("DSO_DEADLINE", "4s")],
+    );
+    assert_eq!(ran.code, Some(6), "{}", ran.stderr);
+    assert!(
+        ran.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        ran.elapsed
+    );
+    assert!(ran.stderr.contains("EndpointUnreachable"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("it/unreachable"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("attempts"), "{}", ran.stderr);
+}
+
+#[test]
+fn an_endpoint_that_never_answers_fails_at_the_deadline() {
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("it/silent", serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("DSO_DEADLINE", "3s"),
+            ("DSO_ATTEMPT_TIMEOUT", "1s"),
+        ],
+    );
+    assert_eq!(ran.code, Some(6), "{}", ran.stderr);
+    assert!(
+        ran.elapsed < Duration::from_secs(4),
+        "took {:?}",
+        ran.elapsed
+    );
+    assert!(ran.stderr.contains("Timeout"), "{}", ran.stderr);
+    drop(silent);
+}
+
+/// A fake Secrets Manager that throttles the first `throttle` calls and then answers with
+/// `value`. Returns its endpoint and a counter of calls.
+fn throttling_fake(
+    throttle: usize,
+    value: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counter = counter.clone();
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = if n < throttle {
+                        (
+                            "400 Bad Request",
+                            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+                                .to_string(),
+                        )
+                    } else {
+                        ("200 OK", serde_json::json!({
+                            "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:fake-AbCdEf",
+                            "Name": "fake", "VersionId": "fake-version-1",
+                            "SecretString": value, "VersionStages": ["AWSCURRENT"],
+                        }).to_string())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if writer.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, calls)
+}
+
+#[test]
+fn throttling_is_retried_and_the_secrets_manager_endpoint_variable_is_honoured() {
+    let canary = unique("canary-throttle");
+    let (fake, calls) = throttling_fake(2, canary.clone());
+    let s = Scratch::new();
+    // STS goes to moto through AWS_ENDPOINT_URL; Secrets Manager to the fake.
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    assert!(
+        ran.termination.contains("fake-version-1"),
+        "{}",
+        ran.termination
+    );
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn throttling_that_never_ends_fails_after_the_attempt_limit() {
+    let canary = unique("canary-throttled");
+    let (fake, calls) = throttling_fake(usize::MAX, canary.clone());
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake),
+            ("DSO_MAX_ATTEMPTS", "3"),
+        ],
+    );
+    assert_eq!(ran.code, Some(6), "{}", ran.stderr);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        ran.stderr.contains("Throttling: Rate exceeded"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("after 3 attempts"), "{}", ran.stderr);
+    ran.assert_silent_about(&[&canary]);
+}
