@@ -1,0 +1,660 @@
+//! `dso-webhook` on the real cluster, registered through a real MutatingWebhookConfiguration
+//! in URL mode (`https://127.0.0.1:PORT/mutate` with a caBundle from a certificate made here).
+//!
+//! Each test starts its own webhook process (`$DSO_BIN_DIR/dso-webhook`, watching the cluster
+//! through `KUBECONFIG`) on its own port, and its own configuration, which selects only the
+//! namespaces this test creates (a label unique to the test) and, through `matchConditions`,
+//! only pods annotated `dso.dev/inject: "true"`: other tests sharing the cluster never see it.
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Label selecting a test's namespaces for its webhook configuration.
+const SELECTOR_LABEL: &str = "dso-webhook-e2e";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
+fn check(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A running `dso-webhook` and the configuration that sends it this test's pods.
+struct Webhook {
+    child: Option<Child>,
+    config_name: String,
+    /// Value of [`SELECTOR_LABEL`] on the namespaces this webhook serves.
+    run: String,
+    admin_port: u16,
+    log: PathBuf,
+    namespaces: Vec<String>,
+    _dir: PathBuf,
+}
+
+impl Webhook {
+    /// Starts the webhook on `port` (admin HTTP on `port + 50`), registers it, and returns once
+    /// the apiserver routes an annotated pod of a fresh namespace to it.
+    async fn start(port: u16, extra_args: &[&str]) -> Webhook {
+        let crd = repo_root().join("crds/dso.dev_dsosecrets.yaml");
+        check(
+            kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()]),
+            "apply the DsoSecret CRD",
+        );
+        let run = unique("wh");
+        let dir = std::env::temp_dir().join(format!("dso-webhook-e2e-{run}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+            .expect("generate the serving certificate");
+        std::fs::write(dir.join("tls.crt"), cert.cert.pem()).expect("write cert");
+        std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).expect("write key");
+        let log = dir.join("webhook.log");
+        let admin_port = port + 50;
+        let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook");
+        let child = Command::new(&bin)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+                "--tls-cert",
+                &dir.join("tls.crt").to_string_lossy(),
+                "--tls-key",
+                &dir.join("tls.key").to_string_lossy(),
+                "--init-image",
+                &env("DSO_INIT_IMAGE"),
+                "--init-image-pull-policy",
+                "Never",
+                "--default-region",
+                "us-east-1",
+                "--shutdown-grace",
+                "2s",
+            ])
+            .args(extra_args)
+            .env("KUBECONFIG", env("KUBECONFIG"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut webhook = Webhook {
+            child: Some(child),
+            config_name: format!("dso-e2e-{run}"),
+            run,
+            admin_port,
+            log,
+            namespaces: Vec::new(),
+            _dir: dir,
+        };
+        wait_for("the webhook to be ready", TIMEOUT, || async {
+            Ok(webhook
+                .admin_get("/readyz")
+                .await?
+                .contains(" 200 ")
+                .then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", webhook.logs()));
+
+        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": webhook.config_name},
+            "webhooks": [{
+                "name": "pods.dso.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "timeoutSeconds": 5,
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: webhook.run}},
+                "matchConditions": [{
+                    "name": "opted-in",
+                    "expression": "has(object.metadata.annotations) && 'dso.dev/inject' in object.metadata.annotations && object.metadata.annotations['dso.dev/inject'].lowerAscii() == 'true'"
+                }]
+            }]
+        }))
+        .expect("webhook configuration");
+        let mut config = config;
+        if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
+            w.client_config.ca_bundle = Some(ByteString(cert.cert.pem().into_bytes()));
+        }
+        Api::<MutatingWebhookConfiguration>::all(client().await)
+            .create(&PostParams::default(), &config)
+            .await
+            .expect("create the MutatingWebhookConfiguration");
+
+        // The apiserver picks the configuration up within about a second: probe with dry runs.
+        let probe_ns = webhook.namespace(&[]).await;
+        let pods: Api<Pod> = Api::namespaced(client().await, &probe_ns);
+        let probe = pod_json("probe", &annotated("nothing-here"));
+        wait_for("the apiserver to call the webhook", TIMEOUT, || {
+            let pods = pods.clone();
+            let probe = probe.clone();
+            async move {
+                let dry = PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                match pods.create(&dry, &serde_json::from_value(probe)?).await {
+                    Err(kube::Error::Api(s)) if s.message.contains("nothing-here") => Ok(Some(())),
+                    other => anyhow::bail!("not routed to the webhook yet: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", webhook.logs()));
+        webhook
+    }
+
+    /// A fresh namespace this webhook serves.
+    async fn namespace(&mut self, extra_labels: &[(&str, &str)]) -> String {
+        let mut labels = vec![(SELECTOR_LABEL, self.run.as_str())];
+        labels.extend_from_slice(extra_labels);
+        let ns = namespace(&client().await, "dso-wh", &labels).await;
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    /// GET on the plain-HTTP admin port; returns the raw response.
+    async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nhost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- dso-webhook log ---\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    /// Stops the process (SIGKILL) and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        self.stop();
+        let _ = kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &self.config_name,
+            "--ignore-not-found",
+        ]);
+        for ns in &self.namespaces {
+            let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn annotated(secrets: &str) -> Value {
+    json!({"dso.dev/inject": "true", "dso.dev/secrets": secrets})
+}
+
+/// A pod passing Pod Security `restricted` on its own, running busybox.
+fn pod_json(name: &str, annotations: &Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [app_container("app", "sleep 3600")],
+        }
+    })
+}
+
+fn app_container(name: &str, script: &str) -> Value {
+    json!({
+        "name": name, "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", script],
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 1001, "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    })
+}
+
+fn apply(ns: &str, manifest: &Value) {
+    check(
+        kubectl_stdin(
+            &["apply", "-n", ns, "-f", "-"],
+            &serde_json::to_string(manifest).expect("json"),
+        ),
+        "kubectl apply",
+    );
+}
+
+fn dso_secret(name: &str, secret_id: &str, extra_spec: Value) -> Value {
+    let mut spec =
+        json!({"files": [{"path": "password", "secretId": secret_id, "jsonKey": "password"}]});
+    if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
+        s.extend(extra);
+    }
+    json!({"apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret", "metadata": {"name": name}, "spec": spec})
+}
+
+fn deployment(name: &str, annotations: &Value, containers: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": containers}
+            }
+        }
+    })
+}
+
+fn init_names(p: &Pod) -> Vec<String> {
+    p.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+fn dso_mounts(p: &Pod, container: &str) -> Vec<(String, Option<bool>)> {
+    p.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| c.name == container)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| m.name == "dso-secrets")
+        .map(|m| (m.mount_path.clone(), m.read_only))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deployment_with_the_annotations_gets_pods_with_the_init_container_the_tmpfs_and_the_mounts()
+ {
+    let mut wh = Webhook::start(18401, &[]).await;
+    let ns = wh.namespace(&[]).await;
+    apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
+    let mut annotations = annotated("db");
+    annotations["dso.dev/containers"] = json!("app");
+    apply(
+        &ns,
+        &deployment(
+            "web",
+            &annotations,
+            vec![
+                app_container("app", "sleep 3600"),
+                app_container("side", "sleep 3600"),
+            ],
+        ),
+    );
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let pod = wait_for("a pod of the Deployment", TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items
+            .into_iter()
+            .next())
+    })
+    .await
+    .expect("the ReplicaSet controller created a pod");
+
+    assert_eq!(
+        init_names(&pod).first().map(String::as_str),
+        Some("dso-init")
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    let init = &spec.init_containers.as_ref().expect("init containers")[0];
+    assert_eq!(init.image.as_deref(), Some(env("DSO_INIT_IMAGE").as_str()));
+    let plan = init
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "DSO_PLAN")
+        .and_then(|e| e.value.clone())
+        .expect("DSO_PLAN");
+    assert!(plan.contains("prod/e2e/db"), "{plan}");
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "dso-secrets")
+        .expect("the dso-secrets volume");
+    let empty_dir = volume.empty_dir.as_ref().expect("an emptyDir");
+    assert_eq!(empty_dir.medium.as_deref(), Some("Memory"));
+    assert!(empty_dir.size_limit.is_some());
+    assert_eq!(
+        dso_mounts(&pod, "app"),
+        vec![("/run/secrets/dso".to_string(), Some(true))]
+    );
+    assert!(
+        dso_mounts(&pod, "side").is_empty(),
+        "containers not selected get no mount"
+    );
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("dso.dev/injected"))
+            .map(String::as_str),
+        Some("db")
+    );
+    assert!(
+        spec.security_context
+            .as_ref()
+            .and_then(|s| s.fs_group)
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn an_unannotated_pod_is_admitted_unchanged() {
+    let mut wh = Webhook::start(18402, &[]).await;
+    let ns = wh.namespace(&[]).await;
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let sent = pod_json("plain", &json!({"team": "a"}));
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sent).expect("pod"),
+        )
+        .await
+        .expect("an unannotated pod is admitted");
+    assert!(init_names(&created).is_empty());
+    assert!(dso_mounts(&created, "app").is_empty());
+    let volumes: Vec<_> = created
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .map(|v| v.name.clone())
+        .collect();
+    assert!(
+        volumes.iter().all(|v| v.starts_with("kube-api-access-")),
+        "{volumes:?}"
+    );
+    let annotations = created.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.len(), 1, "{annotations:?}");
+    assert!(
+        created
+            .spec
+            .and_then(|s| s.security_context)
+            .and_then(|s| s.fs_group)
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_pod_in_a_restricted_namespace_is_admitted_after_mutation() {
+    let mut wh = Webhook::start(18403, &[]).await;
+    let ns = wh
+        .namespace(&[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await;
+    apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
+    // IRSA adds a projected token volume: restricted allows it.
+    apply(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/web"}}}),
+    );
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let mut sent = pod_json("restricted", &annotated("db"));
+    sent["spec"]["serviceAccountName"] = json!("web");
+    // The webhook's caches see the new ServiceAccount shortly after it is created: dry runs
+    // (which go through admission, Pod Security included) until the role is injected.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(
+        "the webhook to know the ServiceAccount's role",
+        TIMEOUT,
+        || {
+            let (pods, sent, dry) = (pods.clone(), sent.clone(), dry.clone());
+            async move {
+                let p = pods.create(&dry, &serde_json::from_value(sent)?).await?;
+                let has_role = p
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.init_containers.iter().flatten())
+                    .flat_map(|c| c.env.iter().flatten())
+                    .any(|e| e.name == "AWS_ROLE_ARN");
+                Ok(has_role.then_some(()))
+            }
+        },
+    )
+    .await
+    .expect("the role is injected");
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sent).expect("pod"),
+        )
+        .await
+        .expect("Pod Security restricted admits the mutated pod");
+    assert_eq!(
+        init_names(&created).first().map(String::as_str),
+        Some("dso-init")
+    );
+    let sc = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .expect("init")[0]
+        .security_context
+        .clone()
+        .expect("init security context");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+}
+
+#[tokio::test]
+async fn an_unknown_dsosecret_is_denied_and_the_message_reaches_the_replicaset_events() {
+    let mut wh = Webhook::start(18404, &[]).await;
+    let ns = wh.namespace(&[]).await;
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let direct = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_json("direct", &annotated("missing"))).expect("pod"),
+        )
+        .await
+        .expect_err("a pod naming an unknown DsoSecret is denied");
+    let expected = format!("DsoSecret \"missing\" not found in namespace {ns}");
+    assert!(direct.to_string().contains(&expected), "{direct}");
+
+    apply(
+        &ns,
+        &deployment(
+            "web",
+            &annotated("missing"),
+            vec![app_container("app", "sleep 3600")],
+        ),
+    );
+    let events: Api<Event> = Api::namespaced(client().await, &ns);
+    let rss: Api<ReplicaSet> = Api::namespaced(client().await, &ns);
+    let message = wait_for(
+        "a FailedCreate event on the ReplicaSet",
+        TIMEOUT,
+        || async {
+            let rs_names: Vec<String> = rss
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|r| r.metadata.name)
+                .collect();
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.kind.as_deref() == Some("ReplicaSet")
+                        && e.involved_object
+                            .name
+                            .as_ref()
+                            .is_some_and(|n| rs_names.contains(n))
+                        && e.reason.as_deref() == Some("FailedCreate")
+                })
+                .and_then(|e| e.message))
+        },
+    )
+    .await
+    .expect("the ReplicaSet reports the denial");
+    assert!(message.contains(&expected), "{message}");
+}
+
+#[tokio::test]
+async fn with_the_webhook_stopped_annotated_pods_are_refused_and_others_still_admitted() {
+    let mut wh = Webhook::start(18405, &[]).await;
+    let ns = wh.namespace(&[]).await;
+    apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
+    wh.stop();
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_json("annotated", &annotated("db"))).expect("pod"),
+        )
+        .await
+        .expect_err("failurePolicy Fail refuses an annotated pod while the webhook is down");
+    assert!(refused.to_string().contains("pods.dso.dev"), "{refused}");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod_json("plain", &json!({}))).expect("pod"),
+    )
+    .await
+    .expect("matchConditions keep unannotated pods away from the stopped webhook");
+}
+
+/// The whole path on the node: the webhook injects, the kubelet projects the IRSA token,
+/// dso-init trades it with STS (moto) and fetches from Secrets Manager (moto), and an app
+/// running as another user reads the file. The value appears nowhere in the pod object.
+#[tokio::test]
+async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init() {
+    let moto = env("DSO_MOTO_ENDPOINT");
+    let mut wh = Webhook::start(18406, &["--init-env", &format!("AWS_ENDPOINT_URL={moto}")]).await;
+    let ns = wh.namespace(&[]).await;
+    let secret_id = unique("e2e/webhook/db");
+    let canary = unique("canary-value-never-in-the-spec");
+    let sm = aws_sdk_secretsmanager::Client::from_conf(
+        aws_sdk_secretsmanager::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&moto)
+            .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+            .build(),
+    );
+    sm.create_secret()
+        .name(&secret_id)
+        .secret_string(json!({"password": canary}).to_string())
+        .send()
+        .await
+        .expect("create the secret in moto");
+    apply(
+        &ns,
+        &dso_secret(
+            "db",
+            &secret_id,
+            json!({"aws": {"roleArn": "arn:aws:iam::123456789012:role/e2e-webhook"}}),
+        ),
+    );
+    let mut sent = pod_json("runs", &annotated("db"));
+    sent["spec"]["hostNetwork"] = json!(true);
+    sent["spec"]["containers"] = json!([app_container(
+        "app",
+        "if [ -s /run/secrets/dso/db/password ] && cat /run/secrets/dso/db/password >/dev/null; then echo READABLE; else echo UNREADABLE; ls -ln /run/secrets/dso /run/secrets/dso/db; fi; sleep 3600"
+    )]);
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(sent).expect("pod"),
+    )
+    .await
+    .expect("the pod is admitted");
+    let running = wait_for(
+        "the injected pod to run",
+        Duration::from_secs(120),
+        || async {
+            let p = pods.get("runs").await?;
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            anyhow::ensure!(
+                phase != "Failed",
+                "pod failed: {:?}\ninit log: {}",
+                p.status,
+                container_log(&ns, "runs", "dso-init").unwrap_or_default()
+            );
+            Ok((phase == "Running").then_some(p))
+        },
+    )
+    .await
+    .expect("the injected pod runs");
+    let log = wait_for("the app's verdict", TIMEOUT, || async {
+        let log = container_log(&ns, "runs", "app")?;
+        Ok(log.contains("READABLE").then_some(log))
+    })
+    .await
+    .expect("app log");
+    assert!(
+        log.contains("READABLE") && !log.contains("UNREADABLE"),
+        "{log}"
+    );
+    let object = serde_json::to_string(&running).expect("json");
+    assert!(
+        !object.contains(&canary),
+        "the secret value leaked into the pod object"
+    );
+    let init_log = container_log(&ns, "runs", "dso-init").unwrap_or_default();
+    assert!(
+        !init_log.contains(&canary),
+        "the secret value leaked into dso-init's log"
+    );
+}
