@@ -135,28 +135,59 @@ where
     }
 }
 
-/// A reflector for one workload kind, and the stream of its changes for the controller.
-fn workload_watch<K>(
+/// Counts watch streams that finished their initial list (readiness). Store readiness cannot
+/// be awaited here: kube's `Store::wait_until_ready` wakes only one of several waiters, and the
+/// controller already waits on its own store.
+#[derive(Clone, Default)]
+struct Synced(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Synced {
+    /// A stream inspector that counts the first `InitDone` of one stream.
+    fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
+        let (count, mut done) = (self.0.clone(), false);
+        move |event| {
+            if !done && matches!(event, Ok(watcher::Event::InitDone)) {
+                done = true;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A reflector for one kind, and the stream of its changes for the controller.
+fn watch<K>(
     client: &Client,
     namespace: Option<&str>,
+    slim: fn(&mut K),
+    synced: &Synced,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(
-        api::<K>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(K::slim)
-    .reflect(writer)
-    .applied_objects();
+    let stream = watcher(api::<K>(client, namespace), watcher::Config::default())
+        .default_backoff()
+        .modify(slim)
+        .inspect(synced.marker())
+        .reflect(writer)
+        .applied_objects();
     (reader, stream)
 }
+
+fn keep_all<K>(_: &mut K) {}
 
 impl Args {
     /// Runs the operator until a shutdown signal (or the loss of the Lease).
@@ -303,37 +334,38 @@ impl Args {
             (elector, handle)
         });
 
-        let (deployments, deployment_changes) = workload_watch::<Deployment>(&client, ns);
-        let (statefulsets, statefulset_changes) = workload_watch::<StatefulSet>(&client, ns);
-        let (daemonsets, daemonset_changes) = workload_watch::<DaemonSet>(&client, ns);
-        let controller = Controller::new(
-            api::<DsoSecret>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .watches_stream(deployment_changes, workload::dsosecrets_of::<Deployment>)
-        .watches_stream(statefulset_changes, workload::dsosecrets_of::<StatefulSet>)
-        .watches_stream(daemonset_changes, workload::dsosecrets_of::<DaemonSet>)
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(reconcile_concurrency),
-        )
-        .graceful_shutdown_on(wait(stop_rx.clone()));
+        let synced = Synced::default();
+        let (dsosecrets, dsosecret_changes) = watch::<DsoSecret>(&client, ns, keep_all, &synced);
+        let (deployments, deployment_changes) =
+            watch::<Deployment>(&client, ns, Deployment::slim, &synced);
+        let (statefulsets, statefulset_changes) =
+            watch::<StatefulSet>(&client, ns, StatefulSet::slim, &synced);
+        let (daemonsets, daemonset_changes) =
+            watch::<DaemonSet>(&client, ns, DaemonSet::slim, &synced);
+        let controller = Controller::for_stream(dsosecret_changes, dsosecrets.clone())
+            .watches_stream(deployment_changes, workload::dsosecrets_of::<Deployment>)
+            .watches_stream(statefulset_changes, workload::dsosecrets_of::<StatefulSet>)
+            .watches_stream(daemonset_changes, workload::dsosecrets_of::<DaemonSet>)
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(reconcile_concurrency),
+            )
+            .graceful_shutdown_on(wait(stop_rx.clone()));
         let stores = Stores {
-            dsosecrets: controller.store(),
+            dsosecrets,
             deployments,
             statefulsets,
             daemonsets,
         };
         {
-            let (stores, health, mut rx) = (stores.clone(), health.clone(), stop_rx.clone());
+            let (health, mut rx) = (health.clone(), stop_rx.clone());
             tokio::spawn(async move {
-                let synced = async {
-                    let _ = stores.dsosecrets.wait_until_ready().await;
-                    let _ = stores.deployments.wait_until_ready().await;
-                    let _ = stores.statefulsets.wait_until_ready().await;
-                    let _ = stores.daemonsets.wait_until_ready().await;
+                let all_synced = async {
+                    while synced.count() < 4 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 };
                 tokio::select! {
-                    _ = synced => {
+                    _ = all_synced => {
                         if health.phase() == Phase::Syncing {
                             health.set(Phase::Running);
                             info!("watch caches synced; reconciling");

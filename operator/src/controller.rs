@@ -81,6 +81,9 @@ pub struct Context {
     rollouts: Semaphore,
     failures: Mutex<HashMap<(String, String), u32>>,
     refreshes: Mutex<HashMap<(String, String), String>>,
+    /// The last status written per DsoSecret uid: the watch cache may not have seen it yet
+    /// when the next reconcile starts (a workload event right after a rollout).
+    written: Mutex<HashMap<String, DsoSecretStatus>>,
 }
 
 impl Context {
@@ -103,6 +106,7 @@ impl Context {
             rollouts: Semaphore::new(max_concurrent_rollouts.max(1)),
             failures: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -187,7 +191,12 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .namespace()
         .ok_or_else(|| Error::NoNamespace(format!("DsoSecret {}", dso.name_any())))?;
     let name = dso.name_any();
-    let previous = dso.status.clone().unwrap_or_default();
+    let uid = dso.uid().unwrap_or_default();
+    let previous = lock(&ctx.written)
+        .get(&uid)
+        .cloned()
+        .or_else(|| dso.status.clone())
+        .unwrap_or_default();
     let interval = dso_api::validate::interval(&dso.spec);
 
     if let Err(errors) = dso_api::validate::validate_spec(&dso.spec) {
@@ -389,6 +398,19 @@ async fn write_status(
         )
         .await
         .map_err(Error::kube("write DsoSecret status"))?;
+        let mut written = lock(&ctx.written);
+        written.insert(dso.uid().unwrap_or_default(), status.clone());
+        if written.len() > 2 * ctx.stores.dsosecrets.state().len() + 64 {
+            let live: std::collections::HashSet<String> = ctx
+                .stores
+                .dsosecrets
+                .state()
+                .iter()
+                .filter_map(|d| d.uid())
+                .collect();
+            written.retain(|uid, _| live.contains(uid));
+        }
+        drop(written);
         debug!(reason = reason.as_str(), "status written");
     }
     if before.as_deref() != Some(reason.as_str()) {
