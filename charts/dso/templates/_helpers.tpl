@@ -1,0 +1,120 @@
+{{/* Names, labels and shared pod settings of the DSO chart. */}}
+
+{{- define "dso.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "dso.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dso.operator.fullname" -}}{{ include "dso.fullname" . }}-operator{{- end -}}
+{{- define "dso.webhook.fullname" -}}{{ include "dso.fullname" . }}-webhook{{- end -}}
+{{- define "dso.webhook.tlsSecret" -}}{{ include "dso.fullname" . }}-webhook-tls{{- end -}}
+
+{{- define "dso.operator.serviceAccountName" -}}
+{{- default (include "dso.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- define "dso.webhook.serviceAccountName" -}}
+{{- default (include "dso.webhook.fullname" .) .Values.webhook.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "dso.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "dso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dso
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "webhook") */}}
+{{- define "dso.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dso.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "dso.componentLabels" -}}
+{{ include "dso.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* An image reference: (dict "ctx" $ "image" .Values.operator.image) */}}
+{{- define "dso.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* Pod security context: Pod Security "restricted". */}}
+{{- define "dso.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "dso.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Default affinity: prefer replicas on different nodes. (dict "ctx" $ "component" "x" "affinity" {}) */}}
+{{- define "dso.affinity" -}}
+{{- if .affinity -}}
+{{ toYaml .affinity }}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "dso.selectorLabels" . | nindent 12 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Host of the webhook URL, when it is registered by URL. */}}
+{{- define "dso.webhook.urlHost" -}}
+{{- if .Values.webhook.url -}}
+{{- $u := urlParse .Values.webhook.url -}}
+{{- regexReplaceAll ":[0-9]+$" (get $u "host") "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The serving certificate's SANs, as JSON {"dns": [...], "ips": [...]}. */}}
+{{- define "dso.webhook.sans" -}}
+{{- $svc := include "dso.webhook.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $dns := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) -}}
+{{- $ips := list -}}
+{{- $host := include "dso.webhook.urlHost" . -}}
+{{- if $host -}}
+{{- if regexMatch "^[0-9.]+$|:" $host -}}
+{{- $ips = append $ips $host -}}
+{{- else -}}
+{{- $dns = append $dns $host -}}
+{{- end -}}
+{{- end -}}
+{{- $dns = concat $dns .Values.webhook.tls.extraDnsNames | uniq -}}
+{{- $ips = concat $ips .Values.webhook.tls.extraIpAddresses | uniq -}}
+{{- dict "dns" $dns "ips" $ips | toJson -}}
+{{- end -}}

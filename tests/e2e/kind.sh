@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs DSO's end-to-end suite on a kind cluster, for machines with Docker: creates the cluster,
+# builds DSO's images with Docker and loads them into the node, runs moto (the AWS emulator) as
+# a pod, and runs the suite (`cargo test -p dso-e2e`, the same tests as tests/run.sh). The
+# suite's chart test installs the chart with `helm install` (tests/e2e/values-kind.yaml),
+# drives it, and uninstalls it.
+#
+#   tests/e2e/kind.sh                  create, test, delete the cluster
+#   DSO_KIND_KEEP=1 tests/e2e/kind.sh  keep the cluster afterwards (KUBECONFIG is printed)
+#
+# Needs docker, kind, kubectl, helm, cargo, curl. Run it as root (sudo -E): the suite reads
+# container logs from the node's /var/log/pods, mounted on the host, whose files are 0640 root.
+# Settings: DSO_KIND_CLUSTER (dso-e2e), DSO_KIND_NODE_IMAGE (kind's default), DSO_KIND_DIR
+# (/tmp/dso-kind), DSO_MOTO_PORT (5055), DSO_E2E_ARGS (extra `cargo test` arguments).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+cluster=${DSO_KIND_CLUSTER:-dso-e2e}
+dir=${DSO_KIND_DIR:-/tmp/dso-kind}
+moto_port=${DSO_MOTO_PORT:-5055}
+busybox=busybox:1.37
+t0=$SECONDS
+step() { printf '\n==> [kind +%ss] %s\n' "$((SECONDS - t0))" "$*"; }
+die() { printf 'kind.sh: %s\n' "$*" >&2; exit 1; }
+
+for c in docker kind kubectl helm cargo curl; do
+  command -v "$c" >/dev/null || die "$c is missing"
+done
+[ "$(id -u)" = 0 ] || echo "kind.sh: not root: reading pod logs may fail (run with sudo -E)" >&2
+
+cleanup() {
+  if [ -z "${DSO_KIND_KEEP:-}" ]; then
+    kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  else
+    echo "kept: export KUBECONFIG=$dir/kubeconfig"
+  fi
+}
+trap cleanup EXIT
+
+step "kind cluster $cluster"
+rm -rf "$dir"
+mkdir -p "$dir/pod-logs"
+cat > "$dir/kind.yaml" <<YAML
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+  - role: control-plane
+    extraMounts:
+      # The suite reads container logs here (DSO_POD_LOGS_DIR), as on the local cluster.
+      - {hostPath: $dir/pod-logs, containerPath: /var/log/pods}
+    extraPortMappings:
+      # moto runs on the node's network: the suite reaches it on 127.0.0.1 like the pods do.
+      - {containerPort: $moto_port, hostPort: $moto_port, listenAddress: 127.0.0.1}
+YAML
+kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+kind create cluster --name "$cluster" --config "$dir/kind.yaml" --kubeconfig "$dir/kubeconfig" \
+  ${DSO_KIND_NODE_IMAGE:+--image "$DSO_KIND_NODE_IMAGE"} --wait 120s
+export KUBECONFIG="$dir/kubeconfig"
+kubectl version
+
+step "images (docker build) and kind load"
+for b in dso-init dso-webhook dso-operator; do
+  docker build -q -f charts/dso/docker/Dockerfile --target "$b" -t "dso.local/$b:dev" .
+done
+docker pull -q "$busybox"
+kind load docker-image --name "$cluster" dso.local/dso-init:dev dso.local/dso-webhook:dev \
+  dso.local/dso-operator:dev "$busybox"
+
+step "moto on the node's network, port $moto_port"
+kubectl create namespace dso-moto
+kubectl apply -n dso-moto -f - <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: moto}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: moto}}
+  template:
+    metadata: {labels: {app: moto}}
+    spec:
+      hostNetwork: true
+      containers:
+        - name: moto
+          image: python:3.12-slim
+          command: ["sh", "-c", "pip install --quiet 'moto[server]==5.2.1' && exec moto_server -H 0.0.0.0 -p $moto_port"]
+          readinessProbe:
+            httpGet: {path: /moto-api/, port: $moto_port}
+            periodSeconds: 2
+YAML
+kubectl -n dso-moto rollout status deploy/moto --timeout 300s
+until curl -fs -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"; do sleep 1; done
+node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
+
+step "host binaries for the tests that run DSO as local processes"
+cargo build --release --locked -p dso-webhook -p dso-operator -p dso-init
+
+step "end-to-end suite"
+export DSO_MOTO_ENDPOINT="http://127.0.0.1:$moto_port"
+export DSO_CHART_AWS_ENDPOINT="http://$node_ip:$moto_port"
+export DSO_CHART_VALUES="$repo/tests/e2e/values-kind.yaml"
+export DSO_BIN_DIR="$repo/target/release"
+export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE="$busybox"
+export DSO_POD_LOGS_DIR="$dir/pod-logs"
+# shellcheck disable=SC2086 # DSO_E2E_ARGS is a list of arguments
+cargo test -p dso-e2e --locked ${DSO_E2E_ARGS:-}
+step "passed in $((SECONDS - t0))s"
