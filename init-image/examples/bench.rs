@@ -78,7 +78,7 @@ fn main() {
         "dso-init benchmark against moto at {endpoint}, {runs} runs per cell (after one warm-up)\n"
     );
     println!(
-        "{:>3}  {:<26} {:>10} {:>10} {:>10}",
+        "{:>3}  {:<30} {:>10} {:>10} {:>10}",
         "N", "tool", "median ms", "min ms", "× dso-init"
     );
     let tools = [
@@ -111,7 +111,7 @@ fn main() {
             medians.push(median);
             let ratio = median.as_secs_f64() / medians[0].as_secs_f64();
             println!(
-                "{n:>3}  {name:<26} {:>10.1} {:>10.1} {:>10.2}",
+                "{n:>3}  {name:<30} {:>10.1} {:>10.1} {:>10.2}",
                 ms(median),
                 ms(times[0]),
                 ratio

@@ -125,7 +125,7 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
     if !mount.is_dir() {
         return Err(Error::MountPath(mount.to_path_buf()));
     }
-    let mut synced_dirs = BTreeSet::new();
+    let mut synced_dirs: BTreeMap<PathBuf, &Target> = BTreeMap::new();
     for f in files {
         let fail = |path: PathBuf| {
             let at = f.at.clone();
@@ -142,13 +142,14 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
             }
         }
         write_atomic(&target, f.contents.as_bytes(), f.mode).map_err(fail(target.clone()))?;
-        synced_dirs.insert(dir);
+        synced_dirs.entry(dir).or_insert(&f.at);
     }
-    for dir in synced_dirs {
+    // The renames themselves, made durable (a no-op on tmpfs, cheap elsewhere).
+    for (dir, at) in synced_dirs {
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| Error::Write {
-                at: Target::default(),
+                at: at.clone(),
                 path: dir.clone(),
                 source,
             })?;
@@ -180,7 +181,9 @@ fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = target.with_file_name(format!(".{name}.dso-tmp"));
+    // '~' is never part of a planned path (check_path), so no planned file is ever mistaken
+    // for a temporary one.
+    let tmp = target.with_file_name(format!(".{name}.dso~tmp"));
     // A leftover from an interrupted run of this container.
     match fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -266,7 +269,7 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(m.join("db"))
             .expect("ls")
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains("dso-tmp"))
+            .filter(|e| e.file_name().to_string_lossy().contains("dso~tmp"))
             .collect();
         assert!(leftovers.is_empty());
     }
