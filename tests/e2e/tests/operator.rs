@@ -1,0 +1,648 @@
+//! `dso-operator` on the real cluster against moto.
+//!
+//! Each test creates its own namespace and starts its own operator process
+//! (`$DSO_BIN_DIR/dso-operator --namespace <ns>`, its Lease in that namespace, its metrics on
+//! its own port in 18510-18529), so tests run side by side without seeing each other. The
+//! workloads are plain busybox Deployments annotated like DSO users annotate them; without the
+//! webhook nothing is injected, which is all the operator needs (it reads templates, never
+//! pods' files).
+//!
+//! AccessDenied: moto does not deny, so that test points its operator at a tiny local endpoint
+//! that answers every Secrets Manager call with `AccessDeniedException` (HTTP 400, the AWS JSON
+//! error shape) — what a role without `secretsmanager:DescribeSecret` gets.
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use dso_e2e::{client, env, kubectl, kubectl_stdin, namespace, wait_for};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Refresh interval of the DsoSecrets that must notice a rotation (the schema's minimum).
+const SHORT: &str = "10s";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
+fn check(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn apply_crd() {
+    let crd = repo_root().join("crds/dso.dev_dsosecrets.yaml");
+    check(
+        kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()]),
+        "apply the CRD",
+    );
+    check(
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/dsosecrets.dso.dev",
+            "--timeout=30s",
+        ]),
+        "wait for the CRD",
+    );
+}
+
+fn moto() -> aws_sdk_secretsmanager::Client {
+    let conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
+}
+
+async fn create_secret(name: &str) -> String {
+    moto()
+        .create_secret()
+        .name(name)
+        .secret_string("canary-operator-value")
+        .send()
+        .await
+        .expect("CreateSecret in moto")
+        .version_id()
+        .expect("version id")
+        .to_string()
+}
+
+async fn rotate(name: &str) -> String {
+    moto()
+        .put_secret_value()
+        .secret_id(name)
+        .secret_string("canary-operator-rotated")
+        .send()
+        .await
+        .expect("PutSecretValue in moto")
+        .version_id()
+        .expect("version id")
+        .to_string()
+}
+
+/// A running `dso-operator`; killed (SIGKILL) if the test panics before stopping it.
+struct Operator {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(ns: &str, port: u16, aws_endpoint: &str) -> Operator {
+        let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-operator");
+        assert!(
+            bin.exists(),
+            "{} missing: build it (tests/images.sh)",
+            bin.display()
+        );
+        let log = std::env::temp_dir().join(format!("dso-operator-{ns}-{port}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(bin)
+            .args([
+                "--namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--backoff-max-seconds",
+                "5",
+            ])
+            .env("KUBECONFIG", env("KUBECONFIG"))
+            .env("AWS_ENDPOINT_URL", aws_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_LOG", "info,dso_operator=debug")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dso-operator");
+        Operator {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+
+    async fn ready(&self) {
+        let port = self.port;
+        wait_for("the operator's /readyz", TIMEOUT, || async move {
+            Ok(http_get(port, "/readyz")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "operator log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    /// A counter or gauge from /metrics (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.port, "/metrics").await.expect("GET /metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
+    async fn describe_calls(&self) -> f64 {
+        self.metric("dso_aws_calls_total{operation=\"DescribeSecret\"}")
+            .await
+    }
+
+    /// SIGTERM (a graceful stop releases the Lease), then waits for the exit.
+    fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let status = child.wait().expect("wait for the operator");
+            assert!(status.success(), "operator exit {status}\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// GET on 127.0.0.1:port (HTTP/1.1, no dependency needed for three endpoints).
+async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn dsosecret(ns: &str, name: &str, secret_id: &str, interval: &str, strategy: &str) {
+    let yaml = format!(
+        "apiVersion: dso.dev/v1alpha1\nkind: DsoSecret\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  files: [{{path: password, secretId: {secret_id}}}]\n  refresh: {{interval: {interval}, strategy: {strategy}}}\n"
+    );
+    check(
+        kubectl_stdin(&["apply", "-f", "-"], &yaml),
+        "apply DsoSecret",
+    );
+}
+
+fn deployment(ns: &str, name: &str, secrets: &str) {
+    let d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name},
+                             "annotations": {"dso.dev/inject": "true", "dso.dev/secrets": secrets}},
+                "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "app", "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"]}]}
+            }
+        }
+    });
+    check(
+        kubectl_stdin(&["apply", "-f", "-"], &d.to_string()),
+        "apply Deployment",
+    );
+}
+
+/// The DsoSecret as JSON (kubectl: no typed client needed).
+fn get_dso(ns: &str, name: &str) -> Value {
+    let out = kubectl(&["get", "dsosecret", name, "-n", ns, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn ready(dso: &Value) -> Option<(String, String)> {
+    let c = dso["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+fn version_of(dso: &Value) -> Option<String> {
+    dso["status"]["secrets"][0]["versionId"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Waits until the DsoSecret's Ready condition has this status and reason.
+async fn wait_ready(op: &Operator, ns: &str, name: &str, status: &str, reason: &str) -> Value {
+    let want = (status.to_string(), reason.to_string());
+    wait_for(
+        &format!("DsoSecret {name} Ready={status} ({reason})"),
+        TIMEOUT,
+        || {
+            let want = want.clone();
+            async move {
+                let d = get_dso(ns, name);
+                Ok((ready(&d) == Some(want)).then_some(d))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()))
+}
+
+async fn replicasets(ns: &str, app: &str) -> usize {
+    let rs: Api<ReplicaSet> = Api::namespaced(client().await, ns);
+    rs.list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("list ReplicaSets")
+        .items
+        .len()
+}
+
+async fn template_hash(ns: &str, name: &str) -> Option<String> {
+    let d: Api<Deployment> = Api::namespaced(client().await, ns);
+    d.get(name)
+        .await
+        .expect("get Deployment")
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("dso.dev/versions-hash")
+        .cloned()
+}
+
+/// Waits until the operator recorded the Deployment's baseline (it has seen the workload).
+async fn wait_recorded(op: &Operator, ns: &str, name: &str) {
+    wait_for(
+        "the versions recorded on the Deployment",
+        TIMEOUT,
+        || async move {
+            let d: Api<Deployment> = Api::namespaced(client().await, ns);
+            Ok(d.get(name)
+                .await?
+                .metadata
+                .annotations
+                .and_then(|a| a.get("dso.dev/recorded-versions").cloned()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+}
+
+async fn events(ns: &str, name: &str) -> Vec<Event> {
+    let ev: Api<Event> = Api::namespaced(client().await, ns);
+    ev.list(&ListParams::default().fields(&format!(
+        "involvedObject.kind=DsoSecret,involvedObject.name={name}"
+    )))
+    .await
+    .expect("list events")
+    .items
+}
+
+#[tokio::test]
+async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_nothing() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-rotate", &[]).await;
+    let secret = unique("e2e/op/rotate");
+    let v1 = create_secret(&secret).await;
+    let op = Operator::start(&ns, 18510, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+
+    dsosecret(&ns, "db", &secret, SHORT, "Rollout");
+    deployment(&ns, "web", "db");
+    let d = wait_ready(&op, &ns, "db", "True", "Synced").await;
+    assert_eq!(version_of(&d).as_deref(), Some(v1.as_str()));
+    wait_recorded(&op, &ns, "web").await;
+    assert_eq!(replicasets(&ns, "web").await, 1);
+    assert_eq!(
+        template_hash(&ns, "web").await,
+        None,
+        "a workload seen first is not restarted"
+    );
+
+    let v2 = rotate(&secret).await;
+    let rotated_at = std::time::Instant::now();
+    wait_for(
+        "a new ReplicaSet after the rotation",
+        Duration::from_secs(40),
+        || {
+            let ns = ns.clone();
+            async move { Ok((replicasets(&ns, "web").await == 2).then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert!(
+        rotated_at.elapsed() < Duration::from_secs(10 + 10),
+        "rolled within the interval (plus slack): {:?}",
+        rotated_at.elapsed()
+    );
+    let d = wait_for("status with the new version", TIMEOUT, || {
+        let (ns, v2) = (ns.clone(), v2.clone());
+        async move {
+            let d = get_dso(&ns, "db");
+            Ok((version_of(&d) == Some(v2)).then_some(d))
+        }
+    })
+    .await
+    .expect("new version in status");
+    assert_eq!(
+        d["status"]["lastRotation"]["workloads"],
+        json!(["Deployment/web"])
+    );
+    let reasons: Vec<String> = events(&ns, "db")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Rotated"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "RolledOut"), "{reasons:?}");
+    let hash = template_hash(&ns, "web").await.expect("hash stamped");
+    // The operator never reads a value: none in its log, the status or the events.
+    assert!(!op.log().contains("canary-operator"), "{}", op.log());
+    assert!(!d.to_string().contains("canary-operator"));
+    assert!(
+        !format!("{:?}", events(&ns, "db").await).contains("canary-operator"),
+        "events hold no value"
+    );
+
+    // The template is owned by its applier except for the one annotation DSO applied.
+    let managed = kubectl(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        &ns,
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ]);
+    let managed: Value = serde_json::from_slice(&managed.stdout).expect("json");
+    let ours: Vec<&Value> = managed["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter(|m| m["manager"] == "dso-operator")
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(
+        ours[0]["fieldsV1"],
+        json!({
+            "f:metadata": {"f:annotations": {"f:dso.dev/recorded-versions": {}}},
+            "f:spec": {"f:template": {"f:metadata": {"f:annotations": {"f:dso.dev/versions-hash": {}}}}}
+        })
+    );
+
+    // Restart: the new operator reconciles and rolls nothing.
+    op.stop();
+    let op = Operator::start(&ns, 18511, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+    wait_for("a reconcile by the restarted operator", TIMEOUT, || async {
+        Ok((op.metric("dso_reconcile_duration_seconds_count").await >= 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert_eq!(replicasets(&ns, "web").await, 2, "{}", op.log());
+    assert_eq!(template_hash(&ns, "web").await, Some(hash));
+    assert_eq!(
+        op.metric("dso_rollouts_total{kind=\"Deployment\"}").await,
+        0.0
+    );
+    op.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+#[tokio::test]
+async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-shared", &[]).await;
+    let secret = unique("e2e/op/shared");
+    create_secret(&secret).await;
+    let op = Operator::start(&ns, 18512, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+
+    dsosecret(&ns, "first", &secret, "1h", "Rollout");
+    wait_ready(&op, &ns, "first", "True", "Synced").await;
+    let after_first = op.describe_calls().await;
+    assert_eq!(after_first, 1.0, "{}", op.log());
+    dsosecret(&ns, "second", &secret, "1h", "Rollout");
+    wait_ready(&op, &ns, "second", "True", "Synced").await;
+    assert_eq!(
+        op.describe_calls().await,
+        after_first,
+        "a second DsoSecret on the same secret adds no AWS call"
+    );
+    assert_eq!(
+        op.metric("dso_aws_calls_total{operation=\"GetSecretValue\"}")
+            .await,
+        0.0
+    );
+
+    // An interval of 1h: only dso.dev/refresh makes the operator look before then.
+    let v2 = rotate(&secret).await;
+    let dsos: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        &ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("dso.dev", "v1alpha1", "DsoSecret"),
+            "dsosecrets",
+        ),
+    );
+    dsos.patch(
+        "first",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"dso.dev/refresh": "1"}}})),
+    )
+    .await
+    .expect("annotate dso.dev/refresh");
+    wait_for("the refreshed version", Duration::from_secs(20), || {
+        let (ns, v2) = (ns.clone(), v2.clone());
+        async move { Ok((version_of(&get_dso(&ns, "first")) == Some(v2)).then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert_eq!(op.describe_calls().await, 2.0);
+    op.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+#[tokio::test]
+async fn strategy_none_records_the_rotation_without_restarting_anything() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-none", &[]).await;
+    let secret = unique("e2e/op/none");
+    create_secret(&secret).await;
+    let op = Operator::start(&ns, 18513, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+
+    dsosecret(&ns, "db", &secret, SHORT, "None");
+    deployment(&ns, "web", "db");
+    wait_ready(&op, &ns, "db", "True", "Synced").await;
+    let v2 = rotate(&secret).await;
+    let d = wait_for("the rotation in status", Duration::from_secs(40), || {
+        let (ns, v2) = (ns.clone(), v2.clone());
+        async move {
+            let d = get_dso(&ns, "db");
+            Ok((version_of(&d) == Some(v2)).then_some(d))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert!(d["status"]["lastRotation"]["at"].is_string(), "{d}");
+    assert_eq!(d["status"]["lastRotation"]["workloads"], json!([]));
+    assert_eq!(replicasets(&ns, "web").await, 1);
+    assert_eq!(template_hash(&ns, "web").await, None);
+    op.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_not_ready_with_reason_secret_not_found_and_an_event() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-missing", &[]).await;
+    let op = Operator::start(&ns, 18514, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+    dsosecret(&ns, "db", &unique("e2e/op/absent"), SHORT, "Rollout");
+    let d = wait_ready(&op, &ns, "db", "False", "SecretNotFound").await;
+    let message = d["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("ResourceNotFoundException"), "{message}");
+    let ev = wait_for("a SecretNotFound event", TIMEOUT, || {
+        let ns = ns.clone();
+        async move {
+            Ok(events(&ns, "db")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SecretNotFound")))
+        }
+    })
+    .await
+    .expect("event");
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    op.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+/// Answers every request like Secrets Manager denying the caller.
+async fn denying_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::123456789012:user/e2e is not authorized to perform: secretsmanager:DescribeSecret"}"#;
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_denied_call_is_not_ready_with_reason_access_denied() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-denied", &[]).await;
+    let endpoint = denying_endpoint().await;
+    let op = Operator::start(&ns, 18515, &endpoint);
+    op.ready().await;
+    dsosecret(&ns, "db", "prod/db", SHORT, "Rollout");
+    let d = wait_ready(&op, &ns, "db", "False", "AccessDenied").await;
+    let message = d["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("secretsmanager:DescribeSecret"),
+        "{message}"
+    );
+    op.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
