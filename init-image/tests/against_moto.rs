@@ -512,10 +512,26 @@ fn an_endpoint_that_never_answers_fails_at_the_deadline() {
     drop(silent);
 }
 
-/// A fake Secrets Manager that throttles the first `throttle` calls and then answers with
-/// `value`. Returns its endpoint and a counter of calls.
+/// A fake Secrets Manager that throttles the first `throttle` calls, then answers with `value`.
 fn throttling_fake(
     throttle: usize,
+    value: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    fake(
+        throttle,
+        (
+            "400 Bad Request",
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        ),
+        value,
+    )
+}
+
+/// A fake Secrets Manager that answers the first `failures` calls with `failure` (status line,
+/// JSON body) and then with `value`. Returns its endpoint and a counter of calls.
+fn fake(
+    failures: usize,
+    failure: (&'static str, &'static str),
     value: String,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -551,12 +567,8 @@ fn throttling_fake(
                         return;
                     }
                     let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = if n < throttle {
-                        (
-                            "400 Bad Request",
-                            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
-                                .to_string(),
-                        )
+                    let (status, body) = if n < failures {
+                        (failure.0, failure.1.to_string())
                     } else {
                         ("200 OK", serde_json::json!({
                             "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:fake-AbCdEf",
@@ -619,5 +631,86 @@ fn throttling_that_never_ends_fails_after_the_attempt_limit() {
         ran.stderr
     );
     assert!(ran.stderr.contains("after 3 attempts"), "{}", ran.stderr);
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn a_5xx_answer_is_retried() {
+    let canary = unique("canary-5xx");
+    let (fake, calls) = fake(
+        2,
+        (
+            "503 Service Unavailable",
+            r#"{"__type":"InternalServiceError","message":"try again"}"#,
+        ),
+        canary.clone(),
+    );
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn access_denied_fails_at_once_with_the_aws_message() {
+    let canary = unique("canary-denied");
+    let (fake, calls) = fake(
+        usize::MAX,
+        (
+            "400 Bad Request",
+            r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/dso-test/x is not authorized to perform: secretsmanager:GetSecretValue"}"#,
+        ),
+        canary.clone(),
+    );
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("prod/db", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
+    );
+    assert_eq!(ran.code, Some(3), "{}", ran.stderr);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not retried"
+    );
+    assert!(
+        ran.stderr
+            .contains(r#"secret "prod/db": AccessDenied: User: "#),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("not authorized"), "{}", ran.stderr);
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn a_kms_decryption_failure_is_named() {
+    let canary = unique("canary-kms");
+    let (fake, calls) = fake(
+        usize::MAX,
+        (
+            "400 Bad Request",
+            r#"{"__type":"DecryptionFailure","message":"Secrets Manager can't decrypt the protected secret text using the provided KMS key."}"#,
+        ),
+        canary.clone(),
+    );
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("prod/db", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
+    );
+    assert_eq!(ran.code, Some(3), "{}", ran.stderr);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        ran.stderr
+            .contains("DecryptionFailure: Secrets Manager can't decrypt"),
+        "{}",
+        ran.stderr
+    );
     ran.assert_silent_about(&[&canary]);
 }
