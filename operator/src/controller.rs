@@ -236,11 +236,10 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         },
     )
     .await;
-    if forced {
-        info!(
-            refresh = refresh.as_deref().unwrap_or_default(),
-            "forced check (dso.dev/refresh)"
-        );
+    if forced && let Some(v) = refresh {
+        // Handled: one fresh lookup per new value, whatever AWS answered.
+        info!(refresh = %v, "forced check (dso.dev/refresh)");
+        lock(&ctx.refreshes).insert(key_of(dso), v);
     }
 
     let mut rolled = Vec::new();
@@ -329,11 +328,6 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         })
     };
     write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await?;
-    if let Some(v) = refresh
-        && resolution.problem.is_none()
-    {
-        lock(&ctx.refreshes).insert(key_of(dso), v);
-    }
     if resolution.transient
         && let Some((_, message)) = &resolution.problem
     {
