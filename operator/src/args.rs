@@ -17,7 +17,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::utils::{Predicate, PredicateConfig};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,7 +159,7 @@ impl Synced {
     }
 }
 
-/// A reflector for one kind, and the stream of its changes for the controller.
+/// A reflector for one kind, and the stream of its meaningful changes for the controller.
 fn watch<K>(
     client: &Client,
     namespace: Option<&str>,
@@ -183,7 +184,13 @@ where
         .modify(slim)
         .inspect(synced.marker())
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // Only spec (generation) and annotation changes matter: a status write or a replica
+        // count change would only cause a no-op reconcile.
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            PredicateConfig::default(),
+        );
     (reader, stream)
 }
 
