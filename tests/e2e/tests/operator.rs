@@ -646,3 +646,28 @@ async fn a_denied_call_is_not_ready_with_reason_access_denied() {
     op.stop();
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
+
+#[tokio::test]
+async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-lease", &[]).await;
+    let first = Operator::start(&ns, 18516, &env("DSO_MOTO_ENDPOINT"));
+    first.ready().await;
+    assert_eq!(first.metric("dso_leader").await, 1.0, "{}", first.log());
+    let second = Operator::start(&ns, 18517, &env("DSO_MOTO_ENDPOINT"));
+    second.ready().await;
+    let (_, body) = http_get(18517, "/readyz").await.expect("readyz");
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(second.metric("dso_leader").await, 0.0);
+
+    first.stop();
+    wait_for("the standby to lead", Duration::from_secs(30), || async {
+        Ok((second.metric("dso_leader").await == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+    second.ready().await;
+    second.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
