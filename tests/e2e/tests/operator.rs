@@ -12,10 +12,12 @@
 //! error shape) — what a role without `secretsmanager:DescribeSecret` gets.
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use dso_e2e::{client, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -669,5 +671,238 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
     second.ready().await;
     second.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+/// The webhook (`$DSO_BIN_DIR/dso-webhook`) registered for namespaces labelled
+/// `dso-operator-e2e=<run>` only, so the full chain can run: injected pods, dso-init writing
+/// its termination message, the operator reading it.
+struct Webhook {
+    child: Child,
+    config: String,
+    log: PathBuf,
+}
+
+impl Webhook {
+    async fn start(port: u16, run: &str) -> Webhook {
+        let dir = std::env::temp_dir().join(format!("dso-operator-e2e-wh-{run}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+            .expect("serving certificate");
+        std::fs::write(dir.join("tls.crt"), cert.cert.pem()).expect("cert");
+        std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).expect("key");
+        let log = dir.join("webhook.log");
+        let child = Command::new(PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{}", port + 50),
+                "--tls-cert",
+                &dir.join("tls.crt").to_string_lossy(),
+                "--tls-key",
+                &dir.join("tls.key").to_string_lossy(),
+                "--init-image",
+                &env("DSO_INIT_IMAGE"),
+                "--init-image-pull-policy",
+                "Never",
+                "--default-region",
+                "us-east-1",
+                "--init-env",
+                &format!("AWS_ENDPOINT_URL={}", env("DSO_MOTO_ENDPOINT")),
+            ])
+            .env("KUBECONFIG", env("KUBECONFIG"))
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dso-webhook");
+        let admin = port + 50;
+        wait_for("the webhook's /readyz", TIMEOUT, || async move {
+            Ok(http_get(admin, "/readyz")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ()))
+        })
+        .await
+        .expect("webhook ready");
+        let config = format!("dso-operator-e2e-{run}");
+        let mut mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": config},
+            "webhooks": [{
+                "name": "pods.dso.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "timeoutSeconds": 5, "failurePolicy": "Fail",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"dso-operator-e2e": run}},
+                "matchConditions": [{"name": "opted-in", "expression":
+                    "has(object.metadata.annotations) && 'dso.dev/inject' in object.metadata.annotations"}]
+            }]
+        }))
+        .expect("webhook configuration");
+        if let Some(w) = mwc.webhooks.as_mut().and_then(|w| w.first_mut()) {
+            w.client_config.ca_bundle = Some(ByteString(cert.cert.pem().into_bytes()));
+        }
+        Api::<MutatingWebhookConfiguration>::all(client().await)
+            .create(&PostParams::default(), &mwc)
+            .await
+            .expect("create the MutatingWebhookConfiguration");
+        Webhook { child, config, log }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- dso-webhook log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &self.config,
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// The running pods of `app` and their `app` container logs.
+async fn app_logs(ns: &str, app: &str) -> Vec<(Pod, String)> {
+    let pods: Api<Pod> = Api::namespaced(client().await, ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("list pods");
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let log = container_log(ns, &name, "app").unwrap_or_default();
+            (p, log)
+        })
+        .collect()
+}
+
+/// The whole chain on the node: webhook, dso-init, operator. A workload whose pods already
+/// run the current version is not restarted when first seen; after PutSecretValue it rolls,
+/// and the new pods read the new value.
+#[tokio::test]
+async fn after_a_rotation_the_new_pods_read_the_new_value() {
+    apply_crd();
+    let kube = client().await;
+    let run = unique("chain");
+    let wh = Webhook::start(18530, &run).await;
+    let ns = namespace(&kube, "op-chain", &[("dso-operator-e2e", &run)]).await;
+    let secret = unique("e2e/op/chain");
+    let (old, new) = (unique("canary-chain-old"), unique("canary-chain-new"));
+    moto()
+        .create_secret()
+        .name(&secret)
+        .secret_string(json!({ "password": old }).to_string())
+        .send()
+        .await
+        .expect("CreateSecret");
+    let dso = json!({
+        "apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": {
+            "aws": {"roleArn": "arn:aws:iam::123456789012:role/e2e-operator"},
+            "files": [{"path": "password", "secretId": secret, "jsonKey": "password"}],
+            "refresh": {"interval": SHORT}
+        }
+    });
+    check(
+        kubectl_stdin(&["apply", "-f", "-"], &dso.to_string()),
+        "apply DsoSecret",
+    );
+    let app = json!({
+        "name": "app", "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", "echo \"value=$(cat /run/secrets/dso/db/password)\"; sleep 3600"],
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 1001, "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    });
+    let d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"},
+                "annotations": {"dso.dev/inject": "true", "dso.dev/secrets": "db"}},
+                "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1, "containers": [app]}}}
+    });
+    check(
+        kubectl_stdin(&["apply", "-f", "-"], &d.to_string()),
+        "apply Deployment",
+    );
+    wait_for(
+        "the first pod to read the value",
+        Duration::from_secs(120),
+        || {
+            let (ns, old) = (ns.clone(), old.clone());
+            async move {
+                Ok(app_logs(&ns, "web")
+                    .await
+                    .iter()
+                    .any(|(_, log)| log.contains(&format!("value={old}")))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .expect("the injected pod reads the secret");
+
+    let op = Operator::start(&ns, 18518, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+    wait_ready(&op, &ns, "db", "True", "Synced").await;
+    wait_recorded(&op, &ns, "web").await;
+    assert_eq!(replicasets(&ns, "web").await, 1, "{}", op.log());
+    assert_eq!(
+        template_hash(&ns, "web").await,
+        None,
+        "pods already running the current version are not restarted"
+    );
+
+    moto()
+        .put_secret_value()
+        .secret_id(&secret)
+        .secret_string(json!({ "password": new }).to_string())
+        .send()
+        .await
+        .expect("PutSecretValue");
+    wait_for(
+        "a new pod reading the new value",
+        Duration::from_secs(120),
+        || {
+            let (ns, new) = (ns.clone(), new.clone());
+            async move {
+                Ok(app_logs(&ns, "web")
+                    .await
+                    .iter()
+                    .any(|(_, log)| log.contains(&format!("value={new}")))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert_eq!(replicasets(&ns, "web").await, 2);
+    let status = get_dso(&ns, "db").to_string();
+    let events = format!("{:?}", events(&ns, "db").await);
+    for value in [&old, &new] {
+        assert!(!status.contains(value.as_str()), "a value in status");
+        assert!(!events.contains(value.as_str()), "a value in an event");
+        assert!(
+            !op.log().contains(value.as_str()),
+            "a value in the operator log"
+        );
+    }
+    op.stop();
+    drop(wh);
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
