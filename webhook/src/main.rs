@@ -32,12 +32,6 @@ async fn main() -> anyhow::Result<()> {
                 .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
             let (store, watches) = Store::watch(client);
             tokio::spawn(watches);
-            let s = store.clone();
-            tokio::spawn(async move {
-                s.wait_until_ready().await;
-                let (secrets, accounts) = s.len();
-                tracing::info!(secrets, accounts, "watch caches synced: ready");
-            });
             store
         }
     };
@@ -45,7 +39,16 @@ async fn main() -> anyhow::Result<()> {
         let s = store.clone();
         Arc::new(move || s.is_ready())
     };
-    let state = AppState::new(Arc::new(store), ready, config);
+    let state = AppState::new(Arc::new(store.clone()), ready, config);
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            store.wait_until_ready().await;
+            let (secrets, accounts) = store.len();
+            state.metrics().set_ready(true);
+            tracing::info!(secrets, accounts, "watch caches synced: ready");
+        });
+    }
     tokio::spawn(certs.clone().run(args.tls_reload_interval));
 
     if let Some(addr) = args.admin_listen {
