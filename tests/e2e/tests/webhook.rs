@@ -55,6 +55,32 @@ struct Webhook {
     log: PathBuf,
     namespaces: Vec<String>,
     _dir: PathBuf,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A CA for the caBundle; serving certificates are issued from it (and re-issued on rotation).
+fn test_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "dso-webhook e2e CA");
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("CA key"))
+        .expect("CA certificate")
+}
+
+/// Issues a new serving certificate and key for 127.0.0.1 and swaps them in the way a
+/// Secret volume update does: write elsewhere, then rename over the old files.
+fn write_serving_pair(dir: &std::path::Path, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().expect("serving key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("serving params")
+        .signed_by(&key, ca)
+        .expect("serving certificate");
+    std::fs::write(dir.join("tls.crt.new"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).expect("write key");
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).expect("swap key");
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).expect("swap cert");
 }
 
 impl Webhook {
@@ -69,10 +95,9 @@ impl Webhook {
         let run = unique("wh");
         let dir = std::env::temp_dir().join(format!("dso-webhook-e2e-{run}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
-            .expect("generate the serving certificate");
-        std::fs::write(dir.join("tls.crt"), cert.cert.pem()).expect("write cert");
-        std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).expect("write key");
+        let ca = test_ca();
+        let ca_pem = ca.pem();
+        write_serving_pair(&dir, &ca);
         let log = dir.join("webhook.log");
         let admin_port = port + 50;
         let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook");
@@ -115,6 +140,7 @@ impl Webhook {
             log,
             namespaces: Vec::new(),
             _dir: dir,
+            ca,
         };
         wait_for("the webhook to be ready", TIMEOUT, || async {
             Ok(webhook
@@ -148,7 +174,7 @@ impl Webhook {
         .expect("webhook configuration");
         let mut config = config;
         if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
-            w.client_config.ca_bundle = Some(ByteString(cert.cert.pem().into_bytes()));
+            w.client_config.ca_bundle = Some(ByteString(ca_pem.into_bytes()));
         }
         Api::<MutatingWebhookConfiguration>::all(client().await)
             .create(&PostParams::default(), &config)
@@ -656,5 +682,46 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
     assert!(
         !init_log.contains(&canary),
         "the secret value leaked into dso-init's log"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fails_meanwhile() {
+    let mut wh = Webhook::start(18407, &["--tls-reload-interval", "1s"]).await;
+    let ns = wh.namespace(&[]).await;
+    apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pod: Pod = serde_json::from_value(pod_json("rotating", &annotated("db"))).expect("pod");
+    let admit = || async {
+        let p = pods
+            .create(&dry, &pod)
+            .await
+            .unwrap_or_else(|e| panic!("an admission failed during the rotation: {e}"));
+        assert_eq!(init_names(&p).first().map(String::as_str), Some("dso-init"));
+    };
+    admit().await;
+    write_serving_pair(&wh._dir, &wh.ca);
+    let started = std::time::Instant::now();
+    while !wh.logs().contains("serving certificate reloaded") {
+        admit().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the new certificate was never loaded\n{}",
+            wh.logs()
+        );
+    }
+    for _ in 0..20 {
+        admit().await;
+    }
+    assert!(
+        wh.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
+        "the same process kept serving"
     );
 }
