@@ -12,7 +12,7 @@
 //! | 3 | access: AccessDenied, DecryptionFailure (KMS), no or rejected credentials |
 //! | 4 | not found: the secret or the requested version does not exist |
 //! | 5 | content: missing JSON key, value not JSON, key not usable as a file name, path collision, empty value |
-//! | 6 | unavailable: timeout, endpoint unreachable, throttling or 5xx until the deadline |
+//! | 6 | unavailable: timeout, endpoint unreachable or not trusted (TLS), throttling or 5xx until the deadline |
 //! | 7 | volume: mount path missing, size limit exceeded, a write failed |
 //! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
 
@@ -54,8 +54,10 @@ pub enum AwsErrorKind {
     /// A 5xx answer or an `InternalServiceError`.
     ServiceUnavailable,
     Timeout,
-    /// Connection refused, DNS failure, TLS failure, connection reset.
+    /// Connection refused, DNS failure, connection reset.
     Unreachable,
+    /// The endpoint's certificate is not trusted (no CA bundle, a proxy, a wrong endpoint).
+    Tls,
     /// The answer could not be read.
     BadResponse,
     /// The version holds neither a SecretString nor a SecretBinary.
@@ -89,6 +91,7 @@ impl AwsErrorKind {
             Self::ServiceUnavailable => "ServiceUnavailable",
             Self::Timeout => "Timeout",
             Self::Unreachable => "EndpointUnreachable",
+            Self::Tls => "TlsError",
             Self::BadResponse => "BadResponse",
             Self::EmptyValue => "EmptyValue",
             Self::Other => "AwsError",
@@ -107,6 +110,7 @@ impl AwsErrorKind {
             Self::ServiceUnavailable => "service_unavailable",
             Self::Timeout => "timeout",
             Self::Unreachable => "unreachable",
+            Self::Tls => "tls",
             Self::BadResponse => "bad_response",
             Self::EmptyValue => "empty_value",
             Self::Other => "aws_other",
@@ -122,6 +126,7 @@ impl AwsErrorKind {
             | Self::ServiceUnavailable
             | Self::Timeout
             | Self::Unreachable
+            | Self::Tls
             | Self::BadResponse => 6,
             Self::InvalidRequest | Self::InvalidParameter | Self::Other => 8,
         }

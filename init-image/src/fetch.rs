@@ -274,8 +274,12 @@ pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure
     match err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("Unknown");
-            let message = service.err().message().unwrap_or("no message");
             let status = service.raw().status().as_u16();
+            let message = service
+                .err()
+                .message()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status} without a message"));
             let kind = kind_of_code(code, status);
             let detail = match kind {
                 AwsErrorKind::Other | AwsErrorKind::Credentials => {
@@ -288,7 +292,12 @@ pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure
         SdkError::TimeoutError(_) => AwsFailure::new(AwsErrorKind::Timeout, "the call timed out"),
         SdkError::DispatchFailure(d) => {
             let context = chain(err);
-            if d.is_timeout() {
+            if context.contains("invalid peer certificate") {
+                AwsFailure::new(
+                    AwsErrorKind::Tls,
+                    format!("the endpoint's TLS certificate is not trusted: {context}{TLS_HINT}"),
+                )
+            } else if d.is_timeout() {
                 AwsFailure::new(AwsErrorKind::Timeout, context)
             } else if d.is_io() {
                 AwsFailure::new(
@@ -313,6 +322,10 @@ pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure
         _ => AwsFailure::new(AwsErrorKind::Other, chain(err)),
     }
 }
+
+const TLS_HINT: &str = " (the image needs a CA bundle at /etc/ssl/certs/ca-certificates.crt or \
+     SSL_CERT_FILE naming one; with a VPC endpoint or a proxy, check AWS_ENDPOINT_URL and its \
+     certificate)";
 
 /// Maps an AWS error code (and the HTTP status) to a kind.
 pub fn kind_of_code(code: &str, status: u16) -> AwsErrorKind {
@@ -350,6 +363,7 @@ fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<AwsFailure> {
         if let Some(cred) = e.downcast_ref::<CredentialsError>() {
             let context = chain(cred);
             let kind = match cred {
+                _ if context.contains("invalid peer certificate") => AwsErrorKind::Tls,
                 CredentialsError::ProviderTimedOut(_) => AwsErrorKind::Timeout,
                 _ => match connector_error(cred) {
                     Some(c) if c.is_timeout() => AwsErrorKind::Timeout,
@@ -357,7 +371,9 @@ fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<AwsFailure> {
                     _ => AwsErrorKind::Credentials,
                 },
             };
-            let hint = if matches!(cred, CredentialsError::CredentialsNotLoaded(_)) {
+            let hint = if kind == AwsErrorKind::Tls {
+                TLS_HINT
+            } else if matches!(cred, CredentialsError::CredentialsNotLoaded(_)) {
                 " (no credential source found: give the pod's ServiceAccount an IAM role \
                  (IRSA, eks.amazonaws.com/role-arn) or an EKS Pod Identity association)"
             } else {
@@ -486,6 +502,17 @@ mod tests {
         let f = classify(&err);
         assert_eq!(f.kind, AwsErrorKind::Unreachable);
         assert!(f.detail.contains("refused"), "{}", f.detail);
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_a_tls_error_not_worth_retrying() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let err: SdkError<GetSecretValueError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
+        let f = classify(&err);
+        assert_eq!(f.kind, AwsErrorKind::Tls);
+        assert!(!f.kind.is_transient());
+        assert!(f.detail.contains("CA"), "{}", f.detail);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/dso-test";
@@ -513,10 +515,7 @@ fn an_endpoint_that_never_answers_fails_at_the_deadline() {
 }
 
 /// A fake Secrets Manager that throttles the first `throttle` calls, then answers with `value`.
-fn throttling_fake(
-    throttle: usize,
-    value: String,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+fn throttling_fake(throttle: usize, value: String) -> (String, Arc<AtomicUsize>) {
     fake(
         throttle,
         (
@@ -533,61 +532,122 @@ fn fake(
     failures: usize,
     failure: (&'static str, &'static str),
     value: String,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+) -> (String, Arc<AtomicUsize>) {
+    fake_with(failures, failure, value, None)
+}
+
+/// [`fake`], over TLS when `tls` is given.
+fn fake_with(
+    failures: usize,
+    failure: (&'static str, &'static str),
+    value: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let counter = counter.clone();
-            let value = value.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut writer = stream;
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
+            let (counter, value, tls) = (counter.clone(), value.clone(), tls.clone());
+            std::thread::spawn(move || match tls {
+                Some(config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
                         return;
-                    }
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = if n < failures {
-                        (failure.0, failure.1.to_string())
-                    } else {
-                        ("200 OK", serde_json::json!({
-                            "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:fake-AbCdEf",
-                            "Name": "fake", "VersionId": "fake-version-1",
-                            "SecretString": value, "VersionStages": ["AWSCURRENT"],
-                        }).to_string())
                     };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if writer.write_all(response.as_bytes()).is_err() {
-                        return;
-                    }
+                    answer(
+                        rustls::StreamOwned::new(conn, stream),
+                        &counter,
+                        failures,
+                        failure,
+                        &value,
+                    )
                 }
+                None => answer(stream, &counter, failures, failure, &value),
             });
         }
     });
     (endpoint, calls)
+}
+
+/// Answers HTTP/1.1 requests on one connection until the client closes it.
+fn answer<S: Read + Write>(
+    stream: S,
+    counter: &AtomicUsize,
+    failures: usize,
+    failure: (&str, &str),
+    value: &str,
+) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let (status, body) = if n < failures {
+            (failure.0, failure.1.to_string())
+        } else {
+            (
+                "200 OK",
+                serde_json::json!({
+                    "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:fake-AbCdEf",
+                    "Name": "fake", "VersionId": "fake-version-1",
+                    "SecretString": value, "VersionStages": ["AWSCURRENT"],
+                })
+                .to_string(),
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let out = reader.get_mut();
+        if out
+            .write_all(response.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A test CA (PEM) and a server configuration for 127.0.0.1 signed by it.
+fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server config");
+    (ca_cert.pem(), Arc::new(config))
 }
 
 #[test]
@@ -601,7 +661,7 @@ fn throttling_is_retried_and_the_secrets_manager_endpoint_variable_is_honoured()
         &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(s.read("app/value"), canary.as_bytes());
     assert!(
         ran.termination.contains("fake-version-1"),
@@ -624,7 +684,7 @@ fn throttling_that_never_ends_fails_after_the_attempt_limit() {
         ],
     );
     assert_eq!(ran.code, Some(6), "{}", ran.stderr);
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert!(
         ran.stderr.contains("Throttling: Rate exceeded"),
         "{}",
@@ -651,7 +711,7 @@ fn a_5xx_answer_is_retried() {
         &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
     ran.assert_silent_about(&[&canary]);
 }
 
@@ -672,11 +732,7 @@ fn access_denied_fails_at_once_with_the_aws_message() {
         &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
     );
     assert_eq!(ran.code, Some(3), "{}", ran.stderr);
-    assert_eq!(
-        calls.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "not retried"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
     assert!(
         ran.stderr
             .contains(r#"secret "prod/db": AccessDenied: User: "#),
@@ -705,12 +761,56 @@ fn a_kms_decryption_failure_is_named() {
         &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
     );
     assert_eq!(ran.code, Some(3), "{}", ran.stderr);
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(
         ran.stderr
             .contains("DecryptionFailure: Secrets Manager can't decrypt"),
         "{}",
         ran.stderr
     );
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn an_https_endpoint_with_a_private_ca_works_when_ssl_cert_file_names_the_ca() {
+    let canary = unique("canary-tls");
+    let (ca, config) = test_pki();
+    let (fake, calls) = fake_with(0, ("", ""), canary.clone(), Some(config));
+    let s = Scratch::new();
+    let ca_file = s.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("ca");
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake),
+            ("SSL_CERT_FILE", ca_file.to_str().expect("utf-8")),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[test]
+fn an_untrusted_https_endpoint_fails_at_once_with_a_tls_hint() {
+    let canary = unique("canary-untrusted");
+    let (_, config) = test_pki();
+    let (fake, calls) = fake_with(0, ("", ""), canary.clone(), Some(config));
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake)],
+    );
+    assert_eq!(ran.code, Some(6), "{}", ran.stderr);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no request is sent");
+    assert!(ran.stderr.contains("TlsError"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("CA bundle"), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("attempts"),
+        "not retried: {}",
+        ran.stderr
+    );
+    assert!(s.is_empty());
     ran.assert_silent_about(&[&canary]);
 }
