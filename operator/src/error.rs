@@ -22,7 +22,7 @@ pub enum Error {
     #[error("rolling {failed} workload(s) failed, first error: {first}")]
     Rollout { failed: usize, first: String },
 
-    /// The DsoSecretCRD is not installed (start-up check).
+    /// The DsoSecret CRD is not installed (start-up check).
     #[error(
         "the DsoSecret CRD is not installed or not readable ({0}); install it with: kubectl apply --server-side -f crds/dso.dev_dsosecrets.yaml"
     )]
