@@ -61,6 +61,11 @@ pub enum Error {
         second_role: String,
     },
 
+    #[error(
+        "ServiceAccount {name:?} of namespace {namespace} is not in the webhook's cache yet (just created?): retry; if this persists, check that the webhook may list and watch serviceaccounts"
+    )]
+    UnknownServiceAccount { namespace: String, name: String },
+
     // ---- server failures ----
     #[error("cannot build the JSON patch: {0}")]
     Patch(#[from] kube::core::admission::SerializePatchError),
@@ -95,6 +100,7 @@ impl Error {
             Error::TooLarge { .. } => "too_large",
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
             Error::ConflictingRoles { .. } => "conflicting_roles",
+            Error::UnknownServiceAccount { .. } => "unknown_serviceaccount",
             Error::Patch(_) => "patch",
             Error::Config(_) => "config",
             Error::Tls(_) => "tls",

@@ -62,8 +62,9 @@ pub trait Catalog {
         namespace: &str,
         name: &str,
     ) -> Option<std::result::Result<Arc<DsoSecret>, String>>;
-    /// The `eks.amazonaws.com/role-arn` annotation of a ServiceAccount, if any.
-    fn service_account_role(&self, namespace: &str, name: &str) -> Option<String>;
+    /// The `eks.amazonaws.com/role-arn` annotation of a ServiceAccount: `None` when the
+    /// ServiceAccount is not known (yet), `Some(None)` when it has no role.
+    fn service_account_role(&self, namespace: &str, name: &str) -> Option<Option<String>>;
 }
 
 /// What to do with a pod.
@@ -465,10 +466,23 @@ pub fn mutate(
         }
     }
     let sa_name = spec.service_account_name.as_deref().unwrap_or("default");
-    let role_arn = role
-        .map(|(_, r)| r)
-        .or_else(|| catalog.service_account_role(namespace, sa_name));
     let existing = existing_token(spec);
+    let role_arn = match role {
+        Some((_, r)) => Some(r),
+        None => match catalog.service_account_role(namespace, sa_name) {
+            Some(r) => r,
+            // The token some other webhook injected carries its own role.
+            None if existing.is_some() => None,
+            // The apiserver admits only pods whose ServiceAccount exists, so the cache lags:
+            // refuse rather than start a pod without its role. Controllers retry.
+            None => {
+                return Err(Error::UnknownServiceAccount {
+                    namespace: namespace.to_string(),
+                    name: sa_name.to_string(),
+                });
+            }
+        },
+    };
     let secret_region = secrets
         .iter()
         .find_map(|(_, s)| s.spec.aws.as_ref().and_then(|a| a.region.clone()));

@@ -182,13 +182,15 @@ impl Catalog for Store {
         Some(parsed)
     }
 
-    fn service_account_role(&self, namespace: &str, name: &str) -> Option<String> {
+    fn service_account_role(&self, namespace: &str, name: &str) -> Option<Option<String>> {
         let key = ObjectRef::<SaMeta>::new(name).within(namespace);
         let sa = self.accounts.get(&key)?;
-        sa.annotations()
-            .get(SA_ROLE_ARN)
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty())
+        Some(
+            sa.annotations()
+                .get(SA_ROLE_ARN)
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty()),
+        )
     }
 }
 
@@ -227,10 +229,14 @@ metadata:
         assert_eq!(db.spec.files[0].secret_id, "prod/db");
         assert!(store.dso_secret("other", "db").is_none());
         assert_eq!(
-            store.service_account_role("shop", "web").as_deref(),
-            Some("arn:aws:iam::123456789012:role/web")
+            store.service_account_role("shop", "web"),
+            Some(Some("arn:aws:iam::123456789012:role/web".to_string()))
         );
-        assert_eq!(store.service_account_role("shop", "default"), None);
+        assert_eq!(
+            store.service_account_role("shop", "default"),
+            None,
+            "not known"
+        );
     }
 
     #[test]

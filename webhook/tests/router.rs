@@ -21,6 +21,10 @@ kind: DsoSecret
 metadata: {name: db, namespace: shop}
 spec:
   files: [{path: password, secretId: prod/db, jsonKey: password}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: shop}
 "#;
 
 fn state(ready: Arc<AtomicBool>) -> AppState {

@@ -41,8 +41,10 @@ impl Catalog for Fake {
             .cloned()
             .map(Ok)
     }
-    fn service_account_role(&self, namespace: &str, name: &str) -> Option<String> {
-        self.roles.get(&(namespace.into(), name.into())).cloned()
+    fn service_account_role(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+        // Every ServiceAccount exists except this one, which the cache has not seen yet.
+        (name != "not-yet-cached")
+            .then(|| self.roles.get(&(namespace.into(), name.into())).cloned())
     }
 }
 
@@ -499,6 +501,23 @@ fn the_dsosecret_role_and_region_win_over_the_service_account_and_defaults() {
         env(init(&apply(&p, &inj.patch)), "AWS_REGION"),
         Some("eu-west-1")
     );
+}
+
+#[test]
+fn a_service_account_missing_from_the_cache_is_a_retryable_denial_unless_the_role_is_known() {
+    let p = pod(json!({"spec": {"serviceAccountName": "not-yet-cached"}}));
+    let e = mutate(&p, NS, &catalog(), &cfg()).expect_err("denied");
+    assert_eq!(e.metric_label(), "unknown_serviceaccount");
+    assert!(
+        e.to_string()
+            .contains("\"not-yet-cached\" of namespace shop is not in the webhook's cache yet"),
+        "{e}"
+    );
+    let with_role = pod(
+        json!({"metadata": {"annotations": {"dso.dev/secrets": "db-role"}},
+        "spec": {"serviceAccountName": "not-yet-cached"}}),
+    );
+    assert!(mutate(&with_role, NS, &catalog(), &cfg()).is_ok());
 }
 
 #[test]
