@@ -1,6 +1,8 @@
 //! The real `dso-init` binary against moto server over HTTP, with a cleared environment: the IRSA
 //! chain (a JWT-shaped token file → STS AssumeRoleWithWebIdentity → Secrets Manager) and no
 //! static keys. Every test plants a unique canary value and checks it appears in no output.
+//! Small fakes on 127.0.0.1 stand in where moto cannot answer: throttling, 5xx, AccessDenied,
+//! KMS failures, TLS with a private CA, an EKS Pod Identity agent.
 //!
 //! Needs `DSO_MOTO_ENDPOINT` (e.g. `tests/moto.sh start 5100` → `http://127.0.0.1:5100`).
 
@@ -813,4 +815,87 @@ fn an_untrusted_https_endpoint_fails_at_once_with_a_tls_hint() {
     );
     assert!(s.is_empty());
     ran.assert_silent_about(&[&canary]);
+}
+
+/// A fake EKS Pod Identity agent: answers GETs that carry `token` as Authorization with
+/// credentials (moto accepts any). Returns its URL and a counter of authorized calls.
+fn pod_identity_agent(token: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://{}/v1/credentials",
+        listener.local_addr().expect("addr")
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut authorized = false;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    authorized = line.split_once(':').map(|(_, v)| v.trim()) == Some(token);
+                }
+            }
+            let (status, body) = if authorized {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (
+                    "200 OK",
+                    serde_json::json!({
+                        "AccessKeyId": "ASIAPODIDENTITYTEST", "SecretAccessKey": "pod-identity-secret",
+                        "Token": "pod-identity-session", "AccountId": "123456789012",
+                        "Expiration": "2099-01-01T00:00:00Z",
+                    })
+                    .to_string(),
+                )
+            } else {
+                ("401 Unauthorized", "{}".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = reader.get_mut().write_all(response.as_bytes());
+        }
+    });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn eks_pod_identity_credentials_work_through_the_default_chain() {
+    const AGENT_TOKEN: &str = "eks-pod-identity-token";
+    let canary = unique("canary-podid");
+    let id = unique("it/podid");
+    create_string(&id, &canary).await;
+    let (agent, calls) = pod_identity_agent(AGENT_TOKEN);
+    let s = Scratch::new();
+    let token = s.dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token, AGENT_TOKEN).expect("token");
+    let endpoint = moto();
+    // What the EKS Pod Identity webhook gives a container, and no IRSA, no keys.
+    let ran = s.run_with(
+        &s.plan(one_file(&id, serde_json::json!({}))),
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &agent),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token.to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "credentials came from the agent"
+    );
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    ran.assert_silent_about(&[&canary, "pod-identity-secret"]);
 }
