@@ -262,6 +262,46 @@ fn deployment(ns: &str, name: &str, secrets: &str) {
     );
 }
 
+/// A StatefulSet (0 replicas) or DaemonSet (selecting no node) consuming `secrets`: their
+/// templates are patched like a Deployment's, without running anything.
+fn idle_workload(kind: &str, ns: &str, name: &str, secrets: &str) {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name},
+                         "annotations": {"dso.dev/inject": "true", "dso.dev/secrets": secrets}},
+            "spec": {"nodeSelector": {"dso.dev/e2e-no-such-node": "true"}, "containers": [{
+                "name": "app", "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]}
+        }
+    });
+    if kind == "StatefulSet" {
+        spec["replicas"] = json!(0);
+        spec["serviceName"] = json!(name);
+    }
+    let w = json!({"apiVersion": "apps/v1", "kind": kind,
+                   "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    check(
+        kubectl_stdin(&["apply", "-f", "-"], &w.to_string()),
+        "apply workload",
+    );
+}
+
+/// `dso.dev/versions-hash` on any workload's template, through kubectl.
+fn template_hash_of(kind: &str, ns: &str, name: &str) -> Option<String> {
+    let out = kubectl(&[
+        "get",
+        kind,
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations.dso\\.dev/versions-hash}",
+    ]);
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
 /// The DsoSecret as JSON (kubectl: no typed client needed).
 fn get_dso(ns: &str, name: &str) -> Value {
     let out = kubectl(&["get", "dsosecret", name, "-n", ns, "-o", "json"]);
@@ -365,6 +405,8 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
 
     dsosecret(&ns, "db", &secret, SHORT, "Rollout");
     deployment(&ns, "web", "db");
+    idle_workload("StatefulSet", &ns, "sts", "db");
+    idle_workload("DaemonSet", &ns, "ds", "db");
     let d = wait_ready(&op, &ns, "db", "True", "Synced").await;
     assert_eq!(version_of(&d).as_deref(), Some(v1.as_str()));
     wait_recorded(&op, &ns, "web").await;
@@ -403,8 +445,10 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     .expect("new version in status");
     assert_eq!(
         d["status"]["lastRotation"]["workloads"],
-        json!(["Deployment/web"])
+        json!(["DaemonSet/ds", "Deployment/web", "StatefulSet/sts"])
     );
+    let sts_hash = template_hash_of("statefulset", &ns, "sts").expect("StatefulSet rolled");
+    let ds_hash = template_hash_of("daemonset", &ns, "ds").expect("DaemonSet rolled");
     let reasons: Vec<String> = events(&ns, "db")
         .await
         .into_iter()
