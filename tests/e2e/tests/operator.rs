@@ -503,6 +503,8 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     assert_eq!(replicasets(&ns, "web").await, 2, "{}", op.log());
     assert_eq!(template_hash(&ns, "web").await, Some(hash));
+    assert_eq!(template_hash_of("statefulset", &ns, "sts"), Some(sts_hash));
+    assert_eq!(template_hash_of("daemonset", &ns, "ds"), Some(ds_hash));
     assert_eq!(
         op.metric("dso_rollouts_total{kind=\"Deployment\"}").await,
         0.0
