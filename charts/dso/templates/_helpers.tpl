@@ -62,6 +62,7 @@ app.kubernetes.io/component: {{ .component }}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
+fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}

@@ -1,0 +1,670 @@
+//! The Helm chart, installed with `helm install` as a user would, running the whole story:
+//! the operator marks a DsoSecret Ready, the webhook injects dso-init into a Deployment's pod,
+//! dso-init fetches the value with the pod's own IRSA identity, a rotation in AWS rolls the
+//! Deployment onto the new value, and `helm uninstall` leaves nothing behind but the CRD.
+//!
+//! Besides the variables of `dso_e2e` (KUBECONFIG, DSO_MOTO_ENDPOINT, DSO_BUSYBOX_IMAGE,
+//! DSO_POD_LOGS_DIR), with `helm` and `kubectl` on PATH:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `DSO_CHART_VALUES` | values file for this cluster; default `charts/dso/values-local.yaml` (the local loopback cluster) |
+//! | `DSO_CHART_AWS_ENDPOINT` | AWS endpoint as the cluster's pods reach it; default `DSO_MOTO_ENDPOINT` |
+//!
+//! The two tests without a cluster (CRD copy, `helm lint`) need only `helm`.
+
+use aws_sdk_secretsmanager::Client as Sm;
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use dso_api::DsoSecret;
+use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Resource;
+use kube::api::{Api, ListParams};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const ROLE: &str = "arn:aws:iam::123456789012:role/dso-e2e-chart";
+/// The label the local values' webhook selects namespaces by.
+const INJECTION_LABEL: (&str, &str) = ("dso.dev/injection", "enabled");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(REPO).join(path)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    Command::new("helm").args(args).output().expect(
+        "helm not found on PATH: tests/run.sh puts it there (tests/cluster/deps.sh installs it)",
+    )
+}
+
+/// The command's stdout, or an error with its output.
+fn ok(what: &str, out: std::process::Output) -> anyhow::Result<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd_unchanged() {
+    let generated = std::fs::read(repo("crds/dso.dev_dsosecrets.yaml")).expect("crds/");
+    let shipped =
+        std::fs::read(repo("charts/dso/crds/dso.dev_dsosecrets.yaml")).expect("chart crds/");
+    assert!(
+        generated == shipped,
+        "charts/dso/crds/dso.dev_dsosecrets.yaml differs from crds/dso.dev_dsosecrets.yaml: \
+         cp crds/dso.dev_dsosecrets.yaml charts/dso/crds/"
+    );
+}
+
+#[test]
+fn helm_lint_passes_with_the_default_and_the_local_values() {
+    let chart = repo("charts/dso");
+    let chart = chart.to_str().expect("path");
+    let local = repo("charts/dso/values-local.yaml");
+    for extra in [vec![], vec!["-f", local.to_str().expect("path")]] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend(extra);
+        let out = ok("helm lint", helm(&args)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+    // The schema refuses a failure policy the API server would not know.
+    let out = helm(&["lint", chart, "--set", "webhook.failurePolicy=Sometimes"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/webhook/failurePolicy"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+async fn moto() -> Sm {
+    let conf = aws_sdk_secretsmanager::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+        .build();
+    Sm::from_conf(conf)
+}
+
+fn secret_json(password: &str) -> String {
+    serde_json::json!({"username": "shop", "password": password}).to_string()
+}
+
+/// The app: prints its secret file, then sleeps. Host network: the local node is loopback-only.
+fn app_manifests(ns: &str, secret_id: &str) -> String {
+    let busybox = env("DSO_BUSYBOX_IMAGE");
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: {ns}
+  annotations:
+    eks.amazonaws.com/role-arn: {ROLE}
+---
+apiVersion: dso.dev/v1alpha1
+kind: DsoSecret
+metadata:
+  name: db
+  namespace: {ns}
+spec:
+  aws: {{region: us-east-1}}
+  files:
+    - {{path: password, secretId: "{secret_id}", jsonKey: password}}
+  refresh: {{interval: 10s, strategy: Rollout}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {ns}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+      annotations:
+        dso.dev/inject: "true"
+        dso.dev/secrets: db
+    spec:
+      serviceAccountName: web
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
+      terminationGracePeriodSeconds: 1
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 1001
+        seccompProfile: {{type: RuntimeDefault}}
+      containers:
+        - name: app
+          image: {busybox}
+          imagePullPolicy: IfNotPresent
+          command: ["/bin/sh", "-c", "echo \"password=$(cat /run/secrets/dso/db/password)\"; exec sleep 3600"]
+          resources:
+            requests: {{cpu: 10m, memory: 16Mi}}
+            limits: {{cpu: 100m, memory: 32Mi}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{drop: [ALL]}}
+"#
+    )
+}
+
+/// What a user would look at when the story breaks: printed on failure.
+fn diagnostics(rel_ns: &str, app_ns: &str) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["get", "all,dsosecrets,events", "-n", app_ns, "-o", "wide"],
+        vec!["get", "all,events", "-n", rel_ns, "-o", "wide"],
+        vec!["describe", "pods", "-n", app_ns],
+        vec!["describe", "pods", "-n", rel_ns],
+        vec!["get", "dsosecrets", "-n", app_ns, "-o", "yaml"],
+    ] {
+        let o = kubectl(&args);
+        out.push_str(&format!(
+            "\n$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let dir = env("DSO_POD_LOGS_DIR");
+    for ns in [rel_ns, app_ns] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("{ns}_")) else {
+                continue;
+            };
+            let pod = rest.split('_').next().unwrap_or_default();
+            for c in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let c = c.file_name().to_string_lossy().into_owned();
+                let log = container_log(ns, pod, &c).unwrap_or_default();
+                out.push_str(&format!("\n--- log {ns}/{pod}/{c}\n{log}"));
+            }
+        }
+    }
+    out
+}
+
+struct Release {
+    name: String,
+    rel_ns: String,
+    app_ns: String,
+    installed: bool,
+}
+
+impl Drop for Release {
+    /// Whatever happened, the cluster-wide webhook registration must not outlive the test.
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = helm(&["uninstall", &self.name, "-n", &self.rel_ns, "--wait"]);
+        }
+        let _ = kubectl(&["delete", "namespace", &self.app_ns, "--wait=false"]);
+        let _ = kubectl(&["delete", "namespace", &self.rel_ns, "--wait=false"]);
+    }
+}
+
+fn ready(d: &DsoSecret) -> Option<(String, String)> {
+    let c = d
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Pods of a ReplicaSet that run with their app container started.
+async fn running_pod_of(pods: &Api<Pod>, rs: &str) -> anyhow::Result<Option<Pod>> {
+    let list = pods.list(&ListParams::default().labels("app=web")).await?;
+    Ok(list.items.into_iter().find(|p| {
+        let owned = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.name == rs);
+        let running = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Running");
+        owned && running && p.metadata.deletion_timestamp.is_none()
+    }))
+}
+
+/// Names of the objects a list returns.
+async fn names<K>(api: Api<K>, params: &ListParams) -> anyhow::Result<Vec<String>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .list(params)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|o| o.meta().name.clone())
+        .collect())
+}
+
+async fn replica_sets(rss: &Api<ReplicaSet>) -> anyhow::Result<Vec<ReplicaSet>> {
+    Ok(rss
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items)
+}
+
+#[tokio::test]
+async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
+    let c = client().await;
+    let moto_endpoint = env("DSO_MOTO_ENDPOINT");
+    let aws_endpoint = std::env::var("DSO_CHART_AWS_ENDPOINT").unwrap_or(moto_endpoint);
+    let values = std::env::var("DSO_CHART_VALUES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
+    env("DSO_POD_LOGS_DIR");
+
+    let rel_ns = namespace(&c, "e2e-chart", &[]).await;
+    let app_ns = namespace(&c, "e2e-chart-app", &[INJECTION_LABEL]).await;
+    let mut release = Release {
+        name: format!("dso-{}", rel_ns.trim_start_matches("e2e-chart-")),
+        rel_ns: rel_ns.clone(),
+        app_ns: app_ns.clone(),
+        installed: false,
+    };
+    let name = release.name.clone();
+    let fullname = name.clone(); // the release name contains "dso": resources are named after it
+
+    // helm install, waiting for both rollouts.
+    let chart = repo("charts/dso");
+    let install = helm(&[
+        "install",
+        &name,
+        chart.to_str().expect("path"),
+        "-n",
+        &rel_ns,
+        "-f",
+        values.to_str().expect("path"),
+        "--set",
+        &format!("aws.endpointUrl={aws_endpoint}"),
+        "--set",
+        &format!("operator.watchNamespace={app_ns}"),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    release.installed = true;
+    if !install.status.success() {
+        panic!(
+            "helm install failed: {}\n{}",
+            String::from_utf8_lossy(&install.stderr),
+            diagnostics(&rel_ns, &app_ns)
+        );
+    }
+    let notes = String::from_utf8_lossy(&install.stdout);
+    assert!(
+        notes.contains("dso.dev/inject"),
+        "NOTES.txt tells what to do next: {notes}"
+    );
+
+    if let Err(e) = scenario(&c, &rel_ns, &app_ns, &name, &fullname).await {
+        panic!("{e:#}\n{}", diagnostics(&rel_ns, &app_ns));
+    }
+    release.installed = false;
+}
+
+async fn scenario(
+    c: &kube::Client,
+    rel_ns: &str,
+    app_ns: &str,
+    name: &str,
+    fullname: &str,
+) -> anyhow::Result<()> {
+    // The generated serving certificate survives an upgrade (lookup), and so does the
+    // caBundle the API server trusts.
+    let start = std::time::Instant::now();
+    let progress = |what: &str| eprintln!("[chart +{:.1}s] {what}", start.elapsed().as_secs_f64());
+    let tls_secret = format!("{fullname}-webhook-tls");
+    let secrets_rel: Api<Secret> = Api::namespaced(c.clone(), rel_ns);
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
+    let mwc_name = format!("{fullname}-webhook");
+    let ca_bundle = |mwc: MutatingWebhookConfiguration| {
+        mwc.webhooks
+            .unwrap_or_default()
+            .first()
+            .and_then(|w| w.client_config.ca_bundle.clone())
+    };
+    let cert_before = secrets_rel.get(&tls_secret).await?.data;
+    let bundle_before = ca_bundle(mwcs.get(&mwc_name).await?);
+    anyhow::ensure!(
+        bundle_before.is_some()
+            && bundle_before.as_ref() == cert_before.as_ref().and_then(|d| d.get("ca.crt")),
+        "the webhook configuration's caBundle is not the CA of the webhook's certificate"
+    );
+    progress("installed; upgrading");
+    ok(
+        "helm upgrade",
+        helm(&[
+            "upgrade",
+            name,
+            repo("charts/dso").to_str().expect("path"),
+            "-n",
+            rel_ns,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "120s",
+        ]),
+    )?;
+    anyhow::ensure!(
+        secrets_rel.get(&tls_secret).await?.data == cert_before,
+        "helm upgrade replaced the webhook's certificate"
+    );
+    anyhow::ensure!(
+        ca_bundle(mwcs.get(&mwc_name).await?) == bundle_before,
+        "helm upgrade changed the caBundle"
+    );
+    progress("upgraded; certificate kept");
+
+    // A secret in AWS, and an app that consumes it.
+    let sm = moto().await;
+    let secret_id = unique("e2e/chart/db");
+    let canary1 = unique("canary-chart-v1");
+    let canary2 = unique("canary-chart-v2");
+    sm.create_secret()
+        .name(&secret_id)
+        .secret_string(secret_json(&canary1))
+        .send()
+        .await?;
+    ok(
+        "kubectl apply of the app",
+        kubectl_stdin(&["apply", "-f", "-"], &app_manifests(app_ns, &secret_id)),
+    )?;
+
+    progress("secret created in AWS, app applied");
+    // The operator marks the DsoSecret Ready.
+    let dsos: Api<DsoSecret> = Api::namespaced(c.clone(), app_ns);
+    wait_for(
+        "DsoSecret db Ready=True",
+        Duration::from_secs(60),
+        || async {
+            let d = dsos.get("db").await?;
+            Ok(ready(&d).filter(|(s, _)| s == "True"))
+        },
+    )
+    .await?;
+
+    progress("DsoSecret Ready");
+    // The webhook injected dso-init; dso-init fetched the value; the app prints it.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), app_ns);
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), app_ns);
+    let first_rs = wait_for("the first ReplicaSet", Duration::from_secs(30), || async {
+        Ok(replica_sets(&rss)
+            .await?
+            .first()
+            .and_then(|r| r.metadata.name.clone()))
+    })
+    .await?;
+    let pod = wait_for("the app pod Running", Duration::from_secs(90), || async {
+        running_pod_of(&pods, &first_rs).await
+    })
+    .await?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let init = spec.init_containers.clone().unwrap_or_default();
+    anyhow::ensure!(
+        init.first().map(|i| i.name.as_str()) == Some("dso-init"),
+        "the webhook did not inject dso-init first: {init:?}"
+    );
+    anyhow::ensure!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("dso.dev/injected")),
+        "the pod has no dso.dev/injected annotation"
+    );
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    wait_for(
+        "the first value in the app's log",
+        Duration::from_secs(30),
+        || async {
+            Ok(container_log(app_ns, &pod_name, "app")?
+                .contains(&format!("password={canary1}"))
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    progress("pod injected and Running; the app printed the first value");
+    // Rotation in AWS: the operator rolls the Deployment; the new pod reads the new value.
+    sm.put_secret_value()
+        .secret_id(&secret_id)
+        .secret_string(secret_json(&canary2))
+        .send()
+        .await?;
+    let second_rs = wait_for(
+        "a new ReplicaSet after the rotation",
+        Duration::from_secs(90),
+        || async {
+            Ok(replica_sets(&rss)
+                .await?
+                .into_iter()
+                .filter_map(|r| r.metadata.name)
+                .find(|n| *n != first_rs))
+        },
+    )
+    .await?;
+    let new_pod = wait_for("the new pod Running", Duration::from_secs(90), || async {
+        running_pod_of(&pods, &second_rs).await
+    })
+    .await?;
+    let new_pod_name = new_pod.metadata.name.clone().unwrap_or_default();
+    wait_for(
+        "the new value in the new pod's log",
+        Duration::from_secs(30),
+        || async {
+            Ok(container_log(app_ns, &new_pod_name, "app")?
+                .contains(&format!("password={canary2}"))
+                .then_some(()))
+        },
+    )
+    .await?;
+    let d = dsos.get("db").await?;
+    let rotation = d.status.as_ref().and_then(|s| s.last_rotation.as_ref());
+    anyhow::ensure!(
+        rotation.is_some_and(|r| r.workloads.iter().any(|w| w.contains("web"))),
+        "status.lastRotation does not name Deployment web: {rotation:?}"
+    );
+
+    progress("rotated: new ReplicaSet, the new pod printed the new value");
+    // The values appear nowhere but in the app's own output.
+    let mut exposed = Vec::new();
+    let mut look = |place: &str, text: String| {
+        for canary in [&canary1, &canary2] {
+            if text.contains(canary.as_str()) {
+                exposed.push(format!("{canary} in {place}"));
+            }
+        }
+    };
+    for p in pods.list(&ListParams::default()).await?.items {
+        look("a pod", serde_json::to_string(&p)?);
+    }
+    look(
+        "the DsoSecret",
+        serde_json::to_string(&dsos.get("db").await?)?,
+    );
+    for ns in [app_ns, rel_ns] {
+        let events = kubectl(&["get", "events", "-n", ns, "-o", "json"]);
+        look(
+            "core events",
+            String::from_utf8_lossy(&events.stdout).into_owned(),
+        );
+        let events = kubectl(&["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
+        look(
+            "events",
+            String::from_utf8_lossy(&events.stdout).into_owned(),
+        );
+        for s in Api::<Secret>::namespaced(c.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+        {
+            let decoded: Vec<String> = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned())
+                .collect();
+            look("a Kubernetes Secret", decoded.join("\n"));
+        }
+    }
+    for p in Api::<Pod>::namespaced(c.clone(), rel_ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        let pod = p.metadata.name.unwrap_or_default();
+        for container in ["operator", "webhook"] {
+            look(
+                &format!("the {container} log"),
+                container_log(rel_ns, &pod, container)?,
+            );
+        }
+    }
+    for p in [&pod_name, &new_pod_name] {
+        look("the dso-init log", container_log(app_ns, p, "dso-init")?);
+    }
+    anyhow::ensure!(exposed.is_empty(), "secret values leaked: {exposed:?}");
+
+    progress("no value in pod specs, events, status, Secrets or DSO logs");
+    // helm uninstall leaves nothing behind but the CRD.
+    ok(
+        "helm uninstall",
+        helm(&[
+            "uninstall",
+            name,
+            "-n",
+            rel_ns,
+            "--wait",
+            "--cascade",
+            "foreground",
+            "--timeout",
+            "120s",
+        ]),
+    )?;
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let by_release = ListParams::default().labels(&selector);
+    wait_for(
+        "the release's objects to be gone",
+        Duration::from_secs(60),
+        || async {
+            let all = ListParams::default();
+            let mut left = Vec::new();
+            let mut add = |kind: &str, names: Vec<String>| {
+                left.extend(names.into_iter().map(|n| format!("{kind}/{n}")));
+            };
+            add(
+                "MutatingWebhookConfiguration",
+                names(
+                    Api::<MutatingWebhookConfiguration>::all(c.clone()),
+                    &by_release,
+                )
+                .await?,
+            );
+            add(
+                "ClusterRole",
+                names(Api::<ClusterRole>::all(c.clone()), &by_release).await?,
+            );
+            add(
+                "ClusterRoleBinding",
+                names(Api::<ClusterRoleBinding>::all(c.clone()), &by_release).await?,
+            );
+            add(
+                "Deployment",
+                names(Api::<Deployment>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "ReplicaSet",
+                names(Api::<ReplicaSet>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "Pod",
+                names(Api::<Pod>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "Service",
+                names(Api::<Service>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            // Helm's own release records are Secrets too: uninstall deletes them.
+            add(
+                "Secret",
+                names(Api::<Secret>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "Role",
+                names(Api::<Role>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "RoleBinding",
+                names(Api::<RoleBinding>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            add(
+                "PodDisruptionBudget",
+                names(
+                    Api::<PodDisruptionBudget>::namespaced(c.clone(), rel_ns),
+                    &all,
+                )
+                .await?,
+            );
+            add(
+                "Lease",
+                names(Api::<Lease>::namespaced(c.clone(), rel_ns), &all).await?,
+            );
+            let mut sas = names(Api::<ServiceAccount>::namespaced(c.clone(), rel_ns), &all).await?;
+            sas.retain(|n| n != "default");
+            add("ServiceAccount", sas);
+            let mut cms = names(Api::<ConfigMap>::namespaced(c.clone(), rel_ns), &all).await?;
+            cms.retain(|n| n != "kube-root-ca.crt");
+            add("ConfigMap", cms);
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(anyhow::anyhow!("left behind: {left:?}"))
+            }
+        },
+    )
+    .await?;
+    progress("uninstalled: nothing left but the CRD");
+    let crd = kubectl(&["get", "crd", "dsosecrets.dso.dev", "-o", "name"]);
+    anyhow::ensure!(
+        crd.status.success(),
+        "helm uninstall removed the CRD (it must keep it)"
+    );
+    Ok(())
+}
