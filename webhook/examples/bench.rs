@@ -423,6 +423,28 @@ async fn apiserver(o: &Opts, ca_pem: &str) {
         &inject,
         Some(pct(&base, 0.5)),
     );
+
+    // The real registration adds matchConditions: pods not opted in are filtered by CEL in
+    // the apiserver and never reach the webhook.
+    let mut current = configs.get(name).await.expect("get config");
+    if let Some(w) = current.webhooks.as_mut().and_then(|w| w.first_mut()) {
+        w.match_conditions = Some(vec![serde_json::from_value(json!({
+            "name": "opted-in",
+            "expression": "has(object.metadata.annotations) && 'dso.dev/inject' in object.metadata.annotations && object.metadata.annotations['dso.dev/inject'].lowerAscii() == 'true'"
+        }))
+        .expect("match condition")]);
+    }
+    configs
+        .replace(name, &PostParams::default(), &current)
+        .await
+        .expect("update config");
+    tokio::time::sleep(Duration::from_secs(2)).await; // the apiserver reloads configurations within ~1s
+    let filtered = measure(false).await;
+    show(
+        "matchConditions filter out 'not opted in'",
+        &filtered,
+        Some(pct(&base, 0.5)),
+    );
     let _ = configs.delete(name, &DeleteParams::default()).await;
     let _ = namespaces.delete(NS, &DeleteParams::default()).await;
 }
