@@ -139,7 +139,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_i
 }
 
 #[tokio::test]
-async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
+async fn shutdown_finishes_the_request_in_flight_closes_idle_connections_and_refuses_new_ones() {
     install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let a = pair();
@@ -148,20 +148,35 @@ async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
         CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
     let (entered_tx, entered_rx) = oneshot::channel::<()>();
     let entered = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
-    let app = Router::new().route(
-        "/slow",
-        get(move || {
-            let entered = entered.clone();
-            async move {
-                if let Some(tx) = entered.lock().expect("lock").take() {
-                    let _ = tx.send(());
+    let app = Router::new()
+        .route("/fast", get(|| async { "fast" }))
+        .route(
+            "/slow",
+            get(move || {
+                let entered = entered.clone();
+                async move {
+                    if let Some(tx) = entered.lock().expect("lock").take() {
+                        let _ = tx.send(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "done"
-            }
-        }),
-    );
+            }),
+        );
     let (addr, stop, server) = start(&reloader, app).await;
+
+    // An idle keep-alive connection: one request answered, then nothing.
+    let (_, mut idle) = handshake(addr, &[&a]).await.expect("handshake");
+    idle.write_all(b"GET /fast HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = [0u8; 1024];
+    let mut answer = String::new();
+    while !answer.ends_with("fast") {
+        let n = idle.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed early: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
 
     let (_, mut tls) = handshake(addr, &[&a]).await.expect("handshake");
     tls.write_all(b"GET /slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
@@ -169,6 +184,13 @@ async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
         .expect("send");
     entered_rx.await.expect("the request reached the handler");
     stop.send(()).expect("stop");
+
+    // The idle connection is closed right away, while /slow is still running.
+    let closed = tokio::time::timeout(Duration::from_millis(250), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was not closed: {closed:?}"
+    );
 
     let mut response = Vec::new();
     let _ = tls.read_to_end(&mut response).await;

@@ -54,7 +54,7 @@ struct Webhook {
     admin_port: u16,
     log: PathBuf,
     namespaces: Vec<String>,
-    _dir: PathBuf,
+    dir: PathBuf,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
@@ -139,7 +139,7 @@ impl Webhook {
             admin_port,
             log,
             namespaces: Vec::new(),
-            _dir: dir,
+            dir,
             ca,
         };
         wait_for("the webhook to be ready", TIMEOUT, || async {
@@ -254,7 +254,7 @@ impl Drop for Webhook {
         for ns in &self.namespaces {
             let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
         }
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -704,7 +704,7 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
         assert_eq!(init_names(&p).first().map(String::as_str), Some("dso-init"));
     };
     admit().await;
-    write_serving_pair(&wh._dir, &wh.ca);
+    write_serving_pair(&wh.dir, &wh.ca);
     let started = std::time::Instant::now();
     while !wh.logs().contains("serving certificate reloaded") {
         admit().await;
