@@ -14,10 +14,14 @@ echo "[images] building static release binaries (dso-init, dso-webhook, dso-oper
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked --target "$triple" \
   -p dso-init -p dso-webhook -p dso-operator --bin dso-init --bin dso-webhook --bin dso-operator >&2
 mkdir -p "$out/images"
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+[ -s "$ca_bundle" ] || { echo "[images] $ca_bundle is missing: apt-get install ca-certificates" >&2; exit 1; }
 for b in dso-init dso-webhook dso-operator; do
   ldd "$out/$b" 2>&1 | grep -qE 'not a dynamic|statically linked' || { echo "[images] $b is not static" >&2; exit 1; }
+  # The CA bundle: dso-init and the operator reach AWS over HTTPS (scratch images have none).
   python3 "$repo/tests/cluster/mkimage.py" -t "dso.local/$b:$tag" -o "$out/images/$b.tar" \
-    --file "$out/$b:/$b:755" --entrypoint "/$b" --user 65532:65532
+    --file "$out/$b:/$b:755" --file "$ca_bundle:/etc/ssl/certs/ca-certificates.crt:644" \
+    --entrypoint "/$b" --user 65532:65532
   echo "[images] dso.local/$b:$tag $(du -h "$out/$b" | cut -f1) binary" >&2
 done
 if [ "${1:-}" = --import ]; then
