@@ -11,7 +11,7 @@
 //! A workload's pod template carries `dso.dev/versions-hash` (see [`dso_api::versions`]): the
 //! hash of the stage-following versions of every `strategy: Rollout` DsoSecret the template
 //! consumes. Writing it changes the template, so it is written only to roll. What the pods run is
-//! recorded separately, on the workload's own metadata ([`RECORDED_VERSIONS`], JSON
+//! recorded separately, on the workload's own metadata ([`dso_api::annotations::RECORDED_VERSIONS`], JSON
 //! `{key: versionId}`), which rolls nothing. The decision, in order:
 //!
 //! 1. the template hash equals the hash of the current versions → current (an operator restart
@@ -33,12 +33,7 @@ use dso_api::{DsoSecretSpec, FileSpec, SecretVersionStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Metadata annotation on a workload (not its template) recording the versions its pods were
-/// last seen or made to run. Written by the operator; changing it restarts nothing.
-pub const RECORDED_VERSIONS: &str = "dso.dev/recorded-versions";
-
-/// The stage followed when an entry names neither a stage nor a version id.
-pub const DEFAULT_STAGE: &str = "AWSCURRENT";
+use dso_api::secret::DEFAULT_STAGE;
 
 /// The answer of one AWS lookup.
 pub type Lookup = Result<SecretMeta, AwsProblem>;

@@ -1,9 +1,9 @@
 //! The workloads DSO rolls — Deployments, StatefulSets, DaemonSets — seen through one shape,
 //! and the server-side apply patch that owns only DSO's two annotations.
 
-use crate::domain::{self, RECORDED_VERSIONS};
+use crate::domain;
 use dso_api::DsoSecret;
-use dso_api::annotations::VERSIONS_HASH;
+use dso_api::annotations::{RECORDED_VERSIONS, VERSIONS_HASH};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
