@@ -22,20 +22,31 @@ pub fn install_crypto_provider() {
 /// File contents (certificate, key) of a pair.
 type Files = (Vec<u8>, Vec<u8>);
 
-/// The pair in use, and the last pair that failed (logged once, not on every tick).
-#[derive(Debug)]
+/// The pair in use, and the last pair that failed (logged once, not on every tick). Holds the
+/// private key: no `Debug`.
 struct Seen {
     current: Files,
     failed: Option<Files>,
 }
 
 /// The current certificate, readable by every handshake, replaceable by [`CertReloader::reload`].
-#[derive(Debug)]
+/// Its `Debug` shows the file paths and the SHA-256 fingerprint of the certificate in use, never
+/// the key.
 pub struct CertReloader {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
     seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for CertReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertReloader")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("cert_sha256", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -127,6 +138,28 @@ impl CertReloader {
                 Err(e) => tracing::warn!(error = %e, "certificate reload task failed"),
             }
         }
+    }
+
+    /// SHA-256 of the certificate in use (its first, end-entity DER), as colon-separated hex:
+    /// what `openssl x509 -noout -fingerprint -sha256` prints. Public, unlike the key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        current
+            .cert
+            .first()
+            .map(|der| {
+                sha2::Sha256::digest(der.as_ref())
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .unwrap_or_default()
     }
 
     /// A rustls server configuration that always serves the current pair (HTTP/2 and 1.1).

@@ -207,3 +207,32 @@ async fn shutdown_finishes_the_request_in_flight_closes_idle_connections_and_ref
         "no new connections after shutdown"
     );
 }
+
+#[test]
+fn debug_output_names_the_files_and_the_fingerprint_never_the_key() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pair();
+    write(dir.path(), &p);
+    let reloader =
+        CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
+    let text = format!("{reloader:?}");
+    assert!(
+        text.contains("tls.crt") && text.contains("tls.key"),
+        "{text}"
+    );
+    assert_eq!(reloader.fingerprint().len(), 32 * 3 - 1, "{text}");
+    assert!(text.contains(&reloader.fingerprint()), "{text}");
+    let key_body: String = p
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    for chunk in key_body.as_bytes().chunks(16) {
+        let chunk = std::str::from_utf8(chunk).expect("base64 is ASCII");
+        assert!(!text.contains(chunk), "a piece of the key leaked: {text}");
+    }
+    // Raw PEM bytes would show as numbers, as Vec<u8>'s Debug prints them: "-----" is 45s.
+    assert!(!text.contains("45, 45, 45, 45, 45"), "{text}");
+}
