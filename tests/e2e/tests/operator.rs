@@ -7,9 +7,11 @@
 //! webhook nothing is injected, which is all the operator needs (it reads templates, never
 //! pods' files).
 //!
-//! AccessDenied: moto does not deny, so that test points its operator at a tiny local endpoint
-//! that answers every Secrets Manager call with `AccessDeniedException` (HTTP 400, the AWS JSON
-//! error shape) — what a role without `secretsmanager:DescribeSecret` gets.
+//! A tiny local AWS endpoint ([`aws_endpoint`]) records the operation of every call the
+//! operator makes: it forwards to moto (so a test can assert the operator never asks for a
+//! value), or, since moto does not deny, answers every call with `AccessDeniedException`
+//! (HTTP 400, the AWS JSON error shape) — what a role without `secretsmanager:DescribeSecret`
+//! gets.
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
@@ -19,8 +21,10 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -520,7 +524,10 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
     let ns = namespace(&kube, "op-shared", &[]).await;
     let secret = unique("e2e/op/shared");
     create_secret(&secret).await;
-    let op = Operator::start(&ns, 18512, &env("DSO_MOTO_ENDPOINT"));
+    // The operator reaches moto through a recorder: what AWS saw is what counts, whatever the
+    // operator's own metrics say.
+    let (endpoint, operations) = aws_endpoint(Upstream::Forward(env("DSO_MOTO_ENDPOINT"))).await;
+    let op = Operator::start(&ns, 18512, &endpoint);
     op.ready().await;
 
     dsosecret(&ns, "first", &secret, "1h", "Rollout");
@@ -533,11 +540,6 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
         op.describe_calls().await,
         after_first,
         "a second DsoSecret on the same secret adds no AWS call"
-    );
-    assert_eq!(
-        op.metric("dso_aws_calls_total{operation=\"GetSecretValue\"}")
-            .await,
-        0.0
     );
 
     // An interval of 1h: only dso.dev/refresh makes the operator look before then.
@@ -565,6 +567,18 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     assert_eq!(op.describe_calls().await, 2.0);
     op.stop();
+    let seen: BTreeSet<String> = operations.lock().expect("lock").iter().cloned().collect();
+    assert!(
+        !seen.is_empty(),
+        "the operator reached AWS through the recorder"
+    );
+    assert!(
+        seen.is_subset(&BTreeSet::from([
+            "DescribeSecret".to_string(),
+            "ListSecrets".to_string()
+        ])),
+        "the operator reads metadata only, never a value: it called {seen:?}"
+    );
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
 
@@ -628,50 +642,116 @@ async fn a_missing_secret_is_not_ready_with_reason_secret_not_found_and_an_event
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
 
-/// Answers every request like Secrets Manager denying the caller.
-async fn denying_endpoint() -> String {
+/// What the test AWS endpoint does with each request.
+#[derive(Clone)]
+enum Upstream {
+    /// Answers like Secrets Manager denying the caller (AccessDeniedException).
+    Deny,
+    /// Forwards to this HTTP endpoint (moto) and relays its answer.
+    Forward(String),
+}
+
+/// A local Secrets Manager endpoint that records the operation (`x-amz-target`) of every
+/// request, then denies it or forwards it (one request per connection). Returns its URL and
+/// the operations seen so far.
+async fn aws_endpoint(upstream: Upstream) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
+            let (upstream, record) = (upstream.clone(), record.clone());
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 8192];
-                loop {
-                    let Ok(n) = sock.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
+                let Some((head, body)) = read_request(&mut sock).await else {
+                    return;
+                };
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| v.trim().to_string())
+                    })
+                };
+                // "secretsmanager.DescribeSecret" -> "DescribeSecret"
+                let target = header("x-amz-target").unwrap_or_default();
+                let operation = target.rsplit('.').next().unwrap_or_default().to_string();
+                record.lock().expect("lock").push(operation);
+                let resp = match upstream {
+                    Upstream::Deny => {
+                        let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::123456789012:user/e2e is not authorized to perform: secretsmanager:DescribeSecret"}"#;
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes()
                     }
-                    got.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&got).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
+                    Upstream::Forward(url) => {
+                        let Some(authority) = url.strip_prefix("http://") else {
+                            return;
+                        };
+                        let Ok(mut up) =
+                            tokio::net::TcpStream::connect(authority.trim_end_matches('/')).await
+                        else {
+                            return;
+                        };
+                        // One request per connection: the upstream closes after answering.
+                        let head: String = head
                             .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            .filter(|l| {
+                                !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()
                             })
-                            .unwrap_or(0);
-                        if got.len() >= end + 4 + len {
-                            break;
+                            .map(|l| format!("{l}\r\n"))
+                            .collect();
+                        let mut req = format!("{head}Connection: close\r\n\r\n").into_bytes();
+                        req.extend_from_slice(&body);
+                        if up.write_all(&req).await.is_err() {
+                            return;
                         }
+                        let mut resp = Vec::new();
+                        if up.read_to_end(&mut resp).await.is_err() {
+                            return;
+                        }
+                        resp
                     }
-                }
-                let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::123456789012:user/e2e is not authorized to perform: secretsmanager:DescribeSecret"}"#;
-                let resp = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
+                };
+                let _ = sock.write_all(&resp).await;
+                let _ = sock.shutdown().await;
             });
         }
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), seen)
+}
+
+/// Reads one HTTP/1.1 request: its head (without the blank line) and its body.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = sock.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_string();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            })
+            .unwrap_or(0);
+        if got.len() >= end + 4 + len {
+            return Some((head, got[end + 4..end + 4 + len].to_vec()));
+        }
+    }
 }
 
 #[tokio::test]
@@ -679,7 +759,7 @@ async fn a_denied_call_is_not_ready_with_reason_access_denied() {
     apply_crd();
     let kube = client().await;
     let ns = namespace(&kube, "op-denied", &[]).await;
-    let endpoint = denying_endpoint().await;
+    let (endpoint, _) = aws_endpoint(Upstream::Deny).await;
     let op = Operator::start(&ns, 18515, &endpoint);
     op.ready().await;
     dsosecret(&ns, "db", "prod/db", SHORT, "Rollout");
