@@ -14,6 +14,9 @@ pub const INJECTED: &str = "dso.dev/injected";
 /// Written by the operator on a workload's pod template: hash of the consumed versions.
 /// A change rolls the workload; the same versions always give the same value.
 pub const VERSIONS_HASH: &str = "dso.dev/versions-hash";
+/// Written by the operator on a workload's own metadata: the versions its pods run (JSON), as
+/// last seen. Changing it restarts nothing; it lets the operator tell a rotation from first sight.
+pub const RECORDED_VERSIONS: &str = "dso.dev/recorded-versions";
 /// Set to any new value on a DsoSecret to force an immediate check against AWS.
 pub const REFRESH: &str = "dso.dev/refresh";
 

@@ -10,6 +10,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The staging label an entry follows when it names neither `versionStage` nor `versionId`.
+pub const DEFAULT_STAGE: &str = "AWSCURRENT";
 /// Maximum number of entries in `spec.files` (bounds the cost of the CEL rules).
 pub const MAX_FILES: usize = 64;
 /// Maximum length of a file path.
@@ -54,6 +56,9 @@ pub struct DsoSecretSpec {
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "self.all(f, !has(f.path) || self.filter(g, has(g.path) && g.path == f.path).size() == 1)",
         "message": "two entries write the same path: every path must be unique within a DsoSecret"
+    }, {
+        "rule": "self.all(f, !has(f.path) || !self.exists(g, has(g.path) && g.path.startsWith(f.path + '/')))",
+        "message": "a path is used both as a file and as a directory (such as conf and conf/app.yaml)"
     }]))]
     pub files: Vec<FileSpec>,
 
@@ -243,7 +248,7 @@ impl FileSpec {
         if self.version_id.is_some() {
             None
         } else {
-            Some(self.version_stage.as_deref().unwrap_or("AWSCURRENT"))
+            Some(self.version_stage.as_deref().unwrap_or(DEFAULT_STAGE))
         }
     }
 

@@ -153,6 +153,18 @@ pub fn validate_spec(spec: &DsoSecretSpec) -> Result<(), Vec<FieldError>> {
             ));
         }
     }
+    for (i, f) in spec.files.iter().enumerate() {
+        let Some(p) = &f.path else { continue };
+        if let Some(dir) = seen
+            .iter()
+            .find(|other| p.starts_with(&format!("{other}/")))
+        {
+            errors.push(err(
+                format!("spec.files[{i}].path"),
+                format!("{p:?} is inside {dir:?}, which another entry writes as a file: a path cannot be both"),
+            ));
+        }
+    }
     if let Some(mode) = &spec.file_mode
         && let Err(m) = parse_file_mode(mode)
     {
@@ -295,6 +307,14 @@ mod tests {
                 "spec.files[0].path",
             ),
             (spec(vec![file("x", "bad id")]), "spec.files[0].secretId"),
+            (
+                spec(vec![file("conf", "a"), file("conf/app", "b")]),
+                "spec.files[1].path",
+            ),
+            (
+                spec(vec![file("conf/app", "a"), file("conf", "b")]),
+                "spec.files[0].path",
+            ),
             (
                 DsoSecretSpec {
                     file_mode: Some("0999".into()),

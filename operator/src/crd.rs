@@ -53,17 +53,20 @@ mod tests {
     }
 
     #[test]
-    fn committed_crd_matches_the_rust_types() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/dso.dev_dsosecrets.yaml"
-        );
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
+    fn committed_crds_match_the_rust_types() {
         let generated = crd_yaml().expect("CRD serializes");
-        assert!(
-            committed == generated,
-            "crds/dso.dev_dsosecrets.yaml is out of date with api/src/secret.rs.\n\
-             Regenerate it: cargo run -p dso-operator --bin crdgen > crds/dso.dev_dsosecrets.yaml"
-        );
+        for file in [
+            "crds/dso.dev_dsosecrets.yaml",
+            "charts/dso/crds/dso.dev_dsosecrets.yaml",
+        ] {
+            let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{file} is out of date with api/src/secret.rs.\n\
+                 Regenerate it: cargo run -p dso-operator --bin crdgen > crds/dso.dev_dsosecrets.yaml \
+                 && cp crds/dso.dev_dsosecrets.yaml charts/dso/crds/"
+            );
+        }
     }
 }

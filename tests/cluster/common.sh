@@ -20,3 +20,5 @@ CTR_SOCK="$STATE/containerd/containerd.sock"
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 ctr_() { ctr --address "$CTR_SOCK" -n k8s.io "$@"; }
+# The kubelet's pod cgroups, on cgroup v1 (one per controller) and v2 (unified) layouts.
+kubepods_dirs() { ls -d /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* 2>/dev/null; }

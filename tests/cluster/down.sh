@@ -29,7 +29,7 @@ if [ -S "$CTR_SOCK" ] && kill -0 "$(pid_of containerd)" 2>/dev/null; then
   for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$id" >/dev/null 2>&1; done
 fi
 # Anything still running in the pod cgroups (by PID from cgroup.procs).
-for procs in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null); do
+for procs in $(kubepods_dirs | xargs -r -I@ find @ -name cgroup.procs 2>/dev/null); do
   while read -r p; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done < "$procs"
 done
 # containerd shims are children of containerd's session; they exit once their tasks are gone.
@@ -47,12 +47,12 @@ awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/self/mounts | sort -r | while rea
 done
 log "removing cgroups"
 for _ in 1 2 3; do
-  find /sys/fs/cgroup/*/kubepods* -depth -type d 2>/dev/null | while read -r d; do rmdir "$d" 2>/dev/null; done
+  kubepods_dirs | xargs -r -I@ find @ -depth -type d 2>/dev/null | while read -r d; do rmdir "$d" 2>/dev/null; done
 done
 if [ -f "$STATE/created" ]; then
   while read -r p; do rm -rf "$p"; done < "$STATE/created"
 fi
 rm -rf "$STATE"
-left=$(find /sys/fs/cgroup/*/kubepods* -maxdepth 0 2>/dev/null)
+left=$(kubepods_dirs)
 [ -z "$left" ] || log "WARNING: cgroups left: $left"
 log "stopped; removed $STATE"

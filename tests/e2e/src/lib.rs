@@ -29,6 +29,8 @@ pub fn env(name: &str) -> String {
 /// A client for the cluster named by `KUBECONFIG`.
 pub async fn client() -> kube::Client {
     env("KUBECONFIG");
+    // Two rustls providers are linked (ring for kube, aws-lc for the AWS SDK): choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     kube::Client::try_default()
         .await
         .expect("cannot build a Kubernetes client from KUBECONFIG")

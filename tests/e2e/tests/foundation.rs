@@ -111,6 +111,12 @@ async fn the_apiserver_rejects_each_invalid_dsosecret_naming_the_field() {
             "versionStage and versionId are mutually exclusive",
         ),
         (
+            "file-and-directory",
+            "  files: [{path: conf, secretId: a}, {path: conf/app.yaml, secretId: b}]\n",
+            "spec.files",
+            "both as a file and as a directory",
+        ),
+        (
             "expand-with-path",
             "  files: [{path: x, secretId: a, expand: true}]\n",
             "spec.files[0]",
