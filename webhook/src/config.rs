@@ -77,8 +77,9 @@ pub struct Args {
     #[arg(long, env = "DSO_WEBHOOK_INIT_MEMORY_LIMIT", default_value = "64Mi")]
     pub init_memory_limit: String,
 
-    /// AWS region given to the init container (AWS_REGION) when no DsoSecret of the pod names
-    /// one and the pod's identity webhook did not set it.
+    /// AWS region (AWS_REGION of the init container) of the secrets whose DsoSecret and ARN
+    /// name none. Must be the operator's region. Unset: the region the EKS webhook gave the
+    /// pod, else dso-init's own environment.
     #[arg(long, env = "DSO_WEBHOOK_DEFAULT_REGION")]
     pub default_region: Option<String>,
 

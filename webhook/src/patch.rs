@@ -483,9 +483,6 @@ pub fn mutate(
             }
         },
     };
-    let secret_region = secrets
-        .iter()
-        .find_map(|(_, s)| s.spec.aws.as_ref().and_then(|a| a.region.clone()));
 
     let mut env = Vec::new();
     let plan = InitPlan {
@@ -515,9 +512,13 @@ pub fn mutate(
         }),
         ..Default::default()
     }];
-    let region = secret_region
-        .or_else(|| existing.as_ref().and_then(|e| e.region.clone()))
-        .or_else(|| cfg.default_region.clone());
+    // The region of entries whose DsoSecret and secret ARN name none. Never taken from a
+    // DsoSecret: one DsoSecret's region would leak onto another's entries, which the operator
+    // resolves in its own default region. `--default-region` must match the operator's.
+    let region = cfg
+        .default_region
+        .clone()
+        .or_else(|| existing.as_ref().and_then(|e| e.region.clone()));
     if let Some(region) = &region {
         set_env(&mut env, "AWS_REGION", region);
     }

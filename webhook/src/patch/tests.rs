@@ -408,7 +408,11 @@ fn a_token_injected_by_the_eks_webhook_is_reused() {
         Some("/var/run/secrets/eks.amazonaws.com/serviceaccount/token")
     );
     assert_eq!(env(i, "AWS_ROLE_ARN"), Some(ROLE_SA));
-    assert_eq!(env(i, "AWS_REGION"), Some("eu-central-1"));
+    assert_eq!(
+        env(i, "AWS_REGION"),
+        Some("us-east-1"),
+        "the webhook's default region, the operator's, wins over the EKS webhook's"
+    );
     assert!(
         i.volume_mounts
             .iter()
@@ -487,20 +491,52 @@ fn a_service_account_role_adds_a_projected_token_for_sts() {
 }
 
 #[test]
-fn the_dsosecret_role_and_region_win_over_the_service_account_and_defaults() {
+fn the_dsosecret_role_wins_over_the_service_account() {
     let cat = catalog().with_sa_role(NS, "default", ROLE_SA);
     let p = pod(json!({"metadata": {"annotations": {"dso.dev/secrets": "db,db-role"}}}));
-    let inj = inject(&p, &cat);
     assert_eq!(
-        inj.identity,
+        inject(&p, &cat).identity,
         Identity::IrsaAdded {
             role_arn: ROLE_A.into()
         }
     );
-    assert_eq!(
-        env(init(&apply(&p, &inj.patch)), "AWS_REGION"),
-        Some("eu-west-1")
-    );
+}
+
+fn plan_and_region(p: &Pod, c: &InjectConfig) -> (InitPlan, Option<String>) {
+    let Mutation::Inject(inj) = mutate(p, NS, &catalog(), c).expect("admitted") else {
+        panic!("expected an injection");
+    };
+    let after = apply(p, &inj.patch);
+    let i = init(&after);
+    let plan = serde_json::from_str(env(i, PLAN_ENV).expect("plan")).expect("plan json");
+    (plan, env(i, "AWS_REGION").map(str::to_string))
+}
+
+#[test]
+fn one_dsosecrets_region_never_becomes_the_region_of_another() {
+    // "db-role" names eu-west-1, "db" names none: "db" is fetched where the operator looks it
+    // up, in the default region, whichever order the annotation lists them in.
+    for list in ["db-role,db", "db,db-role"] {
+        let p = pod(json!({"metadata": {"annotations": {"dso.dev/secrets": list}}}));
+        let (plan, region) = plan_and_region(&p, &cfg());
+        let of = |name: &str| {
+            plan.secrets
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.region.clone())
+        };
+        assert_eq!(of("db-role").as_deref(), Some("eu-west-1"), "{list}");
+        assert_eq!(of("db"), None, "{list}: the pod default applies");
+        assert_eq!(region.as_deref(), Some("us-east-1"), "{list}");
+
+        let no_default = InjectConfig {
+            default_region: None,
+            ..cfg()
+        };
+        let (plan, region) = plan_and_region(&p, &no_default);
+        assert_eq!(region, None, "{list}: dso-init uses its environment");
+        assert!(plan.secrets.iter().any(|s| s.region.is_some()));
+    }
 }
 
 #[test]
