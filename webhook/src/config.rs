@@ -83,9 +83,10 @@ pub struct Args {
     #[arg(long, env = "DSO_WEBHOOK_DEFAULT_REGION")]
     pub default_region: Option<String>,
 
-    /// Extra environment of the init container, KEY=VALUE, repeatable (comma-separated in the
+    /// Extra environment of the init container, KEY=VALUE, repeatable (one per line in the
     /// environment variable), such as AWS_ENDPOINT_URL=https://vpce-... for VPC endpoints.
-    #[arg(long = "init-env", env = "DSO_WEBHOOK_INIT_ENV", value_delimiter = ',', value_parser = parse_key_value)]
+    /// Values may hold commas (NO_PROXY=a,b), not newlines.
+    #[arg(long = "init-env", env = "DSO_WEBHOOK_INIT_ENV", value_delimiter = '\n', value_parser = parse_key_value)]
     pub init_env: Vec<(String, String)>,
 
     /// fsGroup set on pods that have none, so that containers running as any user can read the
@@ -285,7 +286,45 @@ mod tests {
             ]
         );
         assert!(args(&["--init-env", "NOEQUALS"]).is_err());
+        assert!(
+            args(&["--init-env", "A=1,B"]).is_ok(),
+            "a comma is not a separator"
+        );
         assert!(args(&["--init-env", "1X=y"]).is_err());
+    }
+
+    #[test]
+    fn init_env_values_keep_their_commas() {
+        let a = args(&[
+            "--init-env",
+            "NO_PROXY=a,b,c",
+            "--init-env",
+            "HTTPS_PROXY=http://proxy:3128",
+        ])
+        .expect("parse");
+        assert_eq!(
+            a.init_env,
+            vec![
+                ("NO_PROXY".into(), "a,b,c".into()),
+                ("HTTPS_PROXY".into(), "http://proxy:3128".into())
+            ]
+        );
+        let c = InjectConfig::from_args(&a).expect("config");
+        assert_eq!(c.init_env[0], ("NO_PROXY".into(), "a,b,c".into()));
+    }
+
+    #[test]
+    fn init_env_from_the_environment_variable_is_one_pair_per_line() {
+        // DSO_WEBHOOK_INIT_ENV goes through the same delimiter as this single value.
+        let a =
+            args(&["--init-env", "NO_PROXY=a,b,c\nAWS_ENDPOINT_URL=http://x:1"]).expect("parse");
+        assert_eq!(
+            a.init_env,
+            vec![
+                ("NO_PROXY".into(), "a,b,c".into()),
+                ("AWS_ENDPOINT_URL".into(), "http://x:1".into())
+            ]
+        );
     }
 
     #[test]
