@@ -49,9 +49,14 @@ pub struct Args {
     #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", default_value_t = 10)]
     pub aws_timeout_seconds: u64,
 
-    /// Most workloads patched for a rollout at the same time.
+    /// Most workload rollouts in progress at the same time (from the template patch until
+    /// every pod runs it, or --rollout-timeout-seconds).
     #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", default_value_t = 4)]
     pub max_concurrent_rollouts: usize,
+
+    /// Longest time one rollout counts against --max-concurrent-rollouts, in seconds.
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub rollout_timeout_seconds: u64,
 
     /// Most DsoSecrets reconciled at the same time.
     #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", default_value_t = 16)]
@@ -205,6 +210,7 @@ impl Args {
             aws_lookup,
             aws_timeout_seconds,
             max_concurrent_rollouts,
+            rollout_timeout_seconds,
             reconcile_concurrency,
             backoff_base_ms,
             backoff_max_seconds,
@@ -398,6 +404,7 @@ impl Args {
             Settings {
                 backoff_base: Duration::from_millis(backoff_base_ms.max(1)),
                 backoff_max: Duration::from_secs(backoff_max_seconds.max(1)),
+                rollout_timeout: Duration::from_secs(rollout_timeout_seconds),
             },
             max_concurrent_rollouts,
         ));

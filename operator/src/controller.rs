@@ -1,12 +1,18 @@
 //! The DsoSecret controller: the shell around [`crate::domain`]. It looks secrets up through
 //! the shared [`VersionCache`], writes status by server-side apply, publishes events, and rolls
 //! consuming workloads with a bounded concurrency.
+//!
+//! The bound counts rollouts, not patches: a slot is held from the template patch until the
+//! workload's rollout is complete ([`crate::workload::rollout_complete`]) or
+//! [`Settings::rollout_timeout`] has passed, by a task of its own. A DsoSecret whose workload
+//! finds no free slot does not wait for one (that would hold a reconcile worker): the
+//! workload is left for a retry a few seconds later, and other DsoSecrets go on.
 
 use crate::cache::VersionCache;
 use crate::domain::{self, Decision, Lookup, Reason, Resolution, SecretKey, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::workload::{Workload, WorkloadKind};
+use crate::workload::{Workload, WorkloadKind, rollout_complete};
 use dso_api::annotations::REFRESH;
 use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
 use futures::future::join_all;
@@ -68,6 +74,24 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// Longest time a rollout holds its slot (`--max-concurrent-rollouts`) waiting to complete.
+    pub rollout_timeout: Duration,
+}
+
+/// How soon a DsoSecret whose rollout found no free slot is looked at again.
+const SLOT_RETRY: Duration = Duration::from_secs(5);
+/// How often a rollout in progress is checked.
+const PROGRESS_POLL: Duration = Duration::from_secs(2);
+
+/// What was done to one consuming workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Nothing to roll (current, recorded, or a consumed DsoSecret is not Ready).
+    Unchanged,
+    /// Its template was patched: a rollout started.
+    Rolled,
+    /// It needs a rollout, but every rollout slot is taken: retried shortly.
+    Deferred,
 }
 
 /// State shared by `reconcile` and `error_policy`.
@@ -78,7 +102,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub stores: Stores,
     pub settings: Settings,
-    rollouts: Semaphore,
+    rollouts: Arc<Semaphore>,
     failures: Mutex<HashMap<(String, String), u32>>,
     refreshes: Mutex<HashMap<(String, String), String>>,
     /// The last status written per DsoSecret uid: the watch cache may not have seen it yet
@@ -103,7 +127,7 @@ impl Context {
             metrics,
             stores,
             settings,
-            rollouts: Semaphore::new(max_concurrent_rollouts.max(1)),
+            rollouts: Arc::new(Semaphore::new(max_concurrent_rollouts.max(1))),
             failures: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
@@ -243,6 +267,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     }
 
     let mut rolled = Vec::new();
+    let mut deferred = Vec::new();
     let mut failed = Vec::new();
     if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::Rollout {
         let consumers = ctx.stores.consumers(&ns, &name);
@@ -254,8 +279,9 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .await;
         for (w, outcome) in consumers.iter().zip(outcomes) {
             match outcome {
-                Ok(true) => rolled.push(w.id()),
-                Ok(false) => {}
+                Ok(Outcome::Rolled) => rolled.push(w.id()),
+                Ok(Outcome::Deferred) => deferred.push(w.id()),
+                Ok(Outcome::Unchanged) => {}
                 Err(e) => failed.push(format!("{}: {e}", w.id())),
             }
         }
@@ -271,10 +297,21 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             .join(", ");
         let note = match dso.spec.strategy() {
             RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
-            RefreshStrategy::Rollout if rolled.is_empty() => {
+            RefreshStrategy::Rollout if rolled.is_empty() && deferred.is_empty() => {
                 format!("{what}; no consuming workload needed a restart")
             }
-            RefreshStrategy::Rollout => format!("{what}; rolling {}", rolled.join(", ")),
+            RefreshStrategy::Rollout if deferred.is_empty() => {
+                format!("{what}; rolling {}", rolled.join(", "))
+            }
+            RefreshStrategy::Rollout => format!(
+                "{what}; rolling {}; waiting for a rollout slot: {}",
+                if rolled.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    rolled.join(", ")
+                },
+                deferred.join(", ")
+            ),
         };
         info!(rotations = %what, rolled = ?rolled, "secret rotated");
         publish(
@@ -335,6 +372,10 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             kind: crate::aws::ProblemKind::Transient,
             message: message.clone(),
         }));
+    }
+    if !deferred.is_empty() {
+        debug!(deferred = ?deferred, "rollout slots all taken; retrying shortly");
+        return Ok(Action::requeue(SLOT_RETRY.min(interval)));
     }
     Ok(Action::requeue(interval))
 }
@@ -489,10 +530,15 @@ async fn consumed_versions(
     Some(versions)
 }
 
-/// Decides and acts on one consuming workload. `Ok(true)`: it was rolled.
-async fn act_on(ctx: &Context, w: &Workload, this: &str, this_versions: &Versions) -> Result<bool> {
+/// Decides and acts on one consuming workload.
+async fn act_on(
+    ctx: &Context,
+    w: &Workload,
+    this: &str,
+    this_versions: &Versions,
+) -> Result<Outcome> {
     let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
-        return Ok(false);
+        return Ok(Outcome::Unchanged);
     };
     let recorded = w.recorded();
     let mut decision = domain::decide(&current, w.template_hash(), recorded.as_ref(), None);
@@ -507,24 +553,60 @@ async fn act_on(ctx: &Context, w: &Workload, this: &str, this_versions: &Version
     }
     let record = domain::record(&current);
     match decision {
-        Decision::Current | Decision::NeedPods => Ok(false),
+        Decision::Current | Decision::NeedPods => Ok(Outcome::Unchanged),
         Decision::Record => {
             patch_workload(ctx, w, &w.apply_patch(w.template_hash(), &record)).await?;
             debug!(workload = w.id(), "recorded the versions its pods run");
-            Ok(false)
+            Ok(Outcome::Unchanged)
         }
         Decision::Roll => {
-            let _permit = ctx.rollouts.acquire().await.map_err(|_| Error::Rollout {
-                failed: 1,
-                first: "the operator is shutting down".into(),
-            })?;
+            let Ok(slot) = ctx.rollouts.clone().try_acquire_owned() else {
+                return Ok(Outcome::Deferred);
+            };
             let hash = domain::hash(&current);
             patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
             ctx.metrics.rolled(w.kind);
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
-            Ok(true)
+            let (client, w, timeout) =
+                (ctx.client.clone(), w.clone(), ctx.settings.rollout_timeout);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let done = match w.kind {
+                    "StatefulSet" => wait_rolled_out::<StatefulSet>(client, &w, timeout).await,
+                    "DaemonSet" => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
+                    _ => wait_rolled_out::<Deployment>(client, &w, timeout).await,
+                };
+                if done {
+                    info!(workload = w.id(), "rollout complete");
+                } else {
+                    warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
+                }
+            });
+            Ok(Outcome::Rolled)
         }
     }
+}
+
+/// Polls a workload until its rollout is complete (`true`) or `timeout` has passed (`false`).
+/// A failed read is retried until the timeout.
+async fn wait_rolled_out<K>(client: Client, w: &Workload, timeout: Duration) -> bool
+where
+    K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client, &w.namespace);
+    let poll = async {
+        loop {
+            match api.get_opt(&w.name).await {
+                Ok(Some(obj)) if rollout_complete(&obj.progress()) => return true,
+                // Deleted: nothing left to wait for.
+                Ok(None) => return true,
+                Ok(Some(_)) => {}
+                Err(e) => debug!(workload = w.id(), error = %e, "could not read rollout progress"),
+            }
+            tokio::time::sleep(PROGRESS_POLL).await;
+        }
+    };
+    tokio::time::timeout(timeout, poll).await.unwrap_or(false)
 }
 
 async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) -> Result<()> {
@@ -596,6 +678,7 @@ mod tests {
         let s = Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            rollout_timeout: Duration::from_secs(300),
         };
         let delays: Vec<u64> = (1..=8).map(|n| backoff(&s, n).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);

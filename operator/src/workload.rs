@@ -1,5 +1,5 @@
 //! The workloads DSO rolls — Deployments, StatefulSets, DaemonSets — seen through one shape,
-//! and the server-side apply patch that owns only DSO's two annotations.
+//! the server-side apply patch that owns only DSO's two annotations, and when a rollout is over.
 
 use crate::domain;
 use dso_api::DsoSecret;
@@ -33,12 +33,71 @@ pub trait WorkloadKind:
     /// Drops what DSO never reads (status, the pod spec, managed fields), to keep the watch
     /// caches small on big clusters.
     fn slim(&mut self);
+    /// How far the rollout of its current template has come (from a full object, not slimmed).
+    fn progress(&self) -> Progress;
+}
+
+/// The rollout state of a workload, in the terms common to the three kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// `metadata.generation`: bumped by the template patch.
+    pub generation: i64,
+    /// `status.observedGeneration`: the generation its controller has acted on.
+    pub observed_generation: i64,
+    /// Pods (or scheduled nodes, for a DaemonSet) wanted.
+    pub desired: i32,
+    /// Of those, how many run the current template.
+    pub updated: i32,
+    /// Pods (or scheduled nodes) there are, old and new.
+    pub total: i32,
+}
+
+/// Whether a rollout is over: the workload's controller has seen the new template, every
+/// wanted pod runs it, and no pod of an older template is left.
+pub fn rollout_complete(p: &Progress) -> bool {
+    p.observed_generation >= p.generation && p.updated >= p.desired && p.total <= p.updated
+}
+
+fn deployment_progress(d: &Deployment) -> Progress {
+    let st = d.status.clone().unwrap_or_default();
+    Progress {
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        updated: st.updated_replicas.unwrap_or(0),
+        total: st.replicas.unwrap_or(0),
+    }
+}
+
+fn statefulset_progress(s: &StatefulSet) -> Progress {
+    let st = s.status.clone().unwrap_or_default();
+    Progress {
+        generation: s.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        updated: st.updated_replicas.unwrap_or(0),
+        total: st.replicas,
+    }
+}
+
+fn daemonset_progress(d: &DaemonSet) -> Progress {
+    let st = d.status.clone().unwrap_or_default();
+    Progress {
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        desired: st.desired_number_scheduled,
+        updated: st.updated_number_scheduled.unwrap_or(0),
+        total: st.desired_number_scheduled,
+    }
 }
 
 macro_rules! workload_kind {
-    ($t:ty, $kind:literal) => {
+    ($t:ty, $kind:literal, $progress:ident) => {
         impl WorkloadKind for $t {
             const KIND: &'static str = $kind;
+            fn progress(&self) -> Progress {
+                $progress(self)
+            }
             fn template(&self) -> Option<&PodTemplateSpec> {
                 self.spec.as_ref().map(|s| &s.template)
             }
@@ -56,9 +115,9 @@ macro_rules! workload_kind {
         }
     };
 }
-workload_kind!(Deployment, "Deployment");
-workload_kind!(StatefulSet, "StatefulSet");
-workload_kind!(DaemonSet, "DaemonSet");
+workload_kind!(Deployment, "Deployment", deployment_progress);
+workload_kind!(StatefulSet, "StatefulSet", statefulset_progress);
+workload_kind!(DaemonSet, "DaemonSet", daemonset_progress);
 
 /// One workload, as the rollout logic needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +208,61 @@ pub fn dsosecrets_of<K: WorkloadKind>(obj: K) -> Vec<ObjectRef<DsoSecret>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
+
+    fn p(generation: i64, observed: i64, desired: i32, updated: i32, total: i32) -> Progress {
+        Progress {
+            generation,
+            observed_generation: observed,
+            desired,
+            updated,
+            total,
+        }
+    }
+
+    #[rstest]
+    #[case::done(p(2, 2, 3, 3, 3), true)]
+    #[case::the_controller_has_not_seen_the_patch(p(2, 1, 3, 3, 3), false)]
+    #[case::new_pods_still_coming(p(2, 2, 3, 1, 3), false)]
+    #[case::old_pods_still_running(p(2, 2, 3, 3, 4), false)]
+    #[case::scaled_to_zero(p(2, 2, 0, 0, 0), true)]
+    #[case::observed_ahead_after_another_edit(p(2, 3, 2, 2, 2), true)]
+    #[case::nothing_observed_yet(p(1, 0, 1, 0, 0), false)]
+    fn a_rollout_is_complete_only_when_every_pod_runs_the_new_template(
+        #[case] progress: Progress,
+        #[case] complete: bool,
+    ) {
+        assert_eq!(rollout_complete(&progress), complete, "{progress:?}");
+    }
+
+    #[test]
+    fn each_kind_reports_its_progress_from_its_status() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 4},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 2, "replicas": 3}
+        }))
+        .expect("deployment");
+        assert_eq!(d.progress(), p(4, 4, 2, 2, 3));
+        assert!(!rollout_complete(&d.progress()), "an old pod is left");
+        let s: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "db", "generation": 2},
+            "spec": {"selector": {}, "serviceName": "db", "template": {}},
+            "status": {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 1}
+        }))
+        .expect("statefulset");
+        assert!(rollout_complete(&s.progress()), "replicas default to 1");
+        let ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "agent", "generation": 3},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "desiredNumberScheduled": 2,
+                       "updatedNumberScheduled": 1, "currentNumberScheduled": 2,
+                       "numberMisscheduled": 0, "numberReady": 2}
+        }))
+        .expect("daemonset");
+        assert_eq!(ds.progress(), p(3, 3, 2, 1, 2));
+        assert!(!rollout_complete(&ds.progress()));
+    }
 
     fn deployment(annotations: serde_json::Value) -> Deployment {
         serde_json::from_value(json!({
