@@ -96,6 +96,150 @@ fn helm_lint_passes_with_the_default_and_the_local_values() {
     );
 }
 
+/// The chart rendered offline (release `dso` in `dso-system`) as JSON documents.
+fn template(extra: &[&str]) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let chart = repo("charts/dso");
+    let mut args = vec![
+        "template",
+        "dso",
+        chart.to_str().expect("path"),
+        "-n",
+        "dso-system",
+        "--kube-version",
+        "1.36.0",
+    ];
+    args.extend_from_slice(extra);
+    let yaml = ok("helm template", helm(&args)).unwrap_or_else(|e| panic!("{e:#}"));
+    serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[serde_json::Value]) -> Vec<&str> {
+    docs.iter().filter_map(|d| d["kind"].as_str()).collect()
+}
+
+#[test]
+fn no_role_of_the_chart_grants_access_to_secrets_or_wildcards() {
+    for values in [vec![], vec!["--set", "operator.watchNamespace=shop"]] {
+        for doc in template(&values) {
+            if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+                continue;
+            }
+            for rule in doc["rules"].as_array().expect("rules") {
+                let resources: Vec<&str> = rule["resources"]
+                    .as_array()
+                    .expect("resources")
+                    .iter()
+                    .filter_map(|r| r.as_str())
+                    .collect();
+                let verbs = rule["verbs"].to_string();
+                assert!(
+                    !resources.iter().any(|r| *r == "secrets" || r.contains('*')),
+                    "{} grants {resources:?}",
+                    doc["metadata"]["name"]
+                );
+                assert!(
+                    !verbs.contains('*'),
+                    "{} grants verbs {verbs}",
+                    doc["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn with_cert_manager_the_chart_requests_a_certificate_and_generates_no_key() {
+    let docs = template(&["--set", "webhook.tls.certManager.enabled=true"]);
+    let kinds = kinds(&docs);
+    assert!(
+        kinds.contains(&"Certificate") && kinds.contains(&"Issuer"),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"Secret"),
+        "the chart generated a key: {kinds:?}"
+    );
+    let mwc = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook configuration");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "dso-system/dso-webhook"
+    );
+    assert!(mwc["webhooks"][0]["clientConfig"]["caBundle"].is_null());
+}
+
+#[test]
+fn the_webhook_registration_is_fail_closed_short_and_only_for_opted_in_pods() {
+    let docs = template(&["--set", "webhook.namespaceSelector.matchLabels.team=shop"]);
+    let mwc = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook configuration");
+    let w = &mwc["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Fail");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(w["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["dso-system", "kube-system"])
+    );
+    assert_eq!(w["namespaceSelector"]["matchLabels"]["team"], "shop");
+    let cel = w["matchConditions"][0]["expression"].as_str().expect("CEL");
+    assert!(cel.contains("'dso.dev/inject'"), "{cel}");
+    assert_eq!(w["clientConfig"]["service"]["path"], "/mutate");
+    // Two replicas by default, kept available through node drains.
+    let pdb = docs
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+}
+
+#[test]
+fn every_container_of_the_chart_has_probes_resources_and_a_restricted_context() {
+    for doc in template(&[]) {
+        if doc["kind"] != "Deployment" {
+            continue;
+        }
+        let name = &doc["metadata"]["name"];
+        let spec = &doc["spec"]["template"]["spec"];
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        assert_eq!(doc["spec"]["replicas"], 2, "{name}");
+        for c in spec["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            for field in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                assert!(c[field].is_object(), "{name} has no {field}");
+            }
+            for field in ["requests", "limits"] {
+                assert!(
+                    c["resources"][field]["memory"].is_string(),
+                    "{name} has no memory {field}"
+                );
+            }
+        }
+    }
+}
+
 async fn moto() -> Sm {
     let conf = aws_sdk_secretsmanager::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
@@ -170,6 +314,21 @@ spec:
             readOnlyRootFilesystem: true
             capabilities: {{drop: [ALL]}}
 "#
+    )
+}
+
+/// A bare pod, opted in to DSO or not.
+fn probe_pod(ns: &str, name: &str, inject: bool) -> String {
+    let busybox = env("DSO_BUSYBOX_IMAGE");
+    let annotations = if inject {
+        r#"{"dso.dev/inject": "true", "dso.dev/secrets": "db"}"#
+    } else {
+        "{}"
+    };
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod",
+  "metadata": {{"name": "{name}", "namespace": "{ns}", "annotations": {annotations}}},
+  "spec": {{"containers": [{{"name": "app", "image": "{busybox}", "command": ["/bin/sh", "-c", "true"]}}]}}}}"#
     )
 }
 
@@ -279,6 +438,50 @@ async fn replica_sets(rss: &Api<ReplicaSet>) -> anyhow::Result<Vec<ReplicaSet>> 
         .list(&ListParams::default().labels("app=web"))
         .await?
         .items)
+}
+
+#[tokio::test]
+async fn the_api_server_finds_the_charts_pods_pod_security_restricted() {
+    let c = client().await;
+    let ns = namespace(
+        &c,
+        "e2e-chart-pss",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/warn", "restricted"),
+        ],
+    )
+    .await;
+    let chart = repo("charts/dso");
+    let rendered = ok(
+        "helm template",
+        helm(&[
+            "template",
+            "dso",
+            chart.to_str().expect("path"),
+            "-n",
+            &ns,
+            "--kube-version",
+            "1.36.0",
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        &rendered,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("PodSecurity"),
+        "the chart's pods break Pod Security restricted: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("deployment.apps/dso-webhook created (server dry run)"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
@@ -563,6 +766,47 @@ async fn scenario(
     anyhow::ensure!(exposed.is_empty(), "secret values leaked: {exposed:?}");
 
     progress("no value in pod specs, events, status, Secrets or DSO logs");
+
+    // With the webhook down, opted-in pods are refused (fail closed) and other pods are never
+    // sent to it (matchConditions), so they are admitted.
+    ok(
+        "kubectl scale",
+        kubectl(&[
+            "scale",
+            "deployment",
+            &format!("{fullname}-webhook"),
+            "-n",
+            rel_ns,
+            "--replicas=0",
+        ]),
+    )?;
+    let rel_pods: Api<Pod> = Api::namespaced(c.clone(), rel_ns);
+    wait_for(
+        "the webhook pods to be gone",
+        Duration::from_secs(60),
+        || async {
+            let left = rel_pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+                .await?;
+            Ok(left.items.is_empty().then_some(()))
+        },
+    )
+    .await?;
+    let plain = probe_pod(app_ns, "plain", false);
+    ok(
+        "creating a pod without dso.dev/inject while the webhook is down",
+        kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &plain),
+    )?;
+    let opted_in = kubectl_stdin(
+        &["create", "--dry-run=server", "-f", "-"],
+        &probe_pod(app_ns, "opted-in", true),
+    );
+    let refusal = String::from_utf8_lossy(&opted_in.stderr);
+    anyhow::ensure!(
+        !opted_in.status.success() && refusal.contains("inject.dso.dev"),
+        "an opted-in pod was admitted while the webhook was down: {refusal}"
+    );
+    progress("webhook down: opted-in pods refused, others admitted");
     // helm uninstall leaves nothing behind but the CRD.
     ok(
         "helm uninstall",
