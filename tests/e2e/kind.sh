@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs DSO's end-to-end suite on a kind cluster, for machines with Docker: creates the cluster,
 # builds DSO's images with Docker and loads them into the node, runs moto (the AWS emulator) as
-# a pod, and runs the suite (`cargo test -p dso-e2e`, the same tests as tests/run.sh). The
-# suite's chart test installs the chart with `helm install` (tests/e2e/values-kind.yaml),
-# drives it, and uninstalls it.
+# a pod, and runs the end-to-end tests that drive DSO inside the cluster (tests/e2e/tests/
+# foundation.rs, init.rs, chart.rs). The chart test installs the chart with `helm install`
+# (tests/e2e/values-kind.yaml: two replicas each, the webhook behind its Service), runs the whole
+# story through it (operator, webhook, dso-init, rotation) and uninstalls it. The webhook and
+# operator tests of tests/run.sh run DSO as processes on the host and register the webhook at
+# https://127.0.0.1, which kind's API server (inside a container) cannot reach: DSO_E2E_ARGS=""
+# runs them anyway, e.g. on a kind with host networking of your own.
 #
 #   tests/e2e/kind.sh                  create, test, delete the cluster
 #   DSO_KIND_KEEP=1 tests/e2e/kind.sh  keep the cluster afterwards (KUBECONFIG is printed)
@@ -11,7 +15,8 @@
 # Needs docker, kind, kubectl, helm, cargo, curl. Run it as root (sudo -E): the suite reads
 # container logs from the node's /var/log/pods, mounted on the host, whose files are 0640 root.
 # Settings: DSO_KIND_CLUSTER (dso-e2e), DSO_KIND_NODE_IMAGE (kind's default), DSO_KIND_DIR
-# (/tmp/dso-kind), DSO_MOTO_PORT (5055), DSO_E2E_ARGS (extra `cargo test` arguments).
+# (/tmp/dso-kind), DSO_MOTO_PORT (5055), DSO_E2E_ARGS (`cargo test` arguments; default
+# "--test foundation --test init --test chart").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -91,16 +96,17 @@ kubectl -n dso-moto rollout status deploy/moto --timeout 300s
 until curl -fs -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"; do sleep 1; done
 node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
 
-step "host binaries for the tests that run DSO as local processes"
-cargo build --release --locked -p dso-webhook -p dso-operator -p dso-init
-
 step "end-to-end suite"
 export DSO_MOTO_ENDPOINT="http://127.0.0.1:$moto_port"
 export DSO_CHART_AWS_ENDPOINT="http://$node_ip:$moto_port"
 export DSO_CHART_VALUES="$repo/tests/e2e/values-kind.yaml"
-export DSO_BIN_DIR="$repo/target/release"
+export DSO_BIN_DIR="$repo/target/release"   # for the host-process tests, when asked for
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE="$busybox"
 export DSO_POD_LOGS_DIR="$dir/pod-logs"
-# shellcheck disable=SC2086 # DSO_E2E_ARGS is a list of arguments
-cargo test -p dso-e2e --locked ${DSO_E2E_ARGS:-}
+args=${DSO_E2E_ARGS---test foundation --test init --test chart}
+if [ -z "$args" ]; then
+  cargo build --release --locked -p dso-webhook -p dso-operator -p dso-init
+fi
+# shellcheck disable=SC2086 # a list of arguments
+cargo test -p dso-e2e --locked $args
 step "passed in $((SECONDS - t0))s"
