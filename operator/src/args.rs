@@ -82,7 +82,8 @@ pub struct Args {
     #[arg(long, env = "DSO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// Seconds a Lease lasts without renewal (renewed every third of it).
+    /// Seconds a Lease lasts without renewal (renewed every third of it; the leader stops
+    /// leading when it could not renew for two thirds of it).
     #[arg(long, env = "DSO_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
 
@@ -317,23 +318,44 @@ impl Args {
             let handle = {
                 let elector = elector.clone();
                 tokio::spawn(async move {
-                    let mut last_ok = tokio::time::Instant::now();
+                    let duration = elector.duration();
+                    let mut last_ok = std::time::Instant::now();
+                    let mut pause = duration / 3;
                     loop {
                         tokio::select! {
-                            _ = tokio::time::sleep(elector.duration() / 3) => {},
+                            _ = tokio::time::sleep(pause) => {},
                             _ = stop_rx.wait_for(|s| *s) => return,
                         }
-                        match elector.try_acquire_or_renew().await {
-                            Ok(true) => last_ok = tokio::time::Instant::now(),
-                            Ok(false) => {
+                        // An attempt may not outlive the renew deadline (a hung call included).
+                        let left = crate::lease::renew_deadline(duration)
+                            .saturating_sub(last_ok.elapsed());
+                        let attempt =
+                            tokio::time::timeout(left, elector.try_acquire_or_renew()).await;
+                        match attempt {
+                            Ok(Ok(true)) => {
+                                last_ok = std::time::Instant::now();
+                                pause = duration / 3;
+                            }
+                            Ok(Ok(false)) => {
                                 error!("lost the leader Lease to another replica; stopping");
                                 break;
                             }
-                            Err(e) if last_ok.elapsed() < elector.duration() => {
+                            Ok(Err(e))
+                                if crate::lease::still_leading(
+                                    last_ok,
+                                    duration,
+                                    std::time::Instant::now(),
+                                ) =>
+                            {
                                 warn!(error = %e, "Lease renewal failed; retrying");
+                                pause = duration / 10;
                             }
-                            Err(e) => {
-                                error!(error = %e, "could not renew the leader Lease in time; stopping");
+                            Ok(Err(e)) => {
+                                error!(error = %e, "could not renew the leader Lease before the renew deadline; stopping");
+                                break;
+                            }
+                            Err(_) => {
+                                error!("Lease renewal did not answer before the renew deadline; stopping");
                                 break;
                             }
                         }

@@ -1,15 +1,21 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease (kube 5 has no elector of its own).
 //!
-//! One replica holds the Lease and renews it every `duration / 3`; the others retry and take it
-//! over once it has not been renewed for `duration`. Writes are `replace` with the observed
-//! `resourceVersion`, so two candidates can never both win: the loser gets a conflict. A leader
-//! that shuts down gracefully releases the Lease, so a standby takes over at once.
+//! One replica holds the Lease and renews it every `duration / 3`; it stops leading when it has
+//! not renewed for the renew deadline ([`renew_deadline`], 2/3 of `duration`), so it has
+//! stopped before anyone may take over. The others take the Lease over once they have seen it
+//! unchanged for `duration` — measured on their own clock from when they observed its
+//! `renewTime` change (as client-go does), never by comparing the timestamp with their clock,
+//! so clock skew between nodes cannot cause two leaders. Writes are `replace` with the
+//! observed `resourceVersion`, so two candidates can never both win: the loser gets a
+//! conflict. A leader that shuts down gracefully releases the Lease, so a standby takes over
+//! at once.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A candidate for one Lease.
 pub struct LeaderElector {
@@ -17,6 +23,50 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    observed: Mutex<Option<Observed>>,
+}
+
+/// A foreign Lease record as this candidate last saw it, and when (on its own clock) it first
+/// saw that record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub holder: String,
+    pub renew_time: Option<String>,
+    pub since: Instant,
+}
+
+/// Updates the observation with the record read at `now`: a changed holder or renewTime
+/// restarts the clock, the same record keeps it.
+pub fn observe(
+    previous: Option<&Observed>,
+    holder: &str,
+    renew_time: Option<String>,
+    now: Instant,
+) -> Observed {
+    match previous {
+        Some(p) if p.holder == holder && p.renew_time == renew_time => p.clone(),
+        _ => Observed {
+            holder: holder.to_string(),
+            renew_time,
+            since: now,
+        },
+    }
+}
+
+/// Whether a foreign Lease may be taken over: its record has not changed for `lasts`.
+pub fn foreign_lease_expired(observed: &Observed, lasts: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(observed.since) >= lasts
+}
+
+/// How long a leader may go without a successful renewal before it stops leading: 2/3 of the
+/// Lease duration, so it has stopped well before a standby may take over.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
+}
+
+/// Whether a leader whose last successful renewal was at `last_renew` still leads at `now`.
+pub fn still_leading(last_renew: Instant, duration: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(last_renew) < renew_deadline(duration)
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -30,6 +80,7 @@ impl LeaderElector {
             name: name.to_string(),
             identity: identity.to_string(),
             duration,
+            observed: Mutex::new(None),
         }
     }
 
@@ -77,15 +128,21 @@ impl LeaderElector {
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let mine = holder == self.identity;
         if !mine && !holder.is_empty() {
-            let lasts = SignedDuration::from_secs(i64::from(
-                spec.lease_duration_seconds
-                    .unwrap_or_else(|| self.seconds()),
-            ));
-            let expired = spec
-                .renew_time
-                .as_ref()
-                .is_none_or(|t| t.0.saturating_add(lasts).is_ok_and(|end| end < now));
-            if !expired {
+            let lasts = Duration::from_secs(
+                u64::try_from(
+                    spec.lease_duration_seconds
+                        .unwrap_or_else(|| self.seconds()),
+                )
+                .unwrap_or(1),
+            );
+            let renew_time = spec.renew_time.as_ref().map(|t| t.0.to_string());
+            let seen = {
+                let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = observe(observed.as_ref(), &holder, renew_time, Instant::now());
+                *observed = Some(seen.clone());
+                seen
+            };
+            if !foreign_lease_expired(&seen, lasts, Instant::now()) {
                 return Ok(false);
             }
         }
@@ -129,5 +186,49 @@ impl LeaderElector {
             Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_foreign_lease_expires_a_full_duration_after_this_replica_saw_it_change() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let first = observe(None, "a", Some("10:00:00".into()), at(0));
+        assert!(!foreign_lease_expired(&first, LEASE, at(14)));
+        // The same record, read again: the clock keeps running from the first sight.
+        let again = observe(Some(&first), "a", Some("10:00:00".into()), at(14));
+        assert_eq!(again.since, at(0));
+        assert!(foreign_lease_expired(&again, LEASE, at(15)));
+        // A renewal restarts it, whatever the timestamp says (here: far in the past).
+        let renewed = observe(Some(&again), "a", Some("09:00:00".into()), at(16));
+        assert_eq!(renewed.since, at(16));
+        assert!(!foreign_lease_expired(&renewed, LEASE, at(30)));
+        // So does a new holder.
+        let other = observe(Some(&renewed), "b", Some("09:00:00".into()), at(20));
+        assert_eq!(other.since, at(20));
+    }
+
+    #[test]
+    fn a_lease_first_seen_long_expired_by_its_timestamp_is_still_waited_for() {
+        // A renewTime an hour old (or a skewed clock) is not trusted: only a full duration of
+        // seeing no change is.
+        let t0 = Instant::now();
+        let first = observe(None, "a", Some("2000-01-01T00:00:00Z".into()), t0);
+        assert!(!foreign_lease_expired(&first, LEASE, t0));
+    }
+
+    #[test]
+    fn a_leader_stops_at_the_renew_deadline_before_anyone_may_take_over() {
+        let t0 = Instant::now();
+        assert_eq!(renew_deadline(LEASE), Duration::from_secs(10));
+        assert!(still_leading(t0, LEASE, t0 + Duration::from_secs(9)));
+        assert!(!still_leading(t0, LEASE, t0 + Duration::from_secs(10)));
+        assert!(renew_deadline(LEASE) < LEASE);
     }
 }
