@@ -37,6 +37,11 @@ pub enum Error {
     ReservedName { what: String },
 
     #[error(
+        "the pod has {present} but not {missing}, as if copied from an already injected pod: remove DSO's annotation, volume and init container from the pod template and let DSO inject them"
+    )]
+    PartlyInjected { present: String, missing: String },
+
+    #[error(
         "the DsoSecrets {secrets} list {files} file entries; at up to {ceiling_kib} KiB each (the largest AWS secret) they may need {needed_kib} KiB, more than the volume's size limit {limit} ({limit_kib} KiB): split them across pods or raise the webhook's --size-limit"
     )]
     TooLarge {
@@ -97,6 +102,7 @@ impl Error {
             Error::UnknownContainer { .. } => "unknown_container",
             Error::MountCollision { .. } => "mount_collision",
             Error::ReservedName { .. } => "reserved_name",
+            Error::PartlyInjected { .. } => "partly_injected",
             Error::TooLarge { .. } => "too_large",
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
             Error::ConflictingRoles { .. } => "conflicting_roles",

@@ -25,9 +25,10 @@
 //! default). Note that `fsGroup` applies to every volume of the pod that supports ownership
 //! management.
 //!
-//! Idempotent: a pod carrying `dso.dev/injected`, or both the volume and the init container,
-//! gets no patch. A pod that uses only some of the reserved names is refused instead of being
-//! half-injected.
+//! Idempotent: a pod carrying `dso.dev/injected`, the volume and the init container gets no
+//! patch. A pod with only the annotation (copied from a live pod) is injected anew; one with
+//! two of the three is refused as a copied, incomplete injection; one using a reserved name
+//! alone is refused as a collision.
 
 use crate::config::{FILE_CEILING_BYTES, InjectConfig};
 use crate::error::{Error, Result};
@@ -331,21 +332,49 @@ pub fn mutate(
         return Ok(Mutation::NotRequested);
     }
     let annotations = annotations.cloned().unwrap_or_default();
-    if annotations.contains_key(ann::INJECTED) {
-        return Ok(Mutation::AlreadyInjected);
-    }
     let default_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
 
-    // Reserved names: both present means a previous injection; some means a collision.
+    // A previous injection left all three of the annotation, the volume and the init
+    // container. The annotation alone (copied from a live pod into a template) is overwritten
+    // by a new injection; some but not all of them is a copied, incomplete injection; the
+    // volume or container without the annotation is a name collision.
     let has_volume = |n: &str| spec.volumes.iter().flatten().any(|v| v.name == n);
     let init_named = spec
         .init_containers
         .iter()
         .flatten()
         .any(|c| c.name == ann::INIT_CONTAINER_NAME);
-    if has_volume(ann::VOLUME_NAME) && init_named {
+    let marks = [
+        (
+            annotations.contains_key(ann::INJECTED),
+            format!("the annotation {}", ann::INJECTED),
+        ),
+        (
+            has_volume(ann::VOLUME_NAME),
+            format!("the volume {:?}", ann::VOLUME_NAME),
+        ),
+        (
+            init_named,
+            format!("the init container {:?}", ann::INIT_CONTAINER_NAME),
+        ),
+    ];
+    if marks.iter().all(|(present, _)| *present) {
         return Ok(Mutation::AlreadyInjected);
+    }
+    let present = |want: bool| {
+        marks
+            .iter()
+            .filter(|(p, _)| *p == want)
+            .map(|(_, what)| what.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    if marks.iter().filter(|(p, _)| *p).count() >= 2 {
+        return Err(Error::PartlyInjected {
+            present: present(true),
+            missing: present(false),
+        });
     }
     let mut reserved = Vec::new();
     if has_volume(ann::VOLUME_NAME) {

@@ -563,13 +563,97 @@ fn an_already_injected_pod_gets_no_patch() {
         mutate(&once, NS, &catalog(), &cfg()).expect("ok"),
         Mutation::AlreadyInjected
     );
-    let by_hand = pod(json!({"spec": {
-        "initContainers": [{"name": "dso-init", "image": "x"}],
-        "volumes": [{"name": "dso-secrets", "emptyDir": {"medium": "Memory"}}]}}));
-    assert_eq!(
-        mutate(&by_hand, NS, &catalog(), &cfg()).expect("ok"),
-        Mutation::AlreadyInjected
-    );
+}
+
+const MARK: &str = "dso.dev/injected";
+fn our_volume() -> Value {
+    json!([{"name": "dso-secrets", "emptyDir": {"medium": "Memory"}}])
+}
+fn our_init() -> Value {
+    json!([{"name": "dso-init", "image": "x"}])
+}
+
+/// What the webhook does with a pod carrying some of what an injection leaves behind.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Injects,
+    LeavesAlone,
+    Denies(&'static str, &'static str),
+}
+
+#[rstest]
+#[case::annotation_alone(true, false, false, Seen::Injects)]
+#[case::all_three(true, true, true, Seen::LeavesAlone)]
+#[case::annotation_and_volume(
+    true,
+    true,
+    false,
+    Seen::Denies(
+        "partly_injected",
+        "has the annotation dso.dev/injected and the volume \"dso-secrets\" but not the init container \"dso-init\""
+    )
+)]
+#[case::annotation_and_init(
+    true,
+    false,
+    true,
+    Seen::Denies("partly_injected", "but not the volume \"dso-secrets\"")
+)]
+#[case::volume_and_init_without_annotation(
+    false,
+    true,
+    true,
+    Seen::Denies(
+        "partly_injected",
+        "but not the annotation dso.dev/injected, as if copied"
+    )
+)]
+#[case::volume_alone(
+    false,
+    true,
+    false,
+    Seen::Denies("reserved_name", "a volume named \"dso-secrets\"")
+)]
+fn a_pod_is_left_alone_only_when_it_carries_everything_an_injection_adds(
+    #[case] annotation: bool,
+    #[case] volume: bool,
+    #[case] init_container: bool,
+    #[case] expected: Seen,
+) {
+    let mut extra = json!({"metadata": {"annotations": {}}, "spec": {}});
+    if annotation {
+        extra["metadata"]["annotations"][MARK] = json!("stale,copied");
+    }
+    if volume {
+        extra["spec"]["volumes"] = our_volume();
+    }
+    if init_container {
+        extra["spec"]["initContainers"] = our_init();
+    }
+    let p = pod(extra);
+    match (mutate(&p, NS, &catalog(), &cfg()), expected) {
+        (Ok(Mutation::Inject(inj)), Seen::Injects) => {
+            let after = apply(&p, &inj.patch);
+            assert_eq!(
+                after
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MARK))
+                    .map(String::as_str),
+                Some("db"),
+                "the copied annotation is replaced"
+            );
+            assert_eq!(init(&after).name, "dso-init");
+            assert_eq!(mounts_of(&after, "app").len(), 1, "the app gets its files");
+        }
+        (Ok(Mutation::AlreadyInjected), Seen::LeavesAlone) => {}
+        (Err(e), Seen::Denies(label, message)) => {
+            assert_eq!(e.metric_label(), label, "{e}");
+            assert!(e.to_string().contains(message), "{e}");
+        }
+        (got, expected) => panic!("expected {expected:?}, got {got:?}"),
+    }
 }
 
 #[rstest]
