@@ -288,31 +288,32 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     }
 
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
-    if !rotations.is_empty() {
+    // Status records the new versions even when a rollout failed: the Rotated event is then
+    // published once, and the failed workloads are retried after backoff all the same (the
+    // rollout decision reads the workloads, not this status).
+    let last_rotation = if rotations.is_empty() && rolled.is_empty() {
+        previous.last_rotation.clone()
+    } else {
+        Some(RotationStatus {
+            at: now(),
+            workloads: rolled.clone(),
+        })
+    };
+    let written = write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await;
+    if !rotations.is_empty() && written.is_ok() {
         ctx.metrics.rotated(rotations.len());
         let what = rotations
             .iter()
             .map(|r| format!("{} {}: {} -> {}", r.secret_id, r.stage, r.from, r.to))
             .collect::<Vec<_>>()
             .join(", ");
-        let note = match dso.spec.strategy() {
-            RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
-            RefreshStrategy::Rollout if rolled.is_empty() && deferred.is_empty() => {
-                format!("{what}; no consuming workload needed a restart")
-            }
-            RefreshStrategy::Rollout if deferred.is_empty() => {
-                format!("{what}; rolling {}", rolled.join(", "))
-            }
-            RefreshStrategy::Rollout => format!(
-                "{what}; rolling {}; waiting for a rollout slot: {}",
-                if rolled.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    rolled.join(", ")
-                },
-                deferred.join(", ")
-            ),
-        };
+        let note = rotation_note(
+            &what,
+            dso.spec.strategy(),
+            resolution.problem.is_none(),
+            &rolled,
+            &deferred,
+        );
         info!(rotations = %what, rolled = ?rolled, "secret rotated");
         publish(
             ctx,
@@ -337,6 +338,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    written?;
     if !failed.is_empty() {
         let first = failed[0].clone();
         publish(
@@ -349,22 +351,11 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             None,
         )
         .await;
-        // Status keeps the previous versions, so the rotation is acted on again after backoff.
         return Err(Error::Rollout {
             failed: failed.len(),
             first,
         });
     }
-
-    let last_rotation = if rotations.is_empty() && rolled.is_empty() {
-        previous.last_rotation.clone()
-    } else {
-        Some(RotationStatus {
-            at: now(),
-            workloads: rolled,
-        })
-    };
-    write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await?;
     if resolution.transient
         && let Some((_, message)) = &resolution.problem
     {
@@ -378,6 +369,35 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(SLOT_RETRY.min(interval)));
     }
     Ok(Action::requeue(interval))
+}
+
+/// The note of the Rotated event: what rotated and what was done about it.
+fn rotation_note(
+    what: &str,
+    strategy: RefreshStrategy,
+    ready: bool,
+    rolled: &[String],
+    deferred: &[String],
+) -> String {
+    match strategy {
+        RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
+        RefreshStrategy::Rollout if !ready => format!("{what}; not rolled: DsoSecret not Ready"),
+        RefreshStrategy::Rollout if rolled.is_empty() && deferred.is_empty() => {
+            format!("{what}; no consuming workload needed a restart")
+        }
+        RefreshStrategy::Rollout if deferred.is_empty() => {
+            format!("{what}; rolling {}", rolled.join(", "))
+        }
+        RefreshStrategy::Rollout => format!(
+            "{what}; rolling {}; waiting for a rollout slot: {}",
+            if rolled.is_empty() {
+                "none yet".to_string()
+            } else {
+                rolled.join(", ")
+            },
+            deferred.join(", ")
+        ),
+    }
 }
 
 /// Writes status if it changed, and publishes an event when the Ready reason changes.
@@ -683,5 +703,31 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| backoff(&s, n).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(&s, u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn the_rotated_event_says_what_was_done_and_why() {
+        let w = |ids: &[&str]| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let note = |strategy, ready, rolled: &[&str], deferred: &[&str]| {
+            rotation_note(
+                "db AWSCURRENT: v1 -> v2",
+                strategy,
+                ready,
+                &w(rolled),
+                &w(deferred),
+            )
+        };
+        let r = RefreshStrategy::Rollout;
+        assert!(note(r, false, &[], &[]).ends_with("; not rolled: DsoSecret not Ready"));
+        assert!(note(r, true, &[], &[]).ends_with("; no consuming workload needed a restart"));
+        assert!(note(r, true, &["Deployment/web"], &[]).ends_with("; rolling Deployment/web"));
+        assert!(
+            note(r, true, &[], &["Deployment/web"])
+                .ends_with("; rolling none yet; waiting for a rollout slot: Deployment/web")
+        );
+        assert!(
+            note(RefreshStrategy::None, true, &[], &[])
+                .ends_with("; strategy None: nothing restarted")
+        );
     }
 }
