@@ -119,3 +119,8 @@ podAntiAffinity:
 {{- $ips = concat $ips .Values.webhook.tls.extraIpAddresses | uniq -}}
 {{- dict "dns" $dns "ips" $ips | toJson -}}
 {{- end -}}
+
+{{/* Changes exactly when the generated certificate must be regenerated (its names change). */}}
+{{- define "dso.webhook.sansHash" -}}
+{{- include "dso.webhook.sans" . | fromJson | toJson | sha256sum | trunc 16 -}}
+{{- end -}}
