@@ -261,7 +261,7 @@ impl Args {
         api::<DsoSecret>(&client, ns)
             .list(&ListParams::default().limit(1))
             .await
-            .map_err(|e| Error::CrdMissing(e.to_string()))?;
+            .map_err(Error::startup_check)?;
 
         let aws_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(

@@ -22,9 +22,9 @@ pub enum Error {
     #[error("rolling {failed} workload(s) failed, first error: {first}")]
     Rollout { failed: usize, first: String },
 
-    /// The DsoSecret CRD is not installed (start-up check).
+    /// The DsoSecret CRD is not installed (start-up check: the API answered 404).
     #[error(
-        "the DsoSecret CRD is not installed or not readable ({0}); install it with: kubectl apply --server-side -f crds/dso.dev_dsosecrets.yaml"
+        "the DsoSecret CRD is not installed ({0}); install it with: kubectl apply --server-side -f crds/dso.dev_dsosecrets.yaml"
     )]
     CrdMissing(String),
 
@@ -48,8 +48,44 @@ impl Error {
         }
     }
 
+    /// The start-up check's failure: the install hint only when the API does not know
+    /// DsoSecrets (404); anything else (403, network) is reported as what it is.
+    pub fn startup_check(source: kube::Error) -> Error {
+        match &source {
+            kube::Error::Api(s) if s.code == 404 => Error::CrdMissing(source.to_string()),
+            _ => Error::Kube {
+                context: "list DsoSecrets at start-up (check RBAC and the API server address)",
+                source,
+            },
+        }
+    }
+
     /// Wraps a kube error with what was being done.
     pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
         move |source| Error::Kube { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": code, "message": "m"}))
+                .expect("status");
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn only_a_404_at_start_up_gets_the_crd_install_hint() {
+        let missing = Error::startup_check(api_error(404));
+        assert_eq!(missing.metric_label(), "crd_missing");
+        assert!(missing.to_string().contains("kubectl apply"), "{missing}");
+        for code in [401, 403, 500] {
+            let e = Error::startup_check(api_error(code));
+            assert_eq!(e.metric_label(), "kube", "{code}");
+            assert!(!e.to_string().contains("kubectl apply"), "{code}: {e}");
+        }
     }
 }
