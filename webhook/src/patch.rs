@@ -13,6 +13,9 @@
 //!   ServiceAccount's `eks.amazonaws.com/role-arn`): a projected token (audience
 //!   `sts.amazonaws.com`) plus `AWS_ROLE_ARN` / `AWS_WEB_IDENTITY_TOKEN_FILE`, or, when the EKS
 //!   pod identity webhook already injected a token into the pod, that token reused;
+//! - without a role, EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI`,
+//!   `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` and the token's mount) copied from an app
+//!   container when the EKS webhook ran before DSO;
 //! - `securityContext.fsGroup` when the pod has none (see below);
 //! - the `dso.dev/injected` annotation listing the mounted DsoSecrets.
 //!
@@ -99,6 +102,8 @@ pub enum Identity {
     IrsaAdded { role_arn: String },
     /// IRSA through the token the EKS pod identity webhook already injected.
     IrsaReused { role_arn: String, volume: String },
+    /// EKS Pod Identity the EKS webhook already set up in the pod: its variables and token.
+    PodIdentityReused { volume: String },
 }
 
 impl std::fmt::Display for Identity {
@@ -108,6 +113,9 @@ impl std::fmt::Display for Identity {
             Identity::IrsaAdded { role_arn } => write!(f, "irsa({role_arn})"),
             Identity::IrsaReused { role_arn, volume } => {
                 write!(f, "irsa({role_arn}, reused {volume})")
+            }
+            Identity::PodIdentityReused { volume } => {
+                write!(f, "eks-pod-identity(reused {volume})")
             }
         }
     }
@@ -238,6 +246,52 @@ fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
         .and_then(|e| e.value.as_deref())
 }
 
+/// The EKS Pod Identity variables: the agent's credentials URL and the token file it needs.
+pub const POD_IDENTITY_URI_ENV: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+pub const POD_IDENTITY_TOKEN_ENV: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+
+/// The mount of a container that holds `file`, read-only, when its volume is the pod's.
+fn mount_holding(spec: &PodSpec, c: &Container, file: &str) -> Option<VolumeMount> {
+    let m = c.volume_mounts.iter().flatten().find(|m| {
+        spec.volumes.iter().flatten().any(|v| v.name == m.name)
+            && file.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/')))
+    })?;
+    Some(VolumeMount {
+        name: m.name.clone(),
+        mount_path: m.mount_path.clone(),
+        read_only: Some(true),
+        ..Default::default()
+    })
+}
+
+fn regular_and_init_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+}
+
+/// EKS Pod Identity the EKS pod identity webhook already set up in a container of the pod.
+struct ExistingPodIdentity {
+    mount: VolumeMount,
+    uri: String,
+    token_file: String,
+    region: Option<String>,
+}
+
+fn existing_pod_identity(spec: &PodSpec) -> Option<ExistingPodIdentity> {
+    regular_and_init_containers(spec).find_map(|c| {
+        let uri = env_value(c, POD_IDENTITY_URI_ENV)?;
+        let token_file = env_value(c, POD_IDENTITY_TOKEN_ENV)?;
+        Some(ExistingPodIdentity {
+            mount: mount_holding(spec, c, token_file)?,
+            uri: uri.to_string(),
+            token_file: token_file.to_string(),
+            region: env_value(c, "AWS_REGION").map(str::to_string),
+        })
+    })
+}
+
 /// A web-identity token some other webhook (EKS pod identity) already put in the pod.
 struct ExistingToken {
     mount: VolumeMount,
@@ -248,35 +302,16 @@ struct ExistingToken {
 }
 
 fn existing_token(spec: &PodSpec) -> Option<ExistingToken> {
-    let volumes: Vec<&str> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| v.name.as_str())
-        .collect();
-    spec.init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .find_map(|c| {
-            let token_file = env_value(c, TOKEN_FILE_ENV)?;
-            let mount = c.volume_mounts.iter().flatten().find(|m| {
-                volumes.contains(&m.name.as_str())
-                    && token_file.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/')))
-            })?;
-            Some(ExistingToken {
-                mount: VolumeMount {
-                    name: mount.name.clone(),
-                    mount_path: mount.mount_path.clone(),
-                    read_only: Some(true),
-                    ..Default::default()
-                },
-                token_file: token_file.to_string(),
-                role_arn: env_value(c, ROLE_ENV).map(str::to_string),
-                region: env_value(c, "AWS_REGION").map(str::to_string),
-                sts_regional: env_value(c, "AWS_STS_REGIONAL_ENDPOINTS").map(str::to_string),
-            })
+    regular_and_init_containers(spec).find_map(|c| {
+        let token_file = env_value(c, TOKEN_FILE_ENV)?;
+        Some(ExistingToken {
+            mount: mount_holding(spec, c, token_file)?,
+            token_file: token_file.to_string(),
+            role_arn: env_value(c, ROLE_ENV).map(str::to_string),
+            region: env_value(c, "AWS_REGION").map(str::to_string),
+            sts_regional: env_value(c, "AWS_STS_REGIONAL_ENDPOINTS").map(str::to_string),
         })
+    })
 }
 
 fn ptr<I, T>(tokens: I) -> PointerBuf
@@ -318,6 +353,23 @@ fn set_env(env: &mut Vec<EnvVar>, name: &str, value: &str) {
         value: Some(value.to_string()),
         value_from: None,
     });
+}
+
+/// Without a role: EKS Pod Identity, when the EKS webhook already set it up in the pod (it
+/// did not see dso-init, which did not exist yet), else the default chain.
+fn pod_identity_or_default(
+    pod_identity: Option<ExistingPodIdentity>,
+    env: &mut Vec<EnvVar>,
+    init_mounts: &mut Vec<VolumeMount>,
+) -> Identity {
+    let Some(p) = pod_identity else {
+        return Identity::DefaultChain;
+    };
+    set_env(env, POD_IDENTITY_URI_ENV, &p.uri);
+    set_env(env, POD_IDENTITY_TOKEN_ENV, &p.token_file);
+    let volume = p.mount.name.clone();
+    init_mounts.push(p.mount);
+    Identity::PodIdentityReused { volume }
 }
 
 /// Decides what to do with `pod` (created in `namespace`).
@@ -496,12 +548,13 @@ pub fn mutate(
     }
     let sa_name = spec.service_account_name.as_deref().unwrap_or("default");
     let existing = existing_token(spec);
+    let pod_identity = existing_pod_identity(spec);
     let role_arn = match role {
         Some((_, r)) => Some(r),
         None => match catalog.service_account_role(namespace, sa_name) {
             Some(r) => r,
-            // The token some other webhook injected carries its own role.
-            None if existing.is_some() => None,
+            // The token or Pod Identity some other webhook injected carries its own role.
+            None if existing.is_some() || pod_identity.is_some() => None,
             // The apiserver admits only pods whose ServiceAccount exists, so the cache lags:
             // refuse rather than start a pod without its role. Controllers retry.
             None => {
@@ -547,7 +600,8 @@ pub fn mutate(
     let region = cfg
         .default_region
         .clone()
-        .or_else(|| existing.as_ref().and_then(|e| e.region.clone()));
+        .or_else(|| existing.as_ref().and_then(|e| e.region.clone()))
+        .or_else(|| pod_identity.as_ref().and_then(|p| p.region.clone()));
     if let Some(region) = &region {
         set_env(&mut env, "AWS_REGION", region);
     }
@@ -565,7 +619,7 @@ pub fn mutate(
                 init_mounts.push(t.mount);
                 Identity::IrsaReused { role_arn, volume }
             }
-            None => Identity::DefaultChain,
+            None => pod_identity_or_default(pod_identity, &mut env, &mut init_mounts),
         },
         (None, Some(role_arn)) => {
             set_env(&mut env, ROLE_ENV, &role_arn);
@@ -598,7 +652,7 @@ pub fn mutate(
             });
             Identity::IrsaAdded { role_arn }
         }
-        (None, None) => Identity::DefaultChain,
+        (None, None) => pod_identity_or_default(pod_identity, &mut env, &mut init_mounts),
     };
     for (k, v) in &cfg.init_env {
         set_env(&mut env, k, v);

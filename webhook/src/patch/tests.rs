@@ -437,6 +437,102 @@ fn a_dsosecret_role_wins_over_the_eks_injected_role_and_keeps_the_token() {
     );
 }
 
+const POD_IDENTITY_TOKEN: &str =
+    "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token";
+
+/// What the EKS pod identity webhook adds for EKS Pod Identity, in the app container.
+fn eks_pod_identity(with_volume: bool) -> Value {
+    let env = json!([
+        {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+        {"name": "AWS_DEFAULT_REGION", "value": "eu-central-1"},
+        {"name": "AWS_REGION", "value": "eu-central-1"},
+        {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+        {"name": "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "value": POD_IDENTITY_TOKEN}
+    ]);
+    let mut v = json!({"spec": {
+        "containers": [{"name": "app", "image": "a", "env": env,
+            "volumeMounts": [{"name": "eks-pod-identity-token", "mountPath": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount", "readOnly": true}]}],
+        "volumes": [{"name": "eks-pod-identity-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "pods.eks.amazonaws.com", "expirationSeconds": 86400, "path": "eks-pod-identity-token"}}]}}]
+    }});
+    if !with_volume {
+        v["spec"]["volumes"] = json!([]);
+    }
+    v
+}
+
+#[rstest]
+#[case::no_role_anywhere("db", "default", true, "pod-identity")]
+#[case::service_account_not_cached_yet("db", "not-yet-cached", true, "pod-identity")]
+#[case::a_dsosecret_role_wins("db-role", "default", true, "irsa")]
+#[case::a_service_account_role_wins("db", "with-role", true, "irsa")]
+#[case::the_token_volume_is_missing("db", "default", false, "default-chain")]
+fn eks_pod_identity_set_up_before_dso_is_copied_into_dso_init(
+    #[case] secrets: &str,
+    #[case] service_account: &str,
+    #[case] with_volume: bool,
+    #[case] expected: &str,
+) {
+    let cat = catalog().with_sa_role(NS, "with-role", ROLE_SA);
+    let p0 = pod(merge_into(
+        eks_pod_identity(with_volume),
+        json!({"metadata": {"annotations": {"dso.dev/secrets": secrets}},
+               "spec": {"serviceAccountName": service_account}}),
+    ));
+    let inj = inject(&p0, &cat);
+    let p = apply(&p0, &inj.patch);
+    let i = init(&p);
+    let token_mount = i
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "eks-pod-identity-token");
+    match expected {
+        "pod-identity" => {
+            assert_eq!(
+                inj.identity,
+                Identity::PodIdentityReused {
+                    volume: "eks-pod-identity-token".into()
+                }
+            );
+            assert_eq!(
+                env(i, "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+                Some("http://169.254.170.23/v1/credentials")
+            );
+            assert_eq!(
+                env(i, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+                Some(POD_IDENTITY_TOKEN)
+            );
+            let m = token_mount.expect("the token is mounted in dso-init");
+            assert_eq!(
+                (m.mount_path.as_str(), m.read_only),
+                (
+                    "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount",
+                    Some(true)
+                )
+            );
+            assert_eq!(env(i, "AWS_ROLE_ARN"), None);
+        }
+        other => {
+            assert!(
+                inj.identity.to_string().starts_with(other),
+                "{}",
+                inj.identity
+            );
+            assert_eq!(env(i, "AWS_CONTAINER_CREDENTIALS_FULL_URI"), None);
+            assert!(token_mount.is_none());
+        }
+    }
+    assert!(
+        !spec(&p)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "dso-aws-iam-token")
+            || expected == "irsa",
+        "a token volume is added only for IRSA"
+    );
+}
+
 fn merge_into(mut a: Value, b: Value) -> Value {
     merge(&mut a, b);
     a
