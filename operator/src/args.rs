@@ -46,28 +46,28 @@ pub struct Args {
     pub aws_lookup: LookupMode,
 
     /// Timeout of one AWS call attempt, in seconds.
-    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
     pub aws_timeout_seconds: u64,
 
     /// Most workload rollouts in progress at the same time (from the template patch until
     /// every pod runs it, or --rollout-timeout-seconds).
-    #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", default_value_t = 4)]
+    #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 4)]
     pub max_concurrent_rollouts: usize,
 
     /// Longest time one rollout counts against --max-concurrent-rollouts, in seconds.
-    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
     pub rollout_timeout_seconds: u64,
 
     /// Most DsoSecrets reconciled at the same time.
-    #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 16)]
     pub reconcile_concurrency: u16,
 
     /// First retry delay after a failed reconcile, in milliseconds (doubles per failure).
-    #[arg(long, env = "DSO_BACKOFF_BASE_MS", default_value_t = 1000)]
+    #[arg(long, env = "DSO_BACKOFF_BASE_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 1000)]
     pub backoff_base_ms: u64,
 
     /// Longest retry delay after failed reconciles, in seconds.
-    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
     pub backoff_max_seconds: u64,
 
     /// Elect a leader with a Lease, so only one replica reconciles.
@@ -84,7 +84,7 @@ pub struct Args {
 
     /// Seconds a Lease lasts without renewal (renewed every third of it; the leader stops
     /// leading when it could not renew for two thirds of it).
-    #[arg(long, env = "DSO_LEASE_SECONDS", default_value_t = 15)]
+    #[arg(long, env = "DSO_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(3..), default_value_t = 15)]
     pub lease_seconds: u64,
 
     /// This replica's identity in the Lease and in events (default: POD_NAME, else HOSTNAME, plus the PID).
@@ -283,7 +283,7 @@ impl Args {
                 Api::<Lease>::namespaced(client.clone(), &lease_ns),
                 &lease_name,
                 &identity,
-                Duration::from_secs(lease_seconds.max(3)),
+                Duration::from_secs(lease_seconds),
             )
         });
         if let Some(elector) = &elector {
@@ -424,8 +424,8 @@ impl Args {
             metrics.clone(),
             stores,
             Settings {
-                backoff_base: Duration::from_millis(backoff_base_ms.max(1)),
-                backoff_max: Duration::from_secs(backoff_max_seconds.max(1)),
+                backoff_base: Duration::from_millis(backoff_base_ms),
+                backoff_max: Duration::from_secs(backoff_max_seconds),
                 rollout_timeout: Duration::from_secs(rollout_timeout_seconds),
             },
             max_concurrent_rollouts,
@@ -463,5 +463,45 @@ impl Args {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use rstest::rstest;
+
+    #[test]
+    fn the_defaults_parse() {
+        let a = Args::try_parse_from(["dso-operator"]).expect("defaults");
+        assert_eq!(a.aws_timeout_seconds, 10);
+        assert_eq!(a.max_concurrent_rollouts, 4);
+        assert_eq!(a.lease_seconds, 15);
+    }
+
+    #[rstest]
+    #[case::aws_timeout_of_zero("--aws-timeout-seconds", "0")]
+    #[case::no_rollout_slot("--max-concurrent-rollouts", "0")]
+    #[case::rollout_timeout_of_zero("--rollout-timeout-seconds", "0")]
+    #[case::no_reconcile_worker("--reconcile-concurrency", "0")]
+    #[case::backoff_base_of_zero("--backoff-base-ms", "0")]
+    #[case::backoff_max_of_zero("--backoff-max-seconds", "0")]
+    #[case::lease_too_short_to_renew("--lease-seconds", "2")]
+    #[case::negative_timeout("--aws-timeout-seconds", "-1")]
+    #[case::too_many_workers("--reconcile-concurrency", "70000")]
+    fn an_out_of_range_value_is_refused_at_start(#[case] flag: &str, #[case] value: &str) {
+        let arg = format!("{flag}={value}");
+        let e = Args::try_parse_from(["dso-operator", arg.as_str()]).expect_err("refused");
+        assert!(e.to_string().contains(flag), "{e}");
+    }
+
+    #[rstest]
+    #[case("--aws-timeout-seconds", "1")]
+    #[case("--max-concurrent-rollouts", "1")]
+    #[case("--reconcile-concurrency", "1")]
+    #[case("--lease-seconds", "3")]
+    fn the_smallest_allowed_value_is_accepted(#[case] flag: &str, #[case] value: &str) {
+        Args::try_parse_from(["dso-operator", flag, value]).expect("accepted");
     }
 }
