@@ -26,7 +26,8 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -157,7 +158,33 @@ pub async fn reconcile(dso: Arc<DsoSecret>, ctx: Arc<Context>) -> Result<Action>
     if result.is_ok() {
         lock(&ctx.failures).remove(&key_of(&dso));
     }
+    forget_deleted(&ctx);
     result
+}
+
+/// Drops what the per-DsoSecret maps hold for DsoSecrets that no longer exist (a delete
+/// reaches no reconcile): a sweep, run once a map has outgrown the live set, so its cost is
+/// spread over many reconciles.
+fn forget_deleted(ctx: &Context) {
+    let live = ctx.stores.dsosecrets.state();
+    let keys = || live.iter().map(|d| key_of(d)).collect::<HashSet<_>>();
+    sweep(&mut lock(&ctx.failures), live.len(), keys);
+    sweep(&mut lock(&ctx.refreshes), live.len(), keys);
+    sweep(&mut lock(&ctx.written), live.len(), || {
+        live.iter().filter_map(|d| d.uid()).collect()
+    });
+}
+
+/// Keeps only the `live` keys of `map`, when it holds well more entries than `live_count`.
+fn sweep<K: Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    live_count: usize,
+    live: impl FnOnce() -> HashSet<K>,
+) {
+    if map.len() > 2 * live_count + 64 {
+        let live = live();
+        map.retain(|k, _| live.contains(k));
+    }
 }
 
 /// Requeue delay after a failure: exponential per object, capped.
@@ -453,19 +480,7 @@ async fn write_status(
         )
         .await
         .map_err(Error::kube("write DsoSecret status"))?;
-        let mut written = lock(&ctx.written);
-        written.insert(dso.uid().unwrap_or_default(), status.clone());
-        if written.len() > 2 * ctx.stores.dsosecrets.state().len() + 64 {
-            let live: std::collections::HashSet<String> = ctx
-                .stores
-                .dsosecrets
-                .state()
-                .iter()
-                .filter_map(|d| d.uid())
-                .collect();
-            written.retain(|uid, _| live.contains(uid));
-        }
-        drop(written);
+        lock(&ctx.written).insert(dso.uid().unwrap_or_default(), status.clone());
         debug!(reason = reason.as_str(), "status written");
     }
     if before.as_deref() != Some(reason.as_str()) {
@@ -703,6 +718,17 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| backoff(&s, n).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(&s, u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn maps_forget_deleted_dsosecrets_once_they_outgrow_the_live_set() {
+        let mut map: HashMap<u32, ()> = (0..64).map(|k| (k, ())).collect();
+        sweep(&mut map, 0, || panic!("not swept while small"));
+        map.extend((64..200).map(|k| (k, ())));
+        sweep(&mut map, 10, || (0..10).collect());
+        let mut left: Vec<u32> = map.into_keys().collect();
+        left.sort_unstable();
+        assert_eq!(left, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
