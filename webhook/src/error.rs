@@ -71,6 +71,15 @@ pub enum Error {
     )]
     UnknownServiceAccount { namespace: String, name: String },
 
+    #[error(
+        "the pod has no namespace, neither in the admission request nor in its metadata: DSO looks its DsoSecrets up in the pod's namespace"
+    )]
+    NoNamespace,
+
+    // ---- requests that are not admission reviews of a pod ----
+    #[error("not an AdmissionReview request: {0}")]
+    InvalidReview(String),
+
     // ---- server failures ----
     #[error("cannot build the JSON patch: {0}")]
     Patch(#[from] kube::core::admission::SerializePatchError),
@@ -87,9 +96,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
 }
 
 impl Error {
@@ -107,11 +113,12 @@ impl Error {
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
             Error::ConflictingRoles { .. } => "conflicting_roles",
             Error::UnknownServiceAccount { .. } => "unknown_serviceaccount",
+            Error::NoNamespace => "no_namespace",
+            Error::InvalidReview(_) => "invalid",
             Error::Patch(_) => "patch",
             Error::Config(_) => "config",
             Error::Tls(_) => "tls",
             Error::Io { .. } => "io",
-            Error::Kube(_) => "kube",
         }
     }
 

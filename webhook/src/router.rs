@@ -3,6 +3,7 @@
 //! body rather than axum's plain-text default.
 
 use crate::config::InjectConfig;
+use crate::error::Error;
 use crate::metrics::{Metrics, Outcome};
 use crate::patch::{Catalog, Mutation, mutate};
 use axum::extract::{FromRequest, Request, State};
@@ -148,11 +149,12 @@ async fn mutate_handler(
     let req: AdmissionRequest<Pod> = match review.try_into() {
         Ok(req) => req,
         Err(e) => {
+            let e = Error::InvalidReview(e.to_string());
             tracing::warn!(error = %e, "not an AdmissionReview request");
             state
                 .inner
                 .metrics
-                .admission(Outcome::Invalid, "invalid", started);
+                .admission(Outcome::Invalid, e.metric_label(), started);
             return Json(AdmissionResponse::invalid(e).into_review()).into_response();
         }
     };
@@ -201,11 +203,9 @@ fn admit(
         return (res, Outcome::Skipped, "none");
     };
     if namespace.is_empty() {
-        return (
-            res.deny("the pod has no namespace"),
-            Outcome::Denied,
-            "no_namespace",
-        );
+        let e = Error::NoNamespace;
+        tracing::info!(reason = e.metric_label(), message = %e, "denied");
+        return (res.deny(e.to_string()), Outcome::Denied, e.metric_label());
     }
     match mutate(
         pod,
@@ -227,7 +227,7 @@ fn admit(
                     (res, Outcome::Injected, "none")
                 }
                 Err(e) => {
-                    let e = crate::error::Error::from(e);
+                    let e = Error::from(e);
                     tracing::error!(error = %e, "cannot serialize the patch");
                     (res.deny(e.to_string()), Outcome::Denied, e.metric_label())
                 }

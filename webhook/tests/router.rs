@@ -202,6 +202,34 @@ async fn a_review_without_a_request_is_answered_as_invalid() {
 }
 
 #[tokio::test]
+async fn a_pod_without_a_namespace_is_denied_and_counted_as_no_namespace() {
+    let app = app();
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["namespace"] = Value::Null;
+    body["request"]["object"]["metadata"]["namespace"] = Value::Null;
+    let r = post_review(app.clone(), body).await;
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().expect("message");
+    assert!(message.contains("the pod has no namespace"), "{message}");
+    post_review(
+        app.clone(),
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+    )
+    .await;
+    let (_, _, text) = call(app, "GET", "/metrics", Body::empty(), false).await;
+    for line in [
+        r#"dso_webhook_admissions_total{outcome="denied",reason="no_namespace"} 1"#,
+        r#"dso_webhook_admissions_total{outcome="invalid",reason="invalid"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn readyz_follows_the_watch_caches() {
     let ready = Arc::new(AtomicBool::new(false));
     let app = router(state(ready.clone()));
