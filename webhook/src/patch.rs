@@ -355,6 +355,30 @@ fn set_env(env: &mut Vec<EnvVar>, name: &str, value: &str) {
     });
 }
 
+/// The plan entry of a DsoSecret, with the region its entries are fetched from written in:
+/// `spec.aws.region`, else the webhook's default region (the operator's). Left `None` when
+/// neither is known (dso-init then uses its environment), or when a file's ARN names another
+/// region than the default: dso-init prefers the entry's region over an ARN's, while the
+/// operator, like AWS, looks an ARN up in its own region; `AWS_REGION` (the default) still
+/// serves the entry's other files.
+fn plan_secret(
+    name: &str,
+    spec: &dso_api::DsoSecretSpec,
+    default_region: Option<&str>,
+) -> PlanSecret {
+    let mut entry = PlanSecret::from_spec(name, spec);
+    if entry.region.is_none()
+        && let Some(default) = default_region
+        && spec
+            .files
+            .iter()
+            .all(|f| dso_api::validate::arn_region(&f.secret_id).is_none_or(|r| r == default))
+    {
+        entry.region = Some(default.to_string());
+    }
+    entry
+}
+
 /// Without a role: EKS Pod Identity, when the EKS webhook already set it up in the pod (it
 /// did not see dso-init, which did not exist yet), else the default chain.
 fn pod_identity_or_default(
@@ -573,7 +597,7 @@ pub fn mutate(
         size_limit_bytes: cfg.size_limit_bytes,
         secrets: secrets
             .iter()
-            .map(|(name, s)| PlanSecret::from_spec(name, &s.spec))
+            .map(|(name, s)| plan_secret(name, &s.spec, cfg.default_region.as_deref()))
             .collect(),
     };
     set_env(

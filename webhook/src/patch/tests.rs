@@ -622,7 +622,11 @@ fn one_dsosecrets_region_never_becomes_the_region_of_another() {
                 .and_then(|s| s.region.clone())
         };
         assert_eq!(of("db-role").as_deref(), Some("eu-west-1"), "{list}");
-        assert_eq!(of("db"), None, "{list}: the pod default applies");
+        assert_eq!(
+            of("db").as_deref(),
+            Some("us-east-1"),
+            "{list}: the default"
+        );
         assert_eq!(region.as_deref(), Some("us-east-1"), "{list}");
 
         let no_default = InjectConfig {
@@ -630,9 +634,41 @@ fn one_dsosecrets_region_never_becomes_the_region_of_another() {
             ..cfg()
         };
         let (plan, region) = plan_and_region(&p, &no_default);
+        let of = |name: &str| {
+            plan.secrets
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.region.clone())
+        };
+        assert_eq!(of("db-role").as_deref(), Some("eu-west-1"), "{list}");
+        assert_eq!(of("db"), None, "{list}: dso-init uses its environment");
         assert_eq!(region, None, "{list}: dso-init uses its environment");
-        assert!(plan.secrets.iter().any(|s| s.region.is_some()));
     }
+}
+
+#[test]
+fn an_arn_in_another_region_keeps_its_dsosecret_entry_free_of_the_default_region() {
+    const ARN: &str = "arn:aws:secretsmanager:eu-north-1:123456789012:secret:prod/x-AbCdEf";
+    let cat = catalog()
+        .with_secret(
+            NS,
+            "far",
+            json!({"files": [{"path": "x", "secretId": ARN}, {"path": "y", "secretId": "prod/y"}]}),
+        )
+        .with_secret(
+            NS,
+            "near",
+            json!({"files": [{"path": "x", "secretId": ARN.replace("eu-north-1", "us-east-1")}]}),
+        );
+    let p = pod(json!({"metadata": {"annotations": {"dso.dev/secrets": "far,near"}}}));
+    let after = apply(&p, &inject(&p, &cat).patch);
+    let i = init(&after);
+    let plan: InitPlan = serde_json::from_str(env(i, PLAN_ENV).expect("plan")).expect("json");
+    // dso-init would prefer an entry's region over the ARN's: "far" names none, its ARN is
+    // fetched from eu-north-1 and "prod/y" from AWS_REGION, the default.
+    assert_eq!(plan.secrets[0].region, None);
+    assert_eq!(plan.secrets[1].region.as_deref(), Some("us-east-1"));
+    assert_eq!(env(i, "AWS_REGION"), Some("us-east-1"));
 }
 
 #[test]
