@@ -725,3 +725,83 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
         "the same process kept serving"
     );
 }
+
+/// Review findings on the real apiserver (a dry run: nothing is started): an `--init-env` value
+/// with commas reaches dso-init whole, a `dso.dev/injected` annotation copied into a new pod does
+/// not stop the injection, and a region-less DsoSecret is fetched from the webhook's default
+/// region even next to a DsoSecret naming another one.
+#[tokio::test]
+async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_values_and_per_secret_regions()
+ {
+    let mut wh = Webhook::start(18408, &["--init-env", "NO_PROXY=a,b,c"]).await;
+    let ns = wh.namespace(&[]).await;
+    apply(
+        &ns,
+        &dso_secret("eu", "prod/e2e/eu", json!({"aws": {"region": "eu-west-1"}})),
+    );
+    apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
+    let mut annotations = annotated("eu,db");
+    annotations["dso.dev/injected"] = json!("copied-from-a-live-pod");
+    let sent: Pod = serde_json::from_value(pod_json("copied", &annotations)).expect("pod");
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // Until the webhook's cache has the namespace's default ServiceAccount, it asks to retry.
+    let pod = wait_for("the pod to be admitted", TIMEOUT, || async {
+        match pods.create(&dry, &sent).await {
+            Ok(p) => Ok(Some(p)),
+            Err(kube::Error::Api(s)) if s.message.contains("not in the webhook's cache yet") => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", wh.logs()));
+
+    assert_eq!(
+        init_names(&pod).first().map(String::as_str),
+        Some("dso-init")
+    );
+    assert_eq!(
+        dso_mounts(&pod, "app"),
+        vec![("/run/secrets/dso".to_string(), Some(true))]
+    );
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("dso.dev/injected"))
+            .map(String::as_str),
+        Some("eu,db")
+    );
+    let init = &pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .expect("init containers")[0];
+    let env_of = |name: &str| {
+        init.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(env_of("NO_PROXY").as_deref(), Some("a,b,c"));
+    assert_eq!(env_of("AWS_REGION").as_deref(), Some("us-east-1"));
+    let plan: Value = serde_json::from_str(&env_of("DSO_PLAN").expect("DSO_PLAN")).expect("json");
+    let regions: Vec<(&str, &str)> = plan["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default(),
+                s["region"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(regions, [("eu", "eu-west-1"), ("db", "us-east-1")]);
+}
