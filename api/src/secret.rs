@@ -77,8 +77,9 @@ pub struct DsoSecretSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AwsSpec {
-    /// AWS region of the secrets, such as us-east-1. Default: the operator's region for status,
-    /// and the pod's AWS_REGION (set by the webhook from this field or the operator default).
+    /// AWS region of the secrets, such as us-east-1. Applies to this DsoSecret only. Default:
+    /// the region of a secret given by ARN, else the cluster-wide default region DSO is
+    /// installed with (Helm value aws.region, used by both the operator and the webhook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
     pub region: Option<String>,
