@@ -116,6 +116,11 @@ struct Operator {
 
 impl Operator {
     fn start(ns: &str, port: u16, aws_endpoint: &str) -> Operator {
+        Operator::start_with(ns, port, aws_endpoint, &[])
+    }
+
+    /// Starts one with extra flags.
+    fn start_with(ns: &str, port: u16, aws_endpoint: &str, flags: &[&str]) -> Operator {
         let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-operator");
         assert!(
             bin.exists(),
@@ -139,6 +144,7 @@ impl Operator {
                 "--backoff-max-seconds",
                 "5",
             ])
+            .args(flags)
             .env("KUBECONFIG", env("KUBECONFIG"))
             .env("AWS_ENDPOINT_URL", aws_endpoint)
             .env("AWS_REGION", "us-east-1")
@@ -579,6 +585,106 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
         ])),
         "the operator reads metadata only, never a value: it called {seen:?}"
     );
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
+#[tokio::test]
+async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-bound", &[]).await;
+    let secret = unique("e2e/op/bound");
+    create_secret(&secret).await;
+    // One slot, and rollouts that cannot complete (paused Deployments create no new pods):
+    // the second workload must wait for the first rollout's timeout.
+    let timeout = Duration::from_secs(15);
+    let op = Operator::start_with(
+        &ns,
+        18519,
+        &env("DSO_MOTO_ENDPOINT"),
+        &[
+            "--max-concurrent-rollouts",
+            "1",
+            "--rollout-timeout-seconds",
+            &timeout.as_secs().to_string(),
+        ],
+    );
+    op.ready().await;
+    dsosecret(&ns, "db", &secret, SHORT, "Rollout");
+    for name in ["a", "b"] {
+        deployment(&ns, name, "db");
+        wait_recorded(&op, &ns, name).await;
+        check(
+            kubectl(&[
+                "patch",
+                "deployment",
+                name,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"paused":true}}"#,
+            ]),
+            "pause the Deployment",
+        );
+    }
+    wait_ready(&op, &ns, "db", "True", "Synced").await;
+
+    rotate(&secret).await;
+    let hashes = || {
+        let ns = ns.clone();
+        async move { [template_hash(&ns, "a").await, template_hash(&ns, "b").await] }
+    };
+    let first = wait_for("the first rollout", Duration::from_secs(40), || async {
+        let h = hashes().await;
+        Ok(h.iter().any(Option::is_some).then_some(h))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let first_at = std::time::Instant::now();
+    assert_eq!(
+        first.iter().filter(|h| h.is_some()).count(),
+        1,
+        "one slot: one rollout at a time {first:?}\n{}",
+        op.log()
+    );
+    let waiting = wait_for(
+        "a Rotated event naming the workload waiting for a slot",
+        TIMEOUT,
+        || {
+            let ns = ns.clone();
+            async move {
+                Ok(events(&ns, "db")
+                    .await
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some("Rotated"))
+                    .find_map(|e| {
+                        e.message
+                            .filter(|m| m.contains("waiting for a rollout slot"))
+                    }))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert!(waiting.contains("Deployment/"), "{waiting}");
+    wait_for("the second rollout", TIMEOUT, || async {
+        Ok(hashes().await.iter().all(Option::is_some).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert!(
+        first_at.elapsed() >= timeout - Duration::from_secs(5),
+        "the second rollout waited for the first one's slot: {:?}\n{}",
+        first_at.elapsed(),
+        op.log()
+    );
+    assert!(
+        op.log().contains("rollout not complete in time"),
+        "{}",
+        op.log()
+    );
+    op.stop();
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
 
