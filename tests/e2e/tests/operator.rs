@@ -262,7 +262,7 @@ fn deployment(ns: &str, name: &str, secrets: &str) {
                              "annotations": {"dso.dev/inject": "true", "dso.dev/secrets": secrets}},
                 "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1, "containers": [{
                     "name": "app", "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"]}]}
+                    "command": ["/bin/busybox", "sleep", "3600"]}]}
             }
         }
     });
@@ -282,7 +282,7 @@ fn idle_workload(kind: &str, ns: &str, name: &str, secrets: &str) {
                          "annotations": {"dso.dev/inject": "true", "dso.dev/secrets": secrets}},
             "spec": {"nodeSelector": {"dso.dev/e2e-no-such-node": "true"}, "containers": [{
                 "name": "app", "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"]}]}
+                "command": ["/bin/busybox", "sleep", "3600"]}]}
         }
     });
     if kind == "StatefulSet" {
@@ -501,6 +501,17 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
             "f:spec": {"f:template": {"f:metadata": {"f:annotations": {"f:dso.dev/versions-hash": {}}}}}
         })
     );
+
+    // The rollout slot is freed when the Deployment's rollout is over, not at the patch.
+    wait_for("the web rollout seen complete", TIMEOUT, || async {
+        Ok(op
+            .log()
+            .lines()
+            .any(|l| l.contains("rollout complete") && l.contains("Deployment/web"))
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
 
     // Restart: the new operator reconciles and rolls nothing.
     op.stop();
