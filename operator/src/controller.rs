@@ -80,7 +80,7 @@ pub struct Settings {
 }
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
-const SLOT_RETRY: Duration = Duration::from_secs(5);
+const SLOT_RETRY: Duration = Duration::from_secs(2);
 /// How often a rollout in progress is checked.
 const PROGRESS_POLL: Duration = Duration::from_secs(2);
 
