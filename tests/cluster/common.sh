@@ -20,5 +20,8 @@ CTR_SOCK="$STATE/containerd/containerd.sock"
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 ctr_() { ctr --address "$CTR_SOCK" -n k8s.io "$@"; }
-# The kubelet's pod cgroups, on cgroup v1 (one per controller) and v2 (unified) layouts.
-kubepods_dirs() { ls -d /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* 2>/dev/null; }
+# The kubelet's own cgroup root (its pods live below it), so two local clusters, or another
+# kubelet on the host, never share or tear down each other's pods.
+CGROUP_ROOT=${DSO_CGROUP_ROOT:-/$(basename "$STATE")}
+# That root in every hierarchy: one per controller on cgroup v1, the unified one on v2.
+kubepods_dirs() { ls -d /sys/fs/cgroup/*"$CGROUP_ROOT" /sys/fs/cgroup"$CGROUP_ROOT" 2>/dev/null; }

@@ -29,6 +29,23 @@ for p in /var/log/containers /etc/cni /opt/cni; do
   [ -e "$p" ] || echo "$p" >> "$STATE/created"
 done
 
+# The kubelet's cgroup root must exist before it starts.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  mkdir -p "/sys/fs/cgroup$CGROUP_ROOT"
+  for c in $(cat /sys/fs/cgroup/cgroup.subtree_control); do echo "+$c" > "/sys/fs/cgroup$CGROUP_ROOT/cgroup.subtree_control" 2>/dev/null || true; done
+else
+  for h in /sys/fs/cgroup/*/; do
+    [ -f "$h/cgroup.procs" ] || continue
+    mkdir -p "$h${CGROUP_ROOT#/}"
+  done
+  # A new cpuset cgroup starts with no CPUs or memory nodes: inherit the root's.
+  cs=/sys/fs/cgroup/cpuset
+  if [ -d "$cs${CGROUP_ROOT}" ]; then
+    cat "$cs/cpuset.cpus" > "$cs$CGROUP_ROOT/cpuset.cpus"
+    cat "$cs/cpuset.mems" > "$cs$CGROUP_ROOT/cpuset.mems"
+  fi
+fi
+
 start() { # name logfile cmd...
   local name=$1; shift
   setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
@@ -177,6 +194,7 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: $KUBELET_HEALTHZ_PORT
 cgroupDriver: cgroupfs
+cgroupRoot: $CGROUP_ROOT
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://$CTR_SOCK
