@@ -484,14 +484,38 @@ async fn the_api_server_finds_the_charts_pods_pod_security_restricted() {
     );
 }
 
+/// The local values, with KUBERNETES_SERVICE_PORT set to this cluster's API server port (the
+/// local cluster's port is configurable, and service IPs do not route on its node).
+async fn local_values_for_this_cluster() -> PathBuf {
+    let config = kube::Config::infer().await.expect("KUBECONFIG");
+    let port = config.cluster_url.port_u16().unwrap_or(443).to_string();
+    let path = repo("charts/dso/values-local.yaml");
+    let mut values: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("values-local.yaml"))
+            .expect("values-local.yaml parses");
+    for component in ["operator", "webhook"] {
+        if let Some(env) = values[component]["env"].as_sequence_mut() {
+            for var in env.iter_mut() {
+                if var["name"].as_str() == Some("KUBERNETES_SERVICE_PORT") {
+                    var["value"] = serde_yaml_ng::Value::String(port.clone());
+                }
+            }
+        }
+    }
+    let out = std::env::temp_dir().join(format!("dso-values-local-{port}.yaml"));
+    std::fs::write(&out, serde_yaml_ng::to_string(&values).expect("yaml")).expect("write values");
+    out
+}
+
 #[tokio::test]
 async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
     let c = client().await;
     let moto_endpoint = env("DSO_MOTO_ENDPOINT");
     let aws_endpoint = std::env::var("DSO_CHART_AWS_ENDPOINT").unwrap_or(moto_endpoint);
-    let values = std::env::var("DSO_CHART_VALUES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
+    let values = match std::env::var("DSO_CHART_VALUES") {
+        Ok(v) => PathBuf::from(v),
+        Err(_) => local_values_for_this_cluster().await,
+    };
     env("DSO_POD_LOGS_DIR");
 
     let rel_ns = namespace(&c, "e2e-chart", &[]).await;
