@@ -307,10 +307,9 @@ async fn main() -> Result<()> {
         1000.0 * reconcile_sum / reconciles.max(1.0)
     );
     println!(
-        "  AWS calls in the initial pass: DescribeSecret {}, ListSecrets {}, GetSecretValue {}",
+        "  AWS calls in the initial pass: DescribeSecret {}, ListSecrets {}",
         calls(&m, "DescribeSecret"),
         calls(&m, "ListSecrets"),
-        calls(&m, "GetSecretValue")
     );
 
     // 5. Steady state: calls during one refresh interval.
