@@ -917,6 +917,39 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
 }
 
+#[tokio::test]
+async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_duration() {
+    apply_crd();
+    let kube = client().await;
+    let ns = namespace(&kube, "op-lease-kill", &[]).await;
+    let lease = ["--lease-seconds", "6"];
+    let mut first = Operator::start_with(&ns, 18520, &env("DSO_MOTO_ENDPOINT"), &lease);
+    first.ready().await;
+    assert_eq!(first.metric("dso_leader").await, 1.0, "{}", first.log());
+    let second = Operator::start_with(&ns, 18521, &env("DSO_MOTO_ENDPOINT"), &lease);
+    second.ready().await;
+    assert_eq!(second.metric("dso_leader").await, 0.0);
+
+    // SIGKILL: no release. The Lease's last renewal is at most 2 s (a third) old.
+    let mut child = first.child.take().expect("running");
+    child.kill().expect("kill the leader");
+    child.wait().expect("reap the leader");
+    let killed = std::time::Instant::now();
+    wait_for("the standby to lead", Duration::from_secs(30), || async {
+        Ok((second.metric("dso_leader").await == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(3),
+        "took over {after:?} after the kill: before the Lease could have expired"
+    );
+    second.ready().await;
+    second.stop();
+    check(kubectl(&["delete", "ns", &ns, "--wait=false"]), "delete ns");
+}
+
 /// The webhook (`$DSO_BIN_DIR/dso-webhook`) registered for namespaces labelled
 /// `dso-operator-e2e=<run>` only, so the full chain can run: injected pods, dso-init writing
 /// its termination message, the operator reading it.
