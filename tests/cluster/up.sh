@@ -162,7 +162,8 @@ start kube-apiserver "$BIN/kube-apiserver" \
 python3 "$here/mkimage.py" -t dso.local/pause:1 -o "$STATE/images/pause.tar" \
   --file "$STATE/images/pause:/pause:755" --entrypoint /pause --user 65535:65535
 python3 "$here/mkimage.py" -t dso.local/busybox:1 -o "$STATE/images/busybox.tar" \
-  --file /bin/busybox:/bin/busybox:755 --link /bin/sh:busybox --dir /tmp:1777 --cmd /bin/sh
+  --file /bin/busybox:/bin/busybox:755 --dir /tmp:1777 --cmd /bin/sh \
+  $(/bin/busybox --list | grep -vx busybox | sed 's|.*|--link /bin/&:busybox|')
 wait_for containerd 30 ctr_ version
 for img in pause busybox; do ctr_ images import --no-unpack "$STATE/images/$img.tar" >/dev/null; done
 for extra in "${DSO_NODE_IMAGES[@]:-}"; do
