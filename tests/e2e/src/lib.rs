@@ -144,3 +144,59 @@ pub fn container_log(namespace: &str, pod: &str, container: &str) -> Result<Stri
     }
     Ok(out)
 }
+
+/// The repository's root (for crds/, charts/, examples/).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A name unlikely to collide with another test's, e.g. for AWS secrets or releases.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}", nanos % 1_000_000_000_000)
+}
+
+/// Asserts that a command succeeded and returns its stdout.
+pub fn check(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Installs (or updates) the DsoSecret CRD from crds/ and waits until it is Established.
+pub fn apply_crd() {
+    let crd = repo_root().join("crds/dso.dev_dsosecrets.yaml");
+    let crd = crd.to_string_lossy();
+    check(
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crd]),
+        "kubectl apply of the CRD",
+    );
+    check(
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/dsosecrets.dso.dev",
+        ]),
+        "waiting for the CRD to be Established",
+    );
+}
+
+/// A Secrets Manager client for moto (`DSO_MOTO_ENDPOINT`), with test credentials.
+pub fn moto() -> aws_sdk_secretsmanager::Client {
+    use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
+}

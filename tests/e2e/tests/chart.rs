@@ -13,10 +13,10 @@
 //!
 //! The two tests without a cluster (CRD copy, `helm lint`) need only `helm`.
 
-use aws_sdk_secretsmanager::Client as Sm;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use dso_api::DsoSecret;
-use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{
+    client, container_log, env, kubectl, kubectl_stdin, moto, namespace, unique, wait_for,
+};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -36,14 +36,6 @@ const INJECTION_LABEL: (&str, &str) = ("dso.dev/injection", "enabled");
 
 fn repo(path: &str) -> PathBuf {
     Path::new(REPO).join(path)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{}", nanos % 1_000_000_000_000)
 }
 
 fn helm(args: &[&str]) -> std::process::Output {
@@ -238,16 +230,6 @@ fn every_container_of_the_chart_has_probes_resources_and_a_restricted_context() 
             }
         }
     }
-}
-
-async fn moto() -> Sm {
-    let conf = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
-        .build();
-    Sm::from_conf(conf)
 }
 
 fn secret_json(password: &str) -> String {
@@ -621,7 +603,7 @@ async fn scenario(
     progress("upgraded; certificate kept");
 
     // A secret in AWS, and an app that consumes it.
-    let sm = moto().await;
+    let sm = moto();
     let secret_id = unique("e2e/chart/db");
     let canary1 = unique("canary-chart-v1");
     let canary2 = unique("canary-chart-v2");

@@ -3,35 +3,10 @@
 //! the node runs pods.
 
 use dso_api::DsoSecret;
-use dso_e2e::{client, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{apply_crd, client, env, kubectl, kubectl_stdin, namespace, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
-
-const CRD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../crds/dso.dev_dsosecrets.yaml"
-);
-
-fn apply_crd() {
-    let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", CRD]);
-    assert!(
-        out.status.success(),
-        "kubectl apply of the CRD failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/dsosecrets.dso.dev",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn dso_yaml(ns: &str, name: &str, spec: &str) -> String {
     format!(

@@ -3,10 +3,10 @@
 //! `dso-init` trades it with STS (moto) for credentials, fetches from Secrets Manager (moto) and
 //! fills a memory-backed emptyDir that an app container, running as another user, reads.
 
-use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret};
-use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{
+    client, container_log, env, kubectl, kubectl_stdin, moto, namespace, unique, wait_for,
+};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use std::time::Duration;
@@ -18,27 +18,8 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/dso-e2e-init";
 const APP_UID: u32 = 1001;
 const FS_GROUP: u32 = 2000;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{nanos}")
-}
-
-async fn moto_client() -> Client {
-    let conf = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
-        .build();
-    Client::from_conf(conf)
-}
-
 async fn create_secret(id: &str, value: &str) -> String {
-    moto_client()
-        .await
+    moto()
         .create_secret()
         .name(id)
         .secret_string(value)

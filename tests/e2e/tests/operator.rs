@@ -13,8 +13,10 @@
 //! (HTTP 400, the AWS JSON error shape) — what a role without `secretsmanager:DescribeSecret`
 //! gets.
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{
+    apply_crd, check, client, container_log, env, kubectl, kubectl_stdin, moto, namespace, unique,
+    wait_for,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -31,55 +33,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Refresh interval of the DsoSecrets that must notice a rotation (the schema's minimum).
 const SHORT: &str = "10s";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{}", nanos % 1_000_000_000_000)
-}
-
-fn check(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn apply_crd() {
-    let crd = repo_root().join("crds/dso.dev_dsosecrets.yaml");
-    check(
-        kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()]),
-        "apply the CRD",
-    );
-    check(
-        kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/dsosecrets.dso.dev",
-            "--timeout=30s",
-        ]),
-        "wait for the CRD",
-    );
-}
-
-fn moto() -> aws_sdk_secretsmanager::Client {
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(env("DSO_MOTO_ENDPOINT"))
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
-}
 
 async fn create_secret(name: &str) -> String {
     moto()

@@ -6,8 +6,10 @@
 //! namespaces this test creates (a label unique to the test) and, through `matchConditions`,
 //! only pods annotated `dso.dev/inject: "true"`: other tests sharing the cluster never see it.
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use dso_e2e::{client, container_log, env, kubectl, kubectl_stdin, namespace, wait_for};
+use dso_e2e::{
+    apply_crd, check, client, container_log, env, kubectl, kubectl_stdin, namespace, unique,
+    wait_for,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -22,28 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Label selecting a test's namespaces for its webhook configuration.
 const SELECTOR_LABEL: &str = "dso-webhook-e2e";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{}", nanos % 1_000_000_000_000)
-}
-
-fn check(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 /// A running `dso-webhook` and the configuration that sends it this test's pods.
 struct Webhook {
@@ -87,11 +67,7 @@ impl Webhook {
     /// Starts the webhook on `port` (admin HTTP on `port + 50`), registers it, and returns once
     /// the apiserver routes an annotated pod of a fresh namespace to it.
     async fn start(port: u16, extra_args: &[&str]) -> Webhook {
-        let crd = repo_root().join("crds/dso.dev_dsosecrets.yaml");
-        check(
-            kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()]),
-            "apply the DsoSecret CRD",
-        );
+        apply_crd();
         let run = unique("wh");
         let dir = std::env::temp_dir().join(format!("dso-webhook-e2e-{run}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -607,14 +583,7 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
     let ns = wh.namespace(&[]).await;
     let secret_id = unique("e2e/webhook/db");
     let canary = unique("canary-value-never-in-the-spec");
-    let sm = aws_sdk_secretsmanager::Client::from_conf(
-        aws_sdk_secretsmanager::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&moto)
-            .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
-            .build(),
-    );
+    let sm = dso_e2e::moto();
     sm.create_secret()
         .name(&secret_id)
         .secret_string(json!({"password": canary}).to_string())
