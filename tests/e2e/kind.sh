@@ -65,7 +65,7 @@ kubectl version
 
 step "images (docker build) and kind load"
 for b in dso-init dso-webhook dso-operator; do
-  docker build -q -f charts/dso/docker/Dockerfile --target "$b" -t "dso.local/$b:dev" .
+  docker build -q -f init-image/Dockerfile --target "$b" -t "dso.local/$b:dev" .
 done
 docker pull -q "$busybox"
 kind load docker-image --name "$cluster" dso.local/dso-init:dev dso.local/dso-webhook:dev \
