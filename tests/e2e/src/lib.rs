@@ -200,3 +200,28 @@ pub fn moto() -> aws_sdk_secretsmanager::Client {
         .build();
     aws_sdk_secretsmanager::Client::from_conf(conf)
 }
+
+/// A `dso-webhook` command (`$DSO_BIN_DIR`) serving on 127.0.0.1:`port`, admin HTTP on
+/// `port + 50`, with the pair `dir/tls.crt` + `dir/tls.key`, the node's dso-init image and
+/// region us-east-1, for the cluster in `KUBECONFIG`. Callers add their own flags and spawn it.
+pub fn webhook_command(port: u16, dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{}", port + 50),
+        "--tls-cert",
+        &dir.join("tls.crt").to_string_lossy(),
+        "--tls-key",
+        &dir.join("tls.key").to_string_lossy(),
+        "--init-image",
+        &env("DSO_INIT_IMAGE"),
+        "--init-image-pull-policy",
+        "Never",
+        "--default-region",
+        "us-east-1",
+    ])
+    .env("KUBECONFIG", env("KUBECONFIG"));
+    cmd
+}

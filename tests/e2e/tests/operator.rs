@@ -921,26 +921,11 @@ impl Webhook {
         std::fs::write(dir.join("tls.crt"), cert.cert.pem()).expect("cert");
         std::fs::write(dir.join("tls.key"), cert.signing_key.serialize_pem()).expect("key");
         let log = dir.join("webhook.log");
-        let child = Command::new(PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook"))
+        let child = dso_e2e::webhook_command(port, &dir)
             .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{}", port + 50),
-                "--tls-cert",
-                &dir.join("tls.crt").to_string_lossy(),
-                "--tls-key",
-                &dir.join("tls.key").to_string_lossy(),
-                "--init-image",
-                &env("DSO_INIT_IMAGE"),
-                "--init-image-pull-policy",
-                "Never",
-                "--default-region",
-                "us-east-1",
                 "--init-env",
                 &format!("AWS_ENDPOINT_URL={}", env("DSO_MOTO_ENDPOINT")),
             ])
-            .env("KUBECONFIG", env("KUBECONFIG"))
             .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
             .stderr(Stdio::null())
             .spawn()

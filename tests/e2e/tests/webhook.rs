@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,27 +77,9 @@ impl Webhook {
         let log = dir.join("webhook.log");
         let admin_port = port + 50;
         let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook");
-        let child = Command::new(&bin)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin_port}"),
-                "--tls-cert",
-                &dir.join("tls.crt").to_string_lossy(),
-                "--tls-key",
-                &dir.join("tls.key").to_string_lossy(),
-                "--init-image",
-                &env("DSO_INIT_IMAGE"),
-                "--init-image-pull-policy",
-                "Never",
-                "--default-region",
-                "us-east-1",
-                "--shutdown-grace",
-                "2s",
-            ])
+        let child = dso_e2e::webhook_command(port, &dir)
+            .args(["--shutdown-grace", "2s"])
             .args(extra_args)
-            .env("KUBECONFIG", env("KUBECONFIG"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .stderr(Stdio::from(
