@@ -19,7 +19,6 @@ CTR_SOCK="$STATE/containerd/containerd.sock"
 NETNS=${DSO_NETNS:-dso-$(printf '%s' "$STATE" | sha256sum | cut -c1-8)}
 NETNS_PATH=/run/netns/$NETNS
 NODE_IP=${DSO_NODE_IP:-10.250.0.2}
-NODE_IF=dso-node0
 BRIDGE=dso-br0
 POD_CIDR=${DSO_POD_CIDR:-10.244.0.0/24}
 SERVICE_CIDR=${DSO_SERVICE_CIDR:-10.0.0.0/24}

@@ -68,13 +68,13 @@ alive() { kill -0 "$(cat "$STATE/pids/$1")" 2>/dev/null || fail_with_log "$1 exi
 log "network namespace $NETNS (node $NODE_IP, pods $POD_CIDR, services $SERVICE_CIDR)"
 ip netns add "$NETNS"
 echo "$NETNS" > "$STATE/netns"
+# The node's address sits on the namespace's loopback device (these kernels have no dummy
+# interfaces and no modprobe): local to the node, reachable from pods through their gateway.
 in_ns ip link set lo up
-in_ns ip link add "$NODE_IF" type dummy
-in_ns ip addr add "$NODE_IP/32" dev "$NODE_IF"
-in_ns ip link set "$NODE_IF" up
+in_ns ip addr add "$NODE_IP/32" dev lo
 # Service IPs are only ever DNAT targets of kube-proxy; a route lets local clients (the API
 # server calling a webhook Service) send to them. There is no default route: nothing leaves.
-in_ns ip route add "$SERVICE_CIDR" dev "$NODE_IF" src "$NODE_IP"
+in_ns ip route add "$SERVICE_CIDR" dev lo src "$NODE_IP"
 in_ns sysctl -qw net.ipv4.ip_forward=1
 in_ns sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
@@ -350,8 +350,8 @@ for c in kube-proxy coredns moto; do alive "$c"; done
 WAIT_LOG=kube-proxy wait_for kube-proxy 30 in_ns curl -fs "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
 WAIT_LOG=coredns wait_for CoreDNS 30 in_ns curl -fs "http://127.0.0.1:$DNS_READY_PORT/ready"
 # Through the Service IP (kube-proxy's rules) and by name (CoreDNS): what pods will do.
-WAIT_LOG=kube-proxy wait_for "the kubernetes Service" 30 in_ns curl -ks "https://$KUBERNETES_SVC_IP/readyz"
-WAIT_LOG=coredns wait_for "cluster DNS" 30 sh -c "nsenter --net=$NETNS_PATH python3 '$here/dnsquery.py' $DNS_SVC_IP moto.aws.svc.$CLUSTER_DOMAIN | grep -q ."
+WAIT_LOG=kube-proxy wait_for "the kubernetes Service" 60 in_ns curl -ks "https://$KUBERNETES_SVC_IP/readyz"
+WAIT_LOG=coredns wait_for "cluster DNS" 60 sh -c "nsenter --net=$NETNS_PATH python3 '$here/dnsquery.py' $DNS_SVC_IP moto.aws.svc.$CLUSTER_DOMAIN | grep -q ."
 WAIT_LOG=moto wait_for "moto through its Service" 30 in_ns curl -fs -o /dev/null "http://$(in_ns python3 "$here/dnsquery.py" "$DNS_SVC_IP" "moto.aws.svc.$CLUSTER_DOMAIN"):$MOTO_NS_PORT/moto-api/"
 WAIT_LOG=apiserver-host wait_for "the host forward to the API server" 15 "$BIN/kubectl" get --raw /readyz
 WAIT_LOG=kube-controller-manager wait_for "default ServiceAccount" 30 k -n default get serviceaccount default
