@@ -387,7 +387,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         && let Some((_, message)) = &resolution.problem
     {
         return Err(Error::AwsTransient(crate::aws::AwsProblem {
-            kind: crate::aws::ProblemKind::Transient,
+            kind: domain::ProblemKind::Transient,
             message: message.clone(),
         }));
     }
