@@ -6,7 +6,9 @@
 //! - [`aws`]: DescribeSecret / ListSecrets and the one classifier of AWS errors.
 //! - [`cache`]: the version cache shared by every DsoSecret (describe or sweep mode).
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
-//! - [`controller`]: reconcile / error_policy: status, events, rollouts, backoff.
+//! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
+//! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
+//! - [`status`]: the DsoSecret's status and events.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease.
 //! - [`metrics`], [`http`]: Prometheus metrics, /metrics, /healthz, /readyz.
 //! - [`args`]: configuration and wiring (what `main` runs).
@@ -23,6 +25,8 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod rollout;
+pub mod status;
 pub mod workload;
 
 pub use error::{Error, Result};
