@@ -1,7 +1,13 @@
-//! Configuration: one clap struct, every flag with an environment fallback.
+//! Configuration: one clap struct, every flag with an environment fallback. Durations are
+//! written as in the webhook and `dso-init` (`10s`, `5m`, `1h30m`, see [`dso_api::duration`]).
+//! The whole-unit flags of earlier releases (`--lease-seconds=15`, `DSO_BACKOFF_BASE_MS=1000`…)
+//! are still accepted, hidden from `--help`.
 
 use crate::cache::LookupMode;
+use clap::Parser;
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// DSO operator: keeps DsoSecret status in line with AWS Secrets Manager metadata and rolls the
 /// workloads that consume a rotated secret. It never reads a secret value.
@@ -22,30 +28,30 @@ pub struct Args {
     #[arg(long, env = "DSO_AWS_LOOKUP", value_enum, default_value = "describe")]
     pub aws_lookup: LookupMode,
 
-    /// Timeout of one AWS call attempt, in seconds.
-    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
-    pub aws_timeout_seconds: u64,
+    /// Timeout of one AWS call attempt, such as 10s.
+    #[arg(long, env = "DSO_AWS_TIMEOUT", default_value = "10s", value_parser = positive)]
+    pub aws_timeout: Duration,
 
     /// Most workload rollouts in progress at the same time (from the template patch until
-    /// every pod runs it, or --rollout-timeout-seconds).
+    /// every pod runs it, or --rollout-timeout).
     #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 4)]
     pub max_concurrent_rollouts: usize,
 
-    /// Longest time one rollout counts against --max-concurrent-rollouts, in seconds.
-    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
-    pub rollout_timeout_seconds: u64,
+    /// Longest time one rollout counts against --max-concurrent-rollouts, such as 5m.
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT", default_value = "5m", value_parser = positive)]
+    pub rollout_timeout: Duration,
 
     /// Most DsoSecrets reconciled at the same time.
     #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 16)]
     pub reconcile_concurrency: u16,
 
-    /// First retry delay after a failed reconcile, in milliseconds (doubles per failure).
-    #[arg(long, env = "DSO_BACKOFF_BASE_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 1000)]
-    pub backoff_base_ms: u64,
+    /// First retry delay after a failed reconcile, such as 1s (doubles per failure).
+    #[arg(long, env = "DSO_BACKOFF_BASE", default_value = "1s", value_parser = positive)]
+    pub backoff_base: Duration,
 
-    /// Longest retry delay after failed reconciles, in seconds.
-    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
-    pub backoff_max_seconds: u64,
+    /// Longest retry delay after failed reconciles, such as 5m.
+    #[arg(long, env = "DSO_BACKOFF_MAX", default_value = "5m", value_parser = positive)]
+    pub backoff_max: Duration,
 
     /// Elect a leader with a Lease, so only one replica reconciles.
     #[arg(long, env = "DSO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -59,10 +65,11 @@ pub struct Args {
     #[arg(long, env = "DSO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// Seconds a Lease lasts without renewal (renewed every third of it; the leader stops
-    /// leading when it could not renew for two thirds of it).
-    #[arg(long, env = "DSO_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(3..), default_value_t = 15)]
-    pub lease_seconds: u64,
+    /// How long a Lease lasts without renewal, in whole seconds such as 15s, at least 3s
+    /// (renewed every third of it; the leader stops leading when it could not renew for two
+    /// thirds of it).
+    #[arg(long, env = "DSO_LEASE_DURATION", default_value = "15s", value_parser = lease_duration)]
+    pub lease_duration: Duration,
 
     /// This replica's identity in the Lease and in events (default: POD_NAME, else HOSTNAME, plus the PID).
     #[arg(long, env = "DSO_IDENTITY")]
@@ -71,6 +78,9 @@ pub struct Args {
     /// Log format: `plain` or `json`. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "DSO_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    legacy: Legacy,
 }
 
 /// Log output format.
@@ -80,7 +90,75 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flags of earlier releases, in whole units. Hidden; each conflicts with its successor.
+#[derive(Debug, Default, clap::Args)]
+struct Legacy {
+    /// --aws-timeout as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", hide = true, conflicts_with = "aws_timeout", value_parser = clap::value_parser!(u64).range(1..))]
+    aws_timeout_seconds: Option<u64>,
+    /// --rollout-timeout as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", hide = true, conflicts_with = "rollout_timeout", value_parser = clap::value_parser!(u64).range(1..))]
+    rollout_timeout_seconds: Option<u64>,
+    /// --backoff-base as earlier releases spelled it, in whole milliseconds.
+    #[arg(long, env = "DSO_BACKOFF_BASE_MS", hide = true, conflicts_with = "backoff_base", value_parser = clap::value_parser!(u64).range(1..))]
+    backoff_base_ms: Option<u64>,
+    /// --backoff-max as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", hide = true, conflicts_with = "backoff_max", value_parser = clap::value_parser!(u64).range(1..))]
+    backoff_max_seconds: Option<u64>,
+    /// --lease-duration as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_LEASE_SECONDS", hide = true, conflicts_with = "lease_duration", value_parser = clap::value_parser!(u64).range(3..))]
+    lease_seconds: Option<u64>,
+}
+
+fn positive(s: &str) -> Result<Duration, String> {
+    match dso_api::duration::parse(s).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
+    }
+}
+
+/// A Lease records whole seconds (`leaseDurationSeconds`): no fractions, at least 3 s.
+fn lease_duration(s: &str) -> Result<Duration, String> {
+    let d = dso_api::duration::parse(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(3) {
+        return Err("must be whole seconds, at least 3s".into());
+    }
+    Ok(d)
+}
+
 impl Args {
+    /// The command line and environment, with the flags of earlier releases folded in.
+    pub fn load() -> Self {
+        Self::parse().fold_legacy()
+    }
+
+    /// [`Args::load`] from the given arguments (tests).
+    pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Ok(Self::try_parse_from(args)?.fold_legacy())
+    }
+
+    fn fold_legacy(mut self) -> Self {
+        let legacy = std::mem::take(&mut self.legacy);
+        let secs = Duration::from_secs;
+        let set = |to: &mut Duration, from: Option<Duration>| *to = from.unwrap_or(*to);
+        set(&mut self.aws_timeout, legacy.aws_timeout_seconds.map(secs));
+        set(
+            &mut self.rollout_timeout,
+            legacy.rollout_timeout_seconds.map(secs),
+        );
+        set(
+            &mut self.backoff_base,
+            legacy.backoff_base_ms.map(Duration::from_millis),
+        );
+        set(&mut self.backoff_max, legacy.backoff_max_seconds.map(secs));
+        set(&mut self.lease_duration, legacy.lease_seconds.map(secs));
+        self
+    }
+
     /// This replica's identity: `--identity`, else POD_NAME (else HOSTNAME) and the PID.
     pub fn identity(&self) -> String {
         self.identity.clone().unwrap_or_else(|| {
@@ -105,39 +183,74 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use rstest::rstest;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_load_from(std::iter::once("dso-operator").chain(args.iter().copied()))
+    }
 
     #[test]
     fn the_defaults_parse() {
-        let a = Args::try_parse_from(["dso-operator"]).expect("defaults");
-        assert_eq!(a.aws_timeout_seconds, 10);
+        let a = parse(&[]).expect("defaults");
+        assert_eq!(a.aws_timeout, Duration::from_secs(10));
         assert_eq!(a.max_concurrent_rollouts, 4);
-        assert_eq!(a.lease_seconds, 15);
+        assert_eq!(a.rollout_timeout, Duration::from_secs(300));
+        assert_eq!(a.backoff_base, Duration::from_secs(1));
+        assert_eq!(a.backoff_max, Duration::from_secs(300));
+        assert_eq!(a.lease_duration, Duration::from_secs(15));
+        assert_eq!(a.log_format, LogFormat::Plain);
     }
 
     #[rstest]
-    #[case::aws_timeout_of_zero("--aws-timeout-seconds", "0")]
+    #[case::aws_timeout_of_zero("--aws-timeout", "0s")]
+    #[case::duration_without_unit("--aws-timeout", "10")]
     #[case::no_rollout_slot("--max-concurrent-rollouts", "0")]
-    #[case::rollout_timeout_of_zero("--rollout-timeout-seconds", "0")]
+    #[case::rollout_timeout_of_zero("--rollout-timeout", "0s")]
     #[case::no_reconcile_worker("--reconcile-concurrency", "0")]
-    #[case::backoff_base_of_zero("--backoff-base-ms", "0")]
-    #[case::backoff_max_of_zero("--backoff-max-seconds", "0")]
-    #[case::lease_too_short_to_renew("--lease-seconds", "2")]
-    #[case::negative_timeout("--aws-timeout-seconds", "-1")]
+    #[case::backoff_base_of_zero("--backoff-base", "0ms")]
+    #[case::backoff_max_of_zero("--backoff-max", "0s")]
+    #[case::lease_too_short_to_renew("--lease-duration", "2s")]
+    #[case::lease_in_fractions_of_seconds("--lease-duration", "3500ms")]
+    #[case::negative_timeout("--aws-timeout", "-1s")]
     #[case::too_many_workers("--reconcile-concurrency", "70000")]
+    #[case::unknown_log_format("--log-format", "yaml")]
+    #[case::legacy_aws_timeout_of_zero("--aws-timeout-seconds", "0")]
+    #[case::legacy_lease_too_short("--lease-seconds", "2")]
     fn an_out_of_range_value_is_refused_at_start(#[case] flag: &str, #[case] value: &str) {
         let arg = format!("{flag}={value}");
-        let e = Args::try_parse_from(["dso-operator", arg.as_str()]).expect_err("refused");
+        let e = parse(&[arg.as_str()]).expect_err("refused");
         assert!(e.to_string().contains(flag), "{e}");
     }
 
     #[rstest]
-    #[case("--aws-timeout-seconds", "1")]
+    #[case("--aws-timeout", "1ms")]
     #[case("--max-concurrent-rollouts", "1")]
     #[case("--reconcile-concurrency", "1")]
-    #[case("--lease-seconds", "3")]
+    #[case("--lease-duration", "3s")]
+    #[case("--log-format", "json")]
     fn the_smallest_allowed_value_is_accepted(#[case] flag: &str, #[case] value: &str) {
-        Args::try_parse_from(["dso-operator", flag, value]).expect("accepted");
+        parse(&[flag, value]).expect("accepted");
+    }
+
+    #[rstest]
+    #[case::aws_timeout(&["--aws-timeout-seconds", "7"], |a: &Args| a.aws_timeout, 7_000)]
+    #[case::rollout_timeout(&["--rollout-timeout-seconds", "20"], |a: &Args| a.rollout_timeout, 20_000)]
+    #[case::backoff_base(&["--backoff-base-ms", "250"], |a: &Args| a.backoff_base, 250)]
+    #[case::backoff_max(&["--backoff-max-seconds", "5"], |a: &Args| a.backoff_max, 5_000)]
+    #[case::lease(&["--lease-seconds", "6"], |a: &Args| a.lease_duration, 6_000)]
+    #[case::new_form(&["--lease-duration", "1m"], |a: &Args| a.lease_duration, 60_000)]
+    fn the_whole_unit_flags_of_earlier_releases_still_work(
+        #[case] args: &[&str],
+        #[case] field: fn(&Args) -> Duration,
+        #[case] millis: u64,
+    ) {
+        let a = parse(args).expect("accepted");
+        assert_eq!(field(&a), Duration::from_millis(millis));
+    }
+
+    #[test]
+    fn an_old_flag_and_its_successor_together_are_refused() {
+        let e = parse(&["--lease-seconds=6", "--lease-duration=6s"]).expect_err("conflict");
+        assert!(e.to_string().contains("--lease-duration"), "{e}");
     }
 }

@@ -22,7 +22,6 @@ use kube::runtime::utils::{Predicate, PredicateConfig};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -148,7 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let aws_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(args.aws_timeout_seconds))
+                .operation_attempt_timeout(args.aws_timeout)
                 .build(),
         )
         .load()
@@ -161,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Api::<Lease>::namespaced(client.clone(), &args.lease_namespace()),
             &args.lease_name,
             &identity,
-            Duration::from_secs(args.lease_seconds),
+            args.lease_duration,
         ))
     });
     if let Some(elector) = &elector {
@@ -230,9 +229,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
         stores,
         Settings {
-            backoff_base: Duration::from_millis(args.backoff_base_ms),
-            backoff_max: Duration::from_secs(args.backoff_max_seconds),
-            rollout_timeout: Duration::from_secs(args.rollout_timeout_seconds),
+            backoff_base: args.backoff_base,
+            backoff_max: args.backoff_max,
+            rollout_timeout: args.rollout_timeout,
         },
         args.max_concurrent_rollouts,
     ));
