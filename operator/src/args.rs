@@ -1,30 +1,13 @@
-//! Configuration (one clap struct, every flag with an environment fallback) and the wiring
-//! that runs the operator: clients, start-up checks, leader election, watches, the controller,
-//! the HTTP endpoints, and a graceful shutdown.
+//! Configuration: one clap struct, every flag with an environment fallback. Durations are
+//! written as in the webhook and `dso-init` (`10s`, `5m`, `1h30m`, see [`dso_api::duration`]).
+//! The whole-unit flags of earlier releases (`--lease-seconds=15`, `DSO_BACKOFF_BASE_MS=1000`…)
+//! are still accepted, hidden from `--help`.
 
-use crate::cache::{LookupMode, VersionCache};
-use crate::controller::{self, Context, Settings, Stores};
-use crate::error::Error;
-use crate::http::{Health, Phase};
-use crate::lease::LeaderElector;
-use crate::metrics::Metrics;
-use crate::workload::{self, WorkloadKind};
-use anyhow::Context as _;
-use dso_api::DsoSecret;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::utils::{Predicate, PredicateConfig};
-use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
-use kube::{Client, Resource};
+use crate::cache::LookupMode;
+use clap::Parser;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tracing::{error, info, warn};
 
 /// DSO operator: keeps DsoSecret status in line with AWS Secrets Manager metadata and rolls the
 /// workloads that consume a rotated secret. It never reads a secret value.
@@ -45,30 +28,30 @@ pub struct Args {
     #[arg(long, env = "DSO_AWS_LOOKUP", value_enum, default_value = "describe")]
     pub aws_lookup: LookupMode,
 
-    /// Timeout of one AWS call attempt, in seconds.
-    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 10)]
-    pub aws_timeout_seconds: u64,
+    /// Timeout of one AWS call attempt, such as 10s.
+    #[arg(long, env = "DSO_AWS_TIMEOUT", default_value = "10s", value_parser = positive)]
+    pub aws_timeout: Duration,
 
     /// Most workload rollouts in progress at the same time (from the template patch until
-    /// every pod runs it, or --rollout-timeout-seconds).
+    /// every pod runs it, or --rollout-timeout).
     #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 4)]
     pub max_concurrent_rollouts: usize,
 
-    /// Longest time one rollout counts against --max-concurrent-rollouts, in seconds.
-    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
-    pub rollout_timeout_seconds: u64,
+    /// Longest time one rollout counts against --max-concurrent-rollouts, such as 5m.
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT", default_value = "5m", value_parser = positive)]
+    pub rollout_timeout: Duration,
 
     /// Most DsoSecrets reconciled at the same time.
     #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 16)]
     pub reconcile_concurrency: u16,
 
-    /// First retry delay after a failed reconcile, in milliseconds (doubles per failure).
-    #[arg(long, env = "DSO_BACKOFF_BASE_MS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 1000)]
-    pub backoff_base_ms: u64,
+    /// First retry delay after a failed reconcile, such as 1s (doubles per failure).
+    #[arg(long, env = "DSO_BACKOFF_BASE", default_value = "1s", value_parser = positive)]
+    pub backoff_base: Duration,
 
-    /// Longest retry delay after failed reconciles, in seconds.
-    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
-    pub backoff_max_seconds: u64,
+    /// Longest retry delay after failed reconciles, such as 5m.
+    #[arg(long, env = "DSO_BACKOFF_MAX", default_value = "5m", value_parser = positive)]
+    pub backoff_max: Duration,
 
     /// Elect a leader with a Lease, so only one replica reconciles.
     #[arg(long, env = "DSO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -82,18 +65,22 @@ pub struct Args {
     #[arg(long, env = "DSO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// Seconds a Lease lasts without renewal (renewed every third of it; the leader stops
-    /// leading when it could not renew for two thirds of it).
-    #[arg(long, env = "DSO_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(3..), default_value_t = 15)]
-    pub lease_seconds: u64,
+    /// How long a Lease lasts without renewal, in whole seconds such as 15s, at least 3s
+    /// (renewed every third of it; the leader stops leading when it could not renew for two
+    /// thirds of it).
+    #[arg(long, env = "DSO_LEASE_DURATION", default_value = "15s", value_parser = lease_duration)]
+    pub lease_duration: Duration,
 
     /// This replica's identity in the Lease and in events (default: POD_NAME, else HOSTNAME, plus the PID).
     #[arg(long, env = "DSO_IDENTITY")]
     pub identity: Option<String>,
 
     /// Log format: `plain` or `json`. Levels come from RUST_LOG (default `info`).
-    #[arg(long, env = "DSO_LOG_FORMAT", default_value = "plain")]
+    #[arg(long, env = "DSO_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    legacy: Legacy,
 }
 
 /// Log output format.
@@ -103,405 +90,167 @@ pub enum LogFormat {
     Json,
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
+/// The flags of earlier releases, in whole units. Hidden; each conflicts with its successor.
+#[derive(Debug, Default, clap::Args)]
+struct Legacy {
+    /// --aws-timeout as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_AWS_TIMEOUT_SECONDS", hide = true, conflicts_with = "aws_timeout", value_parser = clap::value_parser!(u64).range(1..))]
+    aws_timeout_seconds: Option<u64>,
+    /// --rollout-timeout as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_ROLLOUT_TIMEOUT_SECONDS", hide = true, conflicts_with = "rollout_timeout", value_parser = clap::value_parser!(u64).range(1..))]
+    rollout_timeout_seconds: Option<u64>,
+    /// --backoff-base as earlier releases spelled it, in whole milliseconds.
+    #[arg(long, env = "DSO_BACKOFF_BASE_MS", hide = true, conflicts_with = "backoff_base", value_parser = clap::value_parser!(u64).range(1..))]
+    backoff_base_ms: Option<u64>,
+    /// --backoff-max as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_BACKOFF_MAX_SECONDS", hide = true, conflicts_with = "backoff_max", value_parser = clap::value_parser!(u64).range(1..))]
+    backoff_max_seconds: Option<u64>,
+    /// --lease-duration as earlier releases spelled it, in whole seconds.
+    #[arg(long, env = "DSO_LEASE_SECONDS", hide = true, conflicts_with = "lease_duration", value_parser = clap::value_parser!(u64).range(3..))]
+    lease_seconds: Option<u64>,
+}
+
+fn positive(s: &str) -> Result<Duration, String> {
+    match dso_api::duration::parse(s).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
     }
 }
 
-async fn wait(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Plain => builder.try_init(),
-    };
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+/// A Lease records whole seconds (`leaseDurationSeconds`): no fractions, at least 3 s.
+fn lease_duration(s: &str) -> Result<Duration, String> {
+    let d = dso_api::duration::parse(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(3) {
+        return Err("must be whole seconds, at least 3s".into());
     }
+    Ok(d)
 }
-
-/// Counts watch streams that finished their initial list (readiness). Store readiness cannot
-/// be awaited here: kube's `Store::wait_until_ready` wakes only one of several waiters, and the
-/// controller already waits on its own store.
-#[derive(Clone, Default)]
-struct Synced(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Synced {
-    /// A stream inspector that counts the first `InitDone` of one stream.
-    fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
-        let (count, mut done) = (self.0.clone(), false);
-        move |event| {
-            if !done && matches!(event, Ok(watcher::Event::InitDone)) {
-                done = true;
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// A reflector for one kind, and the stream of its meaningful changes for the controller.
-fn watch<K>(
-    client: &Client,
-    namespace: Option<&str>,
-    slim: fn(&mut K),
-    synced: &Synced,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api::<K>(client, namespace), watcher::Config::default())
-        .default_backoff()
-        .modify(slim)
-        .inspect(synced.marker())
-        .reflect(writer)
-        .applied_objects()
-        // Only spec (generation) and annotation changes matter: a status write or a replica
-        // count change would only cause a no-op reconcile.
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            PredicateConfig::default(),
-        );
-    (reader, stream)
-}
-
-fn keep_all<K>(_: &mut K) {}
 
 impl Args {
-    /// Runs the operator until a shutdown signal (or the loss of the Lease).
-    pub async fn run(self) -> anyhow::Result<()> {
-        let Args {
-            namespace,
-            http_addr,
-            aws_lookup,
-            aws_timeout_seconds,
-            max_concurrent_rollouts,
-            rollout_timeout_seconds,
-            reconcile_concurrency,
-            backoff_base_ms,
-            backoff_max_seconds,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            lease_seconds,
-            identity,
-            log_format,
-        } = self;
-        init_tracing(log_format);
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// The command line and environment, with the flags of earlier releases folded in.
+    pub fn load() -> Self {
+        Self::parse().fold_legacy()
+    }
 
-        let identity = identity.unwrap_or_else(|| {
+    /// [`Args::load`] from the given arguments (tests).
+    pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Ok(Self::try_parse_from(args)?.fold_legacy())
+    }
+
+    fn fold_legacy(mut self) -> Self {
+        let legacy = std::mem::take(&mut self.legacy);
+        let secs = Duration::from_secs;
+        let set = |to: &mut Duration, from: Option<Duration>| *to = from.unwrap_or(*to);
+        set(&mut self.aws_timeout, legacy.aws_timeout_seconds.map(secs));
+        set(
+            &mut self.rollout_timeout,
+            legacy.rollout_timeout_seconds.map(secs),
+        );
+        set(
+            &mut self.backoff_base,
+            legacy.backoff_base_ms.map(Duration::from_millis),
+        );
+        set(&mut self.backoff_max, legacy.backoff_max_seconds.map(secs));
+        set(&mut self.lease_duration, legacy.lease_seconds.map(secs));
+        self
+    }
+
+    /// This replica's identity: `--identity`, else POD_NAME (else HOSTNAME) and the PID.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
             let host = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| "dso-operator".into());
             format!("{host}-{}", std::process::id())
-        });
-        let ns = namespace.as_deref();
+        })
+    }
 
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let health = Health::new(registry);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        {
-            let stop_tx = stop_tx.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                info!("shutdown signal received");
-                let _ = stop_tx.send(true);
-            });
-        }
-        let listener = tokio::net::TcpListener::bind(http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {http_addr}"))?;
-        info!(%http_addr, "serving /metrics, /healthz, /readyz");
-        let server = tokio::spawn(
-            axum::serve(listener, crate::http::router(health.clone()))
-                .with_graceful_shutdown(wait(stop_rx.clone()))
-                .into_future(),
-        );
-
-        let client = Client::try_default()
-            .await
-            .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-        api::<DsoSecret>(&client, ns)
-            .list(&ListParams::default().limit(1))
-            .await
-            .map_err(Error::startup_check)?;
-
-        let aws_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(aws_timeout_seconds))
-                    .build(),
-            )
-            .load()
-            .await;
-        let aws = Arc::new(crate::aws::Aws::new(aws_config, metrics.clone()));
-        info!(region = %aws.default_region(), lookup = ?aws_lookup, namespace = ns.unwrap_or("<all>"), "AWS metadata client ready");
-
-        let elector = leader_election.then(|| {
-            let lease_ns = lease_namespace
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .or_else(|| namespace.clone())
-                .unwrap_or_else(|| "default".into());
-            LeaderElector::new(
-                Api::<Lease>::namespaced(client.clone(), &lease_ns),
-                &lease_name,
-                &identity,
-                Duration::from_secs(lease_seconds),
-            )
-        });
-        if let Some(elector) = &elector {
-            health.set(Phase::Standby);
-            info!(identity = elector.identity(), lease = %lease_name, "waiting for the leader Lease");
-            loop {
-                match elector.try_acquire_or_renew().await {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "leader election attempt failed"),
-                }
-                let mut rx = stop_rx.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(elector.duration() / 5) => {},
-                    _ = rx.wait_for(|s| *s) => {
-                        let _ = server.await;
-                        return Ok(());
-                    }
-                }
-            }
-            info!(identity = elector.identity(), "became leader");
-        }
-        metrics.set_leader(true);
-        health.set(Phase::Syncing);
-
-        // Lease renewal: losing it stops the controller (another replica takes over).
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let renewer = elector.map(|elector| {
-            let (stop_tx, mut stop_rx, lost, health, metrics) =
-                (stop_tx.clone(), stop_rx.clone(), lost.clone(), health.clone(), metrics.clone());
-            let elector = Arc::new(elector);
-            let handle = {
-                let elector = elector.clone();
-                tokio::spawn(async move {
-                    let duration = elector.duration();
-                    let mut last_ok = std::time::Instant::now();
-                    let mut pause = duration / 3;
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {},
-                            _ = stop_rx.wait_for(|s| *s) => return,
-                        }
-                        // An attempt may not outlive the renew deadline (a hung call included).
-                        let left = crate::lease::renew_deadline(duration)
-                            .saturating_sub(last_ok.elapsed());
-                        let attempt =
-                            tokio::time::timeout(left, elector.try_acquire_or_renew()).await;
-                        match attempt {
-                            Ok(Ok(true)) => {
-                                last_ok = std::time::Instant::now();
-                                pause = duration / 3;
-                            }
-                            Ok(Ok(false)) => {
-                                error!("lost the leader Lease to another replica; stopping");
-                                break;
-                            }
-                            Ok(Err(e))
-                                if crate::lease::still_leading(
-                                    last_ok,
-                                    duration,
-                                    std::time::Instant::now(),
-                                ) =>
-                            {
-                                warn!(error = %e, "Lease renewal failed; retrying");
-                                pause = duration / 10;
-                            }
-                            Ok(Err(e)) => {
-                                error!(error = %e, "could not renew the leader Lease before the renew deadline; stopping");
-                                break;
-                            }
-                            Err(_) => {
-                                error!("Lease renewal did not answer before the renew deadline; stopping");
-                                break;
-                            }
-                        }
-                    }
-                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                    metrics.set_leader(false);
-                    health.set(Phase::Failed);
-                    let _ = stop_tx.send(true);
-                })
-            };
-            (elector, handle)
-        });
-
-        let synced = Synced::default();
-        let (dsosecrets, dsosecret_changes) = watch::<DsoSecret>(&client, ns, keep_all, &synced);
-        let (deployments, deployment_changes) =
-            watch::<Deployment>(&client, ns, Deployment::slim, &synced);
-        let (statefulsets, statefulset_changes) =
-            watch::<StatefulSet>(&client, ns, StatefulSet::slim, &synced);
-        let (daemonsets, daemonset_changes) =
-            watch::<DaemonSet>(&client, ns, DaemonSet::slim, &synced);
-        let controller = Controller::for_stream(dsosecret_changes, dsosecrets.clone())
-            .watches_stream(deployment_changes, workload::dsosecrets_of::<Deployment>)
-            .watches_stream(statefulset_changes, workload::dsosecrets_of::<StatefulSet>)
-            .watches_stream(daemonset_changes, workload::dsosecrets_of::<DaemonSet>)
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(reconcile_concurrency),
-            )
-            .graceful_shutdown_on(wait(stop_rx.clone()));
-        let stores = Stores {
-            dsosecrets,
-            deployments,
-            statefulsets,
-            daemonsets,
-        };
-        {
-            let (health, mut rx) = (health.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                let all_synced = async {
-                    while synced.count() < 4 {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = all_synced => {
-                        if health.phase() == Phase::Syncing {
-                            health.set(Phase::Running);
-                            info!("watch caches synced; reconciling");
-                        }
-                    }
-                    _ = rx.wait_for(|s| *s) => {}
-                }
-            });
-        }
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: controller::FIELD_MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        );
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            VersionCache::new(aws, aws_lookup),
-            recorder,
-            metrics.clone(),
-            stores,
-            Settings {
-                backoff_base: Duration::from_millis(backoff_base_ms),
-                backoff_max: Duration::from_secs(backoff_max_seconds),
-                rollout_timeout: Duration::from_secs(rollout_timeout_seconds),
-            },
-            max_concurrent_rollouts,
-        ));
-        controller
-            .run(controller::reconcile, controller::error_policy, ctx)
-            .for_each(|res| async move {
-                if let Err(e) = res {
-                    match e {
-                        kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                        other => warn!(error = %other, "controller stream error"),
-                    }
-                }
-            })
-            .await;
-
-        if health.phase() != Phase::Failed {
-            health.set(Phase::ShuttingDown);
-        }
-        let _ = stop_tx.send(true);
-        metrics.set_leader(false);
-        if let Some((elector, handle)) = renewer {
-            let _ = handle.await;
-            if !lost.load(std::sync::atomic::Ordering::SeqCst) {
-                match elector.release().await {
-                    Ok(()) => info!("released the leader Lease"),
-                    Err(e) => warn!(error = %e, "could not release the leader Lease"),
-                }
-            }
-        }
-        let _ = server.await;
-        if lost.load(std::sync::atomic::Ordering::SeqCst) {
-            anyhow::bail!("lost the leader Lease");
-        }
-        info!("stopped");
-        Ok(())
+    /// Where the leader Lease lives: `--lease-namespace`, else POD_NAMESPACE, else
+    /// `--namespace`, else `default`.
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| self.namespace.clone())
+            .unwrap_or_else(|| "default".into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use rstest::rstest;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_load_from(std::iter::once("dso-operator").chain(args.iter().copied()))
+    }
 
     #[test]
     fn the_defaults_parse() {
-        let a = Args::try_parse_from(["dso-operator"]).expect("defaults");
-        assert_eq!(a.aws_timeout_seconds, 10);
+        let a = parse(&[]).expect("defaults");
+        assert_eq!(a.aws_timeout, Duration::from_secs(10));
         assert_eq!(a.max_concurrent_rollouts, 4);
-        assert_eq!(a.lease_seconds, 15);
+        assert_eq!(a.rollout_timeout, Duration::from_secs(300));
+        assert_eq!(a.backoff_base, Duration::from_secs(1));
+        assert_eq!(a.backoff_max, Duration::from_secs(300));
+        assert_eq!(a.lease_duration, Duration::from_secs(15));
+        assert_eq!(a.log_format, LogFormat::Plain);
     }
 
     #[rstest]
-    #[case::aws_timeout_of_zero("--aws-timeout-seconds", "0")]
+    #[case::aws_timeout_of_zero("--aws-timeout", "0s")]
+    #[case::duration_without_unit("--aws-timeout", "10")]
     #[case::no_rollout_slot("--max-concurrent-rollouts", "0")]
-    #[case::rollout_timeout_of_zero("--rollout-timeout-seconds", "0")]
+    #[case::rollout_timeout_of_zero("--rollout-timeout", "0s")]
     #[case::no_reconcile_worker("--reconcile-concurrency", "0")]
-    #[case::backoff_base_of_zero("--backoff-base-ms", "0")]
-    #[case::backoff_max_of_zero("--backoff-max-seconds", "0")]
-    #[case::lease_too_short_to_renew("--lease-seconds", "2")]
-    #[case::negative_timeout("--aws-timeout-seconds", "-1")]
+    #[case::backoff_base_of_zero("--backoff-base", "0ms")]
+    #[case::backoff_max_of_zero("--backoff-max", "0s")]
+    #[case::lease_too_short_to_renew("--lease-duration", "2s")]
+    #[case::lease_in_fractions_of_seconds("--lease-duration", "3500ms")]
+    #[case::negative_timeout("--aws-timeout", "-1s")]
     #[case::too_many_workers("--reconcile-concurrency", "70000")]
+    #[case::unknown_log_format("--log-format", "yaml")]
+    #[case::legacy_aws_timeout_of_zero("--aws-timeout-seconds", "0")]
+    #[case::legacy_lease_too_short("--lease-seconds", "2")]
     fn an_out_of_range_value_is_refused_at_start(#[case] flag: &str, #[case] value: &str) {
         let arg = format!("{flag}={value}");
-        let e = Args::try_parse_from(["dso-operator", arg.as_str()]).expect_err("refused");
+        let e = parse(&[arg.as_str()]).expect_err("refused");
         assert!(e.to_string().contains(flag), "{e}");
     }
 
     #[rstest]
-    #[case("--aws-timeout-seconds", "1")]
+    #[case("--aws-timeout", "1ms")]
     #[case("--max-concurrent-rollouts", "1")]
     #[case("--reconcile-concurrency", "1")]
-    #[case("--lease-seconds", "3")]
+    #[case("--lease-duration", "3s")]
+    #[case("--log-format", "json")]
     fn the_smallest_allowed_value_is_accepted(#[case] flag: &str, #[case] value: &str) {
-        Args::try_parse_from(["dso-operator", flag, value]).expect("accepted");
+        parse(&[flag, value]).expect("accepted");
+    }
+
+    #[rstest]
+    #[case::aws_timeout(&["--aws-timeout-seconds", "7"], |a: &Args| a.aws_timeout, 7_000)]
+    #[case::rollout_timeout(&["--rollout-timeout-seconds", "20"], |a: &Args| a.rollout_timeout, 20_000)]
+    #[case::backoff_base(&["--backoff-base-ms", "250"], |a: &Args| a.backoff_base, 250)]
+    #[case::backoff_max(&["--backoff-max-seconds", "5"], |a: &Args| a.backoff_max, 5_000)]
+    #[case::lease(&["--lease-seconds", "6"], |a: &Args| a.lease_duration, 6_000)]
+    #[case::new_form(&["--lease-duration", "1m"], |a: &Args| a.lease_duration, 60_000)]
+    fn the_whole_unit_flags_of_earlier_releases_still_work(
+        #[case] args: &[&str],
+        #[case] field: fn(&Args) -> Duration,
+        #[case] millis: u64,
+    ) {
+        let a = parse(args).expect("accepted");
+        assert_eq!(field(&a), Duration::from_millis(millis));
+    }
+
+    #[test]
+    fn an_old_flag_and_its_successor_together_are_refused() {
+        let e = parse(&["--lease-seconds=6", "--lease-duration=6s"]).expect_err("conflict");
+        assert!(e.to_string().contains("--lease-duration"), "{e}");
     }
 }

@@ -5,40 +5,13 @@
 //! (retried with backoff, never cached) and what is permanent (recorded in status and cached for
 //! the refresh interval).
 
+use crate::domain::{ProblemKind, SecretMeta};
 use crate::metrics::Metrics;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-
-/// What AWS says about one secret: its versions and their staging labels. Never a value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretMeta {
-    /// Full ARN.
-    pub arn: Option<String>,
-    /// Friendly name.
-    pub name: Option<String>,
-    /// Version id → staging labels (`VersionIdsToStages`).
-    pub versions: BTreeMap<String, Vec<String>>,
-    /// When the secret last changed.
-    pub last_changed: Option<Timestamp>,
-    /// Set when the secret is scheduled for deletion.
-    pub deleted: bool,
-}
-
-/// What kind of failure an AWS call hit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProblemKind {
-    /// The secret does not exist (or is scheduled for deletion).
-    NotFound,
-    /// The operator's identity may not describe or list this secret.
-    AccessDenied,
-    /// Throttling, timeouts, connection failures, 5xx: worth retrying soon.
-    Transient,
-    /// Anything else AWS refused (bad request, unknown region...): retrying will not help.
-    Permanent,
-}
 
 /// A classified AWS failure, with a message a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,31 +1,23 @@
-//! The DsoSecret controller: the shell around [`crate::domain`]. It looks secrets up through
-//! the shared [`VersionCache`], writes status by server-side apply, publishes events, and rolls
-//! consuming workloads with a bounded concurrency.
-//!
-//! The bound counts rollouts, not patches: a slot is held from the template patch until the
-//! workload's rollout is complete ([`crate::workload::rollout_complete`]) or
-//! [`Settings::rollout_timeout`] has passed, by a task of its own. A DsoSecret whose workload
-//! finds no free slot does not wait for one (that would hold a reconcile worker): the
-//! workload is left for a retry a few seconds later, and other DsoSecrets go on.
+//! The DsoSecret controller: the shell around [`crate::domain`]. `reconcile` looks secrets up
+//! through the shared [`VersionCache`], acts on consuming workloads ([`crate::rollout`]),
+//! records the outcome ([`crate::status`]), and says when to look again; `error_policy` backs
+//! off per DsoSecret.
 
 use crate::cache::VersionCache;
-use crate::domain::{self, Decision, Lookup, Reason, Resolution, SecretKey, Versions};
+use crate::domain::{self, Lookup, Reason, Resolution, SecretKey};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::workload::{Workload, WorkloadKind, rollout_complete};
+use crate::rollout::{Outcome, act_on};
+use crate::status::{now, publish, write_status};
+use crate::workload::{Workload, WorkloadKind};
 use dso_api::annotations::REFRESH;
 use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -63,7 +55,7 @@ impl Stores {
         scan(&self.deployments, namespace, name, &mut out);
         scan(&self.statefulsets, namespace, name, &mut out);
         scan(&self.daemonsets, namespace, name, &mut out);
-        out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        out.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
         out
     }
 }
@@ -81,19 +73,6 @@ pub struct Settings {
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
 const SLOT_RETRY: Duration = Duration::from_secs(2);
-/// How often a rollout in progress is checked.
-const PROGRESS_POLL: Duration = Duration::from_secs(2);
-
-/// What was done to one consuming workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Nothing to roll (current, recorded, or a consumed DsoSecret is not Ready).
-    Unchanged,
-    /// Its template was patched: a rollout started.
-    Rolled,
-    /// It needs a rollout, but every rollout slot is taken: retried shortly.
-    Deferred,
-}
 
 /// State shared by `reconcile` and `error_policy`.
 pub struct Context {
@@ -103,12 +82,13 @@ pub struct Context {
     pub metrics: Metrics,
     pub stores: Stores,
     pub settings: Settings,
-    rollouts: Arc<Semaphore>,
+    /// Rollouts in progress (`--max-concurrent-rollouts`).
+    pub(crate) rollouts: Arc<Semaphore>,
     failures: Mutex<HashMap<(String, String), u32>>,
     refreshes: Mutex<HashMap<(String, String), String>>,
     /// The last status written per DsoSecret uid: the watch cache may not have seen it yet
     /// when the next reconcile starts (a workload event right after a rollout).
-    written: Mutex<HashMap<String, DsoSecretStatus>>,
+    pub(crate) written: Mutex<HashMap<String, DsoSecretStatus>>,
 }
 
 impl Context {
@@ -134,11 +114,6 @@ impl Context {
             written: Mutex::new(HashMap::new()),
         }
     }
-}
-
-fn now() -> Time {
-    let t = Timestamp::now();
-    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 fn key_of(dso: &DsoSecret) -> (String, String) {
@@ -218,12 +193,16 @@ pub fn backoff(settings: &Settings, attempt: u32) -> Duration {
         .min(settings.backoff_max)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Looks up every secret of a DsoSecret (concurrently, through the cache) and resolves it.
-async fn lookup(ctx: &Context, dso: &DsoSecret, not_before: Option<Instant>) -> Resolution {
+pub(crate) async fn lookup(
+    ctx: &Context,
+    dso: &DsoSecret,
+    not_before: Option<Instant>,
+) -> Resolution {
     let region = ctx.cache.default_region();
     let keys: Vec<SecretKey> = domain::secret_keys(&dso.spec, &region)
         .into_iter()
@@ -233,7 +212,7 @@ async fn lookup(ctx: &Context, dso: &DsoSecret, not_before: Option<Instant>) -> 
     domain::resolve(&dso.name_any(), &dso.spec, &region, |k| answers.get(k))
 }
 
-fn not_before(interval: Duration) -> Option<Instant> {
+pub(crate) fn not_before(interval: Duration) -> Option<Instant> {
     Instant::now().checked_sub(interval)
 }
 
@@ -387,7 +366,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         && let Some((_, message)) = &resolution.problem
     {
         return Err(Error::AwsTransient(crate::aws::AwsProblem {
-            kind: crate::aws::ProblemKind::Transient,
+            kind: domain::ProblemKind::Transient,
             message: message.clone(),
         }));
     }
@@ -425,283 +404,6 @@ fn rotation_note(
             deferred.join(", ")
         ),
     }
-}
-
-/// Writes status if it changed, and publishes an event when the Ready reason changes.
-async fn write_status(
-    ctx: &Context,
-    dso: &DsoSecret,
-    ns: &str,
-    previous: &DsoSecretStatus,
-    resolution: &Resolution,
-    last_rotation: Option<RotationStatus>,
-) -> Result<()> {
-    let reason = resolution.reason();
-    let message = match &resolution.problem {
-        Some((_, m)) => m.clone(),
-        None => format!(
-            "{} secret version(s) resolved from AWS Secrets Manager",
-            resolution.secrets.len()
-        ),
-    };
-    let condition = domain::ready_condition(
-        &previous.conditions,
-        reason,
-        &message,
-        dso.metadata.generation,
-        now(),
-    );
-    let status = DsoSecretStatus {
-        observed_generation: dso.metadata.generation,
-        conditions: vec![condition],
-        secrets: if reason == Reason::InvalidSpec {
-            previous.secrets.clone()
-        } else {
-            resolution.secrets.clone()
-        },
-        last_rotation,
-    };
-    let before = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.reason.clone());
-    if &status != previous {
-        let api: Api<DsoSecret> = Api::namespaced(ctx.client.clone(), ns);
-        let patch = json!({
-            "apiVersion": DsoSecret::api_version(&()),
-            "kind": DsoSecret::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &dso.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("write DsoSecret status"))?;
-        lock(&ctx.written).insert(dso.uid().unwrap_or_default(), status.clone());
-        debug!(reason = reason.as_str(), "status written");
-    }
-    if before.as_deref() != Some(reason.as_str()) {
-        let type_ = if reason == Reason::Synced {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        if reason == Reason::Synced {
-            info!(%message, "ready");
-        } else {
-            warn!(reason = reason.as_str(), %message, "not ready");
-        }
-        publish(ctx, dso, type_, reason.as_str(), "Reconcile", message, None).await;
-    }
-    Ok(())
-}
-
-/// Publishes an event on the DsoSecret; a failure to publish is logged, never fatal.
-async fn publish(
-    ctx: &Context,
-    dso: &DsoSecret,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-    secondary: Option<ObjectReference>,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &dso.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
-}
-
-/// The versions a workload consumes under `strategy: Rollout`, or `None` when one of its
-/// DsoSecrets cannot be resolved now (its pods could not start either: better not roll).
-async fn consumed_versions(
-    ctx: &Context,
-    w: &Workload,
-    this: &str,
-    this_versions: &Versions,
-) -> Option<Versions> {
-    let mut versions = this_versions.clone();
-    for name in w.consumes() {
-        if name == this {
-            continue;
-        }
-        let Some(other) = ctx
-            .stores
-            .dsosecrets
-            .get(&ObjectRef::new(&name).within(&w.namespace))
-        else {
-            continue;
-        };
-        if other.spec.strategy() != RefreshStrategy::Rollout
-            || dso_api::validate::validate_spec(&other.spec).is_err()
-        {
-            continue;
-        }
-        let r = lookup(
-            ctx,
-            &other,
-            not_before(dso_api::validate::interval(&other.spec)),
-        )
-        .await;
-        if r.problem.is_some() {
-            debug!(
-                workload = w.id(),
-                dsosecret = name,
-                "a consumed DsoSecret is not ready: not rolling"
-            );
-            return None;
-        }
-        versions.extend(r.following);
-    }
-    Some(versions)
-}
-
-/// Decides and acts on one consuming workload.
-async fn act_on(
-    ctx: &Context,
-    w: &Workload,
-    this: &str,
-    this_versions: &Versions,
-) -> Result<Outcome> {
-    let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
-        return Ok(Outcome::Unchanged);
-    };
-    let recorded = w.recorded();
-    let mut decision = domain::decide(&current, w.template_hash(), recorded.as_ref(), None);
-    if decision == Decision::NeedPods {
-        let reports = pod_reports(ctx, w).await?;
-        decision = domain::decide(
-            &current,
-            w.template_hash(),
-            recorded.as_ref(),
-            Some(&reports),
-        );
-    }
-    let record = domain::record(&current);
-    match decision {
-        Decision::Current | Decision::NeedPods => Ok(Outcome::Unchanged),
-        Decision::Record => {
-            patch_workload(ctx, w, &w.apply_patch(w.template_hash(), &record)).await?;
-            debug!(workload = w.id(), "recorded the versions its pods run");
-            Ok(Outcome::Unchanged)
-        }
-        Decision::Roll => {
-            let Ok(slot) = ctx.rollouts.clone().try_acquire_owned() else {
-                return Ok(Outcome::Deferred);
-            };
-            let hash = domain::hash(&current);
-            patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
-            ctx.metrics.rolled(w.kind);
-            info!(workload = w.id(), versions_hash = %hash, "rolled out");
-            let (client, w, timeout) =
-                (ctx.client.clone(), w.clone(), ctx.settings.rollout_timeout);
-            tokio::spawn(async move {
-                let _slot = slot;
-                let done = match w.kind {
-                    "StatefulSet" => wait_rolled_out::<StatefulSet>(client, &w, timeout).await,
-                    "DaemonSet" => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
-                    _ => wait_rolled_out::<Deployment>(client, &w, timeout).await,
-                };
-                if done {
-                    info!(workload = w.id(), "rollout complete");
-                } else {
-                    warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
-                }
-            });
-            Ok(Outcome::Rolled)
-        }
-    }
-}
-
-/// Polls a workload until its rollout is complete (`true`) or `timeout` has passed (`false`).
-/// A failed read is retried until the timeout.
-async fn wait_rolled_out<K>(client: Client, w: &Workload, timeout: Duration) -> bool
-where
-    K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    let api: Api<K> = Api::namespaced(client, &w.namespace);
-    let poll = async {
-        loop {
-            match api.get_opt(&w.name).await {
-                Ok(Some(obj)) if rollout_complete(&obj.progress()) => return true,
-                // Deleted: nothing left to wait for.
-                Ok(None) => return true,
-                Ok(Some(_)) => {}
-                Err(e) => debug!(workload = w.id(), error = %e, "could not read rollout progress"),
-            }
-            tokio::time::sleep(PROGRESS_POLL).await;
-        }
-    };
-    tokio::time::timeout(timeout, poll).await.unwrap_or(false)
-}
-
-async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) -> Result<()> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let patch = Patch::Apply(patch);
-    let c = ctx.client.clone();
-    let ns = w.namespace.as_str();
-    let r = match w.kind {
-        "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns)
-            .patch(&w.name, &params, &patch)
-            .await
-            .map(drop),
-        "DaemonSet" => Api::<DaemonSet>::namespaced(c, ns)
-            .patch(&w.name, &params, &patch)
-            .await
-            .map(drop),
-        _ => Api::<Deployment>::namespaced(c, ns)
-            .patch(&w.name, &params, &patch)
-            .await
-            .map(drop),
-    };
-    r.map_err(Error::kube("patch workload annotations"))
-}
-
-/// The `dso-init` reports of the workload's live pods (those that have one).
-async fn pod_reports(
-    ctx: &Context,
-    w: &Workload,
-) -> Result<Vec<Vec<dso_api::contract::ReportedVersion>>> {
-    let Some(selector) = w.selector.clone() else {
-        return Ok(Vec::new());
-    };
-    let Ok(selector) = kube::core::Selector::try_from(selector) else {
-        return Ok(Vec::new());
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
-    let list = pods
-        .list(&ListParams::default().labels_from(&selector))
-        .await
-        .map_err(Error::kube("list pods of a workload"))?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            p.status
-                .as_ref()?
-                .init_container_statuses
-                .as_ref()?
-                .iter()
-                .find(|s| s.name == dso_api::annotations::INIT_CONTAINER_NAME)?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .message
-                .as_deref()
-                .and_then(domain::parse_report)
-        })
-        .collect())
 }
 
 #[cfg(test)]

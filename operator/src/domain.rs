@@ -1,6 +1,7 @@
 //! The pure core: no I/O, no Kubernetes client, no AWS client. Everything the operator decides
 //! is decided here, from values, and tested with tables and property tests.
 //!
+//! - [`SecretMeta`] / [`ProblemKind`]: what an AWS lookup answers (filled in by [`crate::aws`]).
 //! - [`resolve`]: a DsoSecret's entries + AWS metadata → the version each entry resolves to,
 //!   the Ready reason, and the stage-following versions a rollout depends on.
 //! - [`ready_condition`] / [`rotations`]: the status pieces.
@@ -27,13 +28,42 @@
 //! Pinned `versionId` entries and `strategy: None` DsoSecrets are never part of the hash, so
 //! they never roll anything.
 
-use crate::aws::{AwsProblem, ProblemKind, SecretMeta};
+use crate::aws::AwsProblem;
 use dso_api::contract::ReportedVersion;
 use dso_api::{DsoSecretSpec, FileSpec, SecretVersionStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
 use dso_api::secret::DEFAULT_STAGE;
+use k8s_openapi::jiff::Timestamp;
+
+/// What AWS says about one secret: its versions and their staging labels. Never a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretMeta {
+    /// Full ARN.
+    pub arn: Option<String>,
+    /// Friendly name.
+    pub name: Option<String>,
+    /// Version id → staging labels (`VersionIdsToStages`).
+    pub versions: BTreeMap<String, Vec<String>>,
+    /// When the secret last changed.
+    pub last_changed: Option<Timestamp>,
+    /// Set when the secret is scheduled for deletion.
+    pub deleted: bool,
+}
+
+/// What kind of failure an AWS call hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    /// The secret does not exist (or is scheduled for deletion).
+    NotFound,
+    /// The operator's identity may not describe or list this secret.
+    AccessDenied,
+    /// Throttling, timeouts, connection failures, 5xx: worth retrying soon.
+    Transient,
+    /// Anything else AWS refused (bad request, unknown region...): retrying will not help.
+    Permanent,
+}
 
 /// The answer of one AWS lookup.
 pub type Lookup = Result<SecretMeta, AwsProblem>;

@@ -1,14 +1,17 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process works)
-//! and `/readyz` (leading with synced caches, or standing by for the Lease).
+//! and `/readyz` (leading with synced caches, or standing by for the Lease), and what they
+//! report: the [`Phase`] in [`Health`], and [`Synced`], which tells when the caches are synced.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::Mutex;
+use tokio::sync::watch;
 
 /// What the process reports about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +50,50 @@ impl Health {
 
     pub fn phase(&self) -> Phase {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Health {
+    /// Once `streams` watch streams have synced, moves a leader still `Syncing` to `Running`.
+    pub async fn running_once_synced(&self, synced: &Synced, streams: usize) {
+        synced.all(streams).await;
+        if self.phase() == Phase::Syncing {
+            self.set(Phase::Running);
+            tracing::info!("watch caches synced; reconciling");
+        }
+    }
+}
+
+/// Counts watch streams that finished their initial list (readiness). Store readiness cannot
+/// be awaited here: kube's `Store::wait_until_ready` wakes only one of several waiters, and the
+/// controller already waits on its own store.
+#[derive(Clone)]
+pub struct Synced(Arc<watch::Sender<usize>>);
+
+impl Default for Synced {
+    fn default() -> Self {
+        Synced(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Synced {
+    /// A stream inspector that counts the first `InitDone` of one stream.
+    pub fn marker<K>(
+        &self,
+    ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
+        let (count, mut done) = (self.0.clone(), false);
+        move |event| {
+            if !done && matches!(event, Ok(watcher::Event::InitDone)) {
+                done = true;
+                count.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// Resolves once `streams` streams have finished their initial list.
+    pub async fn all(&self, streams: usize) {
+        // The sender lives in `self`: waiting cannot fail.
+        let _ = self.0.subscribe().wait_for(|n| *n >= streams).await;
     }
 }
 
@@ -136,6 +183,25 @@ mod tests {
             status(&h, "/healthz").await,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[tokio::test]
+    async fn a_leader_is_ready_once_every_stream_has_synced_once() {
+        let h = Health::new(Registry::default());
+        h.set(Phase::Syncing);
+        let synced = Synced::default();
+        let (mut a, mut b) = (synced.marker::<()>(), synced.marker::<()>());
+        let all = synced.all(2);
+        tokio::pin!(all);
+        a(&Ok(watcher::Event::InitDone));
+        a(&Ok(watcher::Event::InitDone)); // a relist of the same stream counts once
+        let not_yet = tokio::time::timeout(std::time::Duration::ZERO, &mut all).await;
+        assert!(not_yet.is_err(), "one stream of two synced");
+        b(&Ok(watcher::Event::Init));
+        b(&Ok(watcher::Event::InitDone));
+        all.await;
+        h.running_once_synced(&synced, 2).await;
+        assert_eq!(status(&h, "/readyz").await, StatusCode::OK);
     }
 
     #[tokio::test]

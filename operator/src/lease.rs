@@ -9,13 +9,19 @@
 //! observed `resourceVersion`, so two candidates can never both win: the loser gets a
 //! conflict. A leader that shuts down gracefully releases the Lease, so a standby takes over
 //! at once.
+//!
+//! [`LeaderElector::acquire`] waits for the Lease; [`keep_renewed`] is the leader's renewal
+//! task.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, warn};
 
 /// A candidate for one Lease.
 pub struct LeaderElector {
@@ -164,6 +170,22 @@ impl LeaderElector {
         }
     }
 
+    /// Tries every fifth of the Lease duration until this candidate leads (`true`) or `stop`
+    /// turns true (`false`).
+    pub async fn acquire(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.duration / 5) => {},
+                _ = stop.wait_for(|s| *s) => return false,
+            }
+        }
+    }
+
     /// Gives the Lease up (if still held), so a standby takes over without waiting.
     pub async fn release(&self) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
@@ -187,6 +209,54 @@ impl LeaderElector {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The leader's renewal task: renews every third of the Lease duration (every tenth after a
+/// failure) until `stop` turns true. When the Lease is lost — taken by another replica, or not
+/// renewed before the renew deadline, a hung call included — it calls `on_lost` at once and
+/// ends. The task's output says whether the Lease was lost.
+pub fn keep_renewed(
+    elector: Arc<LeaderElector>,
+    mut stop: watch::Receiver<bool>,
+    on_lost: impl FnOnce() + Send + 'static,
+) -> JoinHandle<bool> {
+    tokio::spawn(async move {
+        let duration = elector.duration();
+        let mut last_ok = Instant::now();
+        let mut pause = duration / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {},
+                _ = stop.wait_for(|s| *s) => return false,
+            }
+            // An attempt may not outlive the renew deadline (a hung call included).
+            let left = renew_deadline(duration).saturating_sub(last_ok.elapsed());
+            match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    last_ok = Instant::now();
+                    pause = duration / 3;
+                }
+                Ok(Ok(false)) => {
+                    error!("lost the leader Lease to another replica; stopping");
+                    break;
+                }
+                Ok(Err(e)) if still_leading(last_ok, duration, Instant::now()) => {
+                    warn!(error = %e, "Lease renewal failed; retrying");
+                    pause = duration / 10;
+                }
+                Ok(Err(e)) => {
+                    error!(error = %e, "could not renew the leader Lease before the renew deadline; stopping");
+                    break;
+                }
+                Err(_) => {
+                    error!("Lease renewal did not answer before the renew deadline; stopping");
+                    break;
+                }
+            }
+        }
+        on_lost();
+        true
+    })
 }
 
 #[cfg(test)]

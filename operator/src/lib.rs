@@ -2,14 +2,18 @@
 //! value), records the version each entry resolves to, and rolls the Deployments, StatefulSets
 //! and DaemonSets that consume a rotated secret — only those not already running it.
 //!
-//! - [`domain`]: the pure core — resolution, status, rotations, the rollout decision.
+//! - [`domain`]: the pure core — what AWS answers, resolution, status, rotations, the rollout
+//!   decision.
 //! - [`aws`]: DescribeSecret / ListSecrets and the one classifier of AWS errors.
 //! - [`cache`]: the version cache shared by every DsoSecret (describe or sweep mode).
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
-//! - [`controller`]: reconcile / error_policy: status, events, rollouts, backoff.
-//! - [`lease`]: leader election on a coordination.k8s.io Lease.
-//! - [`metrics`], [`http`]: Prometheus metrics, /metrics, /healthz, /readyz.
-//! - [`args`]: configuration and wiring (what `main` runs).
+//! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
+//! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
+//! - [`status`]: the DsoSecret's status and events.
+//! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task.
+//! - [`metrics`], [`http`]: Prometheus metrics; /metrics, /healthz, /readyz and readiness.
+//! - [`args`]: configuration (one clap struct).
+//! - [`run`]: the wiring `main` runs: clients, leader election, watches, shutdown.
 //! - [`crd`]: the generated CustomResourceDefinition (also printed by the `crdgen` binary).
 //! - [`error`]: the crate's error type.
 
@@ -23,6 +27,9 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod rollout;
+pub mod run;
+pub mod status;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -1,7 +1,10 @@
-//! `dso-operator`: parses its configuration and runs. See the crate documentation.
-use clap::Parser;
+//! `dso-operator`: parses its configuration, sets up logging, and runs. See the crate
+//! documentation.
+use dso_operator::{args::Args, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dso_operator::args::Args::parse().run().await
+    let args = Args::load();
+    run::init_tracing(args.log_format);
+    run::run(args).await
 }

@@ -15,6 +15,31 @@ use std::collections::BTreeMap;
 /// Annotation `kubectl apply` (client side) leaves on objects; large, useless here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// The three kinds of workload DSO rolls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl Kind {
+    /// The Kubernetes `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A kind of workload with a pod template.
 pub trait WorkloadKind:
     Resource<DynamicType = ()>
@@ -26,8 +51,8 @@ pub trait WorkloadKind:
     + Sync
     + 'static
 {
-    /// `Deployment`, `StatefulSet` or `DaemonSet`.
-    const KIND: &'static str;
+    /// Which of the three it is.
+    const KIND: Kind;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn selector(&self) -> Option<&LabelSelector>;
     /// Drops what DSO never reads (status, the pod spec, managed fields), to keep the watch
@@ -92,9 +117,9 @@ fn daemonset_progress(d: &DaemonSet) -> Progress {
 }
 
 macro_rules! workload_kind {
-    ($t:ty, $kind:literal, $progress:ident) => {
+    ($t:ident, $progress:ident) => {
         impl WorkloadKind for $t {
-            const KIND: &'static str = $kind;
+            const KIND: Kind = Kind::$t;
             fn progress(&self) -> Progress {
                 $progress(self)
             }
@@ -115,14 +140,14 @@ macro_rules! workload_kind {
         }
     };
 }
-workload_kind!(Deployment, "Deployment", deployment_progress);
-workload_kind!(StatefulSet, "StatefulSet", statefulset_progress);
-workload_kind!(DaemonSet, "DaemonSet", daemonset_progress);
+workload_kind!(Deployment, deployment_progress);
+workload_kind!(StatefulSet, statefulset_progress);
+workload_kind!(DaemonSet, daemonset_progress);
 
 /// One workload, as the rollout logic needs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub template_annotations: BTreeMap<String, String>,
@@ -181,7 +206,7 @@ impl Workload {
         let record = serde_json::to_string(record).unwrap_or_default();
         let mut patch = json!({
             "apiVersion": "apps/v1",
-            "kind": self.kind,
+            "kind": self.kind.as_str(),
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,
@@ -233,6 +258,14 @@ mod tests {
         #[case] complete: bool,
     ) {
         assert_eq!(rollout_complete(&progress), complete, "{progress:?}");
+    }
+
+    #[test]
+    fn each_kind_is_named_as_kubernetes_names_it() {
+        assert_eq!(Deployment::KIND.as_str(), Deployment::kind(&()));
+        assert_eq!(StatefulSet::KIND.as_str(), StatefulSet::kind(&()));
+        assert_eq!(DaemonSet::KIND.as_str(), DaemonSet::kind(&()));
+        assert_eq!(Workload::of(&deployment(json!({}))).id(), "Deployment/web");
     }
 
     #[test]

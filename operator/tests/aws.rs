@@ -4,9 +4,9 @@
 //! Needs `DSO_MOTO_ENDPOINT` (e.g. `http://127.0.0.1:5140`, from `tests/moto.sh start 5140`).
 
 use aws_sdk_secretsmanager::config::{Credentials, Region};
-use dso_operator::aws::{Aws, ProblemKind};
+use dso_operator::aws::Aws;
 use dso_operator::cache::{LookupMode, VersionCache};
-use dso_operator::domain::SecretKey;
+use dso_operator::domain::{ProblemKind, SecretKey, SecretMeta};
 use dso_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -81,7 +81,7 @@ fn key(id: &str) -> SecretKey {
     }
 }
 
-fn current(meta: &dso_operator::aws::SecretMeta) -> String {
+fn current(meta: &SecretMeta) -> String {
     meta.versions
         .iter()
         .find(|(_, s)| s.iter().any(|s| s == "AWSCURRENT"))

@@ -1,0 +1,220 @@
+//! Acting on the workloads that consume a DsoSecret: the rollout decision
+//! ([`crate::domain::decide`]) applied to each, the annotation patch, and the bound on
+//! rollouts in progress.
+//!
+//! The bound counts rollouts, not patches: a slot is held from the template patch until the
+//! workload's rollout is complete ([`crate::workload::rollout_complete`], awaited on a watch of
+//! the workload) or [`Settings::rollout_timeout`](crate::controller::Settings) has passed, by a
+//! task of its own. A DsoSecret whose workload finds no free slot does not wait for one (that
+//! would hold a reconcile worker): the workload is left for a retry a few seconds later, and
+//! other DsoSecrets go on.
+
+use crate::controller::{Context, FIELD_MANAGER, lookup, not_before};
+use crate::domain::{self, Decision, Versions};
+use crate::error::{Error, Result};
+use crate::workload::{Kind, Workload, WorkloadKind, rollout_complete};
+use dso_api::RefreshStrategy;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::wait::await_condition;
+use kube::{Client, Resource};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// How soon a failed watch of a rollout in progress is started again.
+const WATCH_RETRY: Duration = Duration::from_secs(2);
+
+/// What was done to one consuming workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to roll (current, recorded, or a consumed DsoSecret is not Ready).
+    Unchanged,
+    /// Its template was patched: a rollout started.
+    Rolled,
+    /// It needs a rollout, but every rollout slot is taken: retried shortly.
+    Deferred,
+}
+
+/// The versions a workload consumes under `strategy: Rollout`, or `None` when one of its
+/// DsoSecrets cannot be resolved now (its pods could not start either: better not roll).
+async fn consumed_versions(
+    ctx: &Context,
+    w: &Workload,
+    this: &str,
+    this_versions: &Versions,
+) -> Option<Versions> {
+    let mut versions = this_versions.clone();
+    for name in w.consumes() {
+        if name == this {
+            continue;
+        }
+        let Some(other) = ctx
+            .stores
+            .dsosecrets
+            .get(&ObjectRef::new(&name).within(&w.namespace))
+        else {
+            continue;
+        };
+        if other.spec.strategy() != RefreshStrategy::Rollout
+            || dso_api::validate::validate_spec(&other.spec).is_err()
+        {
+            continue;
+        }
+        let r = lookup(
+            ctx,
+            &other,
+            not_before(dso_api::validate::interval(&other.spec)),
+        )
+        .await;
+        if r.problem.is_some() {
+            debug!(
+                workload = w.id(),
+                dsosecret = name,
+                "a consumed DsoSecret is not ready: not rolling"
+            );
+            return None;
+        }
+        versions.extend(r.following);
+    }
+    Some(versions)
+}
+
+/// Decides and acts on one consuming workload.
+pub async fn act_on(
+    ctx: &Context,
+    w: &Workload,
+    this: &str,
+    this_versions: &Versions,
+) -> Result<Outcome> {
+    let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
+        return Ok(Outcome::Unchanged);
+    };
+    let recorded = w.recorded();
+    let mut decision = domain::decide(&current, w.template_hash(), recorded.as_ref(), None);
+    if decision == Decision::NeedPods {
+        let reports = pod_reports(ctx, w).await?;
+        decision = domain::decide(
+            &current,
+            w.template_hash(),
+            recorded.as_ref(),
+            Some(&reports),
+        );
+    }
+    let record = domain::record(&current);
+    match decision {
+        Decision::Current | Decision::NeedPods => Ok(Outcome::Unchanged),
+        Decision::Record => {
+            patch_workload(ctx, w, &w.apply_patch(w.template_hash(), &record)).await?;
+            debug!(workload = w.id(), "recorded the versions its pods run");
+            Ok(Outcome::Unchanged)
+        }
+        Decision::Roll => {
+            let Ok(slot) = ctx.rollouts.clone().try_acquire_owned() else {
+                return Ok(Outcome::Deferred);
+            };
+            let hash = domain::hash(&current);
+            patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            ctx.metrics.rolled(w.kind.as_str());
+            info!(workload = w.id(), versions_hash = %hash, "rolled out");
+            let (client, w, timeout) =
+                (ctx.client.clone(), w.clone(), ctx.settings.rollout_timeout);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let done = match w.kind {
+                    Kind::Deployment => wait_rolled_out::<Deployment>(client, &w, timeout).await,
+                    Kind::StatefulSet => wait_rolled_out::<StatefulSet>(client, &w, timeout).await,
+                    Kind::DaemonSet => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
+                };
+                if done {
+                    info!(workload = w.id(), "rollout complete");
+                } else {
+                    warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
+                }
+            });
+            Ok(Outcome::Rolled)
+        }
+    }
+}
+
+/// Waits, on a watch of the workload, until its rollout is complete or it is deleted (`true`),
+/// or `timeout` has passed (`false`). A failed watch is started again until the timeout.
+async fn wait_rolled_out<K>(client: Client, w: &Workload, timeout: Duration) -> bool
+where
+    K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client, &w.namespace);
+    let complete = |obj: Option<&K>| obj.is_none_or(|o| rollout_complete(&o.progress()));
+    let watch = async {
+        loop {
+            match await_condition(api.clone(), &w.name, complete).await {
+                Ok(_) => return,
+                Err(e) => {
+                    debug!(workload = w.id(), error = %e, "could not watch rollout progress");
+                    tokio::time::sleep(WATCH_RETRY).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, watch).await.is_ok()
+}
+
+/// Applies DSO's annotations to a workload (server-side apply, DSO's fields only).
+async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) -> Result<()> {
+    async fn apply<K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+        api: Api<K>,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> kube::Result<()> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(patch))
+            .await
+            .map(drop)
+    }
+    let (c, ns) = (ctx.client.clone(), w.namespace.as_str());
+    match w.kind {
+        Kind::Deployment => apply(Api::<Deployment>::namespaced(c, ns), &w.name, patch).await,
+        Kind::StatefulSet => apply(Api::<StatefulSet>::namespaced(c, ns), &w.name, patch).await,
+        Kind::DaemonSet => apply(Api::<DaemonSet>::namespaced(c, ns), &w.name, patch).await,
+    }
+    .map_err(Error::kube("patch workload annotations"))
+}
+
+/// The `dso-init` reports of the workload's live pods (those that have one).
+async fn pod_reports(
+    ctx: &Context,
+    w: &Workload,
+) -> Result<Vec<Vec<dso_api::contract::ReportedVersion>>> {
+    let Some(selector) = w.selector.clone() else {
+        return Ok(Vec::new());
+    };
+    let Ok(selector) = kube::core::Selector::try_from(selector) else {
+        return Ok(Vec::new());
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    let list = pods
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(Error::kube("list pods of a workload"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .init_container_statuses
+                .as_ref()?
+                .iter()
+                .find(|s| s.name == dso_api::annotations::INIT_CONTAINER_NAME)?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .as_deref()
+                .and_then(domain::parse_report)
+        })
+        .collect())
+}
