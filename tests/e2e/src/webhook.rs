@@ -194,11 +194,6 @@ impl Webhook {
         self.log.text()
     }
 
-    /// The last lines of the webhook's log, for a failure message.
-    pub fn log_tail(&self) -> String {
-        self.log.tail()
-    }
-
     /// Issues a new serving certificate from the same CA and swaps it in on disk.
     pub fn rotate_certificate(&self) {
         write_serving_pair(&self.dir, &self.ca);
@@ -224,7 +219,7 @@ impl Drop for Webhook {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
         if failed {
-            eprintln!("{}", self.log_tail());
+            eprintln!("{}", self.log.tail());
         }
         self.stop();
         kubectl_best_effort(&[

@@ -49,7 +49,8 @@ async fn rotate(name: &str) -> String {
     put_secret_value(name, "canary-operator-rotated").await
 }
 
-/// A running `dso-operator`; killed (SIGKILL) if the test panics before stopping it.
+/// A running `dso-operator`. Killed (SIGKILL) if the test panics before stopping it, and the
+/// tail of its log (stdout and stderr) printed.
 struct Operator {
     child: Option<Child>,
     port: u16,
@@ -113,17 +114,12 @@ impl Operator {
                 .map(|_| ()))
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Everything the operator logged so far.
     fn log(&self) -> String {
         self.log.text()
-    }
-
-    /// The last lines of the operator's log, for a failure message.
-    fn log_tail(&self) -> String {
-        self.log.tail()
     }
 
     /// The /metrics page.
@@ -144,7 +140,7 @@ impl Operator {
     async fn metric(&self, series: &str) -> f64 {
         self.try_metric(series)
             .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.log_tail()))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     async fn describe_calls(&self) -> f64 {
@@ -159,17 +155,16 @@ impl Operator {
                 .args(["-TERM", &child.id().to_string()])
                 .status();
             let status = child.wait().expect("wait for the operator");
-            assert!(
-                status.success(),
-                "operator exit {status}\n{}",
-                self.log_tail()
-            );
+            assert!(status.success(), "operator exit {status}");
         }
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log.tail());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -279,7 +274,7 @@ fn rotated_workloads(dso: &DsoSecret) -> Option<Vec<String>> {
 }
 
 /// Waits until the DsoSecret's Ready condition has this status and reason.
-async fn wait_ready(op: &Operator, ns: &str, name: &str, status: &str, reason: &str) -> DsoSecret {
+async fn wait_ready(ns: &str, name: &str, status: &str, reason: &str) -> DsoSecret {
     let want = (status.to_string(), reason.to_string());
     wait_for(
         &format!("DsoSecret {name} Ready={status} ({reason})"),
@@ -293,7 +288,7 @@ async fn wait_ready(op: &Operator, ns: &str, name: &str, status: &str, reason: &
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()))
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn replicasets(ns: &str, app: &str) -> usize {
@@ -319,7 +314,7 @@ async fn template_hash(ns: &str, name: &str) -> Option<String> {
 }
 
 /// Waits until the operator recorded the Deployment's baseline (it has seen the workload).
-async fn wait_recorded(op: &Operator, ns: &str, name: &str) {
+async fn wait_recorded(ns: &str, name: &str) {
     wait_for(
         "the versions recorded on the Deployment",
         TIMEOUT,
@@ -333,7 +328,7 @@ async fn wait_recorded(op: &Operator, ns: &str, name: &str) {
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn events(ns: &str, name: &str) -> Vec<Event> {
@@ -358,9 +353,9 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     consuming_deployment(&ns, "web", "db");
     idle_workload("StatefulSet", &ns, "sts", "db");
     idle_workload("DaemonSet", &ns, "ds", "db");
-    let d = wait_ready(&op, &ns, "db", "True", "Synced").await;
+    let d = wait_ready(&ns, "db", "True", "Synced").await;
     assert_eq!(version_of(&d).as_deref(), Some(v1.as_str()));
-    wait_recorded(&op, &ns, "web").await;
+    wait_recorded(&ns, "web").await;
     assert_eq!(replicasets(&ns, "web").await, 1);
     assert_eq!(
         template_hash(&ns, "web").await,
@@ -379,7 +374,7 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         rotated_at.elapsed() < Duration::from_secs(10 + 10),
         "rolled within the interval (plus slack): {:?}",
@@ -409,7 +404,7 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     assert!(reasons.iter().any(|r| r == "RolledOut"), "{reasons:?}");
     let hash = template_hash(&ns, "web").await.expect("hash stamped");
     // The operator never reads a value: none in its log, the status or the events.
-    assert!(!op.log().contains("canary-operator"), "{}", op.log_tail());
+    assert!(!op.log().contains("canary-operator"));
     assert!(
         !serde_json::to_string(&d)
             .expect("json")
@@ -456,7 +451,7 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
             .then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     // The series the restarted operator must not have: this one has it.
     assert!(op.metric(ROLLED_DEPLOYMENTS).await >= 1.0);
 
@@ -472,8 +467,8 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
             .then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
-    assert_eq!(replicasets(&ns, "web").await, 2, "{}", op.log_tail());
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(replicasets(&ns, "web").await, 2);
     assert_eq!(template_hash(&ns, "web").await, Some(hash));
     assert_eq!(template_hash_of("statefulset", &ns, "sts"), Some(sts_hash));
     assert_eq!(template_hash_of("daemonset", &ns, "ds"), Some(ds_hash));
@@ -499,11 +494,11 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
     op.ready().await;
 
     dsosecret(&ns, "first", &secret, "1h", "Rollout");
-    wait_ready(&op, &ns, "first", "True", "Synced").await;
+    wait_ready(&ns, "first", "True", "Synced").await;
     let after_first = op.describe_calls().await;
-    assert_eq!(after_first, 1.0, "{}", op.log_tail());
+    assert_eq!(after_first, 1.0);
     dsosecret(&ns, "second", &secret, "1h", "Rollout");
-    wait_ready(&op, &ns, "second", "True", "Synced").await;
+    wait_ready(&ns, "second", "True", "Synced").await;
     assert_eq!(
         op.describe_calls().await,
         after_first,
@@ -532,7 +527,7 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
         async move { Ok((version_of(&get_dso(&ns, "first").await?) == Some(v2)).then_some(())) }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(op.describe_calls().await, 2.0);
     op.stop();
     let seen: BTreeSet<String> = operations.lock().expect("lock").iter().cloned().collect();
@@ -572,7 +567,7 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
     dsosecret(&ns, "db", &secret, SHORT, "Rollout");
     for name in ["a", "b"] {
         consuming_deployment(&ns, name, "db");
-        wait_recorded(&op, &ns, name).await;
+        wait_recorded(&ns, name).await;
         check(
             kubectl(&[
                 "patch",
@@ -587,7 +582,7 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
             "pause the Deployment",
         );
     }
-    wait_ready(&op, &ns, "db", "True", "Synced").await;
+    wait_ready(&ns, "db", "True", "Synced").await;
 
     rotate(&secret).await;
     let hashes = || {
@@ -599,13 +594,12 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
         Ok(h.iter().any(Option::is_some).then_some(h))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     let first_at = std::time::Instant::now();
     assert_eq!(
         first.iter().filter(|h| h.is_some()).count(),
         1,
-        "one slot: one rollout at a time {first:?}\n{}",
-        op.log_tail()
+        "one slot: one rollout at a time {first:?}"
     );
     let waiting = wait_for(
         "a Rotated event naming the workload waiting for a slot",
@@ -625,24 +619,19 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(waiting.contains("Deployment/"), "{waiting}");
     wait_for("the second rollout", TIMEOUT, || async {
         Ok(hashes().await.iter().all(Option::is_some).then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         first_at.elapsed() >= timeout - Duration::from_secs(5),
-        "the second rollout waited for the first one's slot: {:?}\n{}",
-        first_at.elapsed(),
-        op.log_tail()
+        "the second rollout waited for the first one's slot: {:?}",
+        first_at.elapsed()
     );
-    assert!(
-        op.log().contains("rollout not complete in time"),
-        "{}",
-        op.log_tail()
-    );
+    assert!(op.log().contains("rollout not complete in time"));
     op.stop();
 }
 
@@ -656,7 +645,7 @@ async fn strategy_none_records_the_rotation_without_restarting_anything() {
 
     dsosecret(&ns, "db", &secret, SHORT, "None");
     consuming_deployment(&ns, "web", "db");
-    wait_ready(&op, &ns, "db", "True", "Synced").await;
+    wait_ready(&ns, "db", "True", "Synced").await;
     let v2 = rotate(&secret).await;
     let d = wait_for("the rotation in status", Duration::from_secs(40), || {
         let (ns, v2) = (ns.to_string(), v2.clone());
@@ -666,7 +655,7 @@ async fn strategy_none_records_the_rotation_without_restarting_anything() {
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rotated_workloads(&d), Some(vec![]), "{d:?}");
     assert_eq!(replicasets(&ns, "web").await, 1);
     assert_eq!(template_hash(&ns, "web").await, None);
@@ -679,7 +668,7 @@ async fn a_missing_secret_is_not_ready_with_reason_secret_not_found_and_an_event
     let op = Operator::start(&ns, 18514, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
     dsosecret(&ns, "db", &unique("e2e/op/absent"), SHORT, "Rollout");
-    let d = wait_ready(&op, &ns, "db", "False", "SecretNotFound").await;
+    let d = wait_ready(&ns, "db", "False", "SecretNotFound").await;
     let message = first_condition_message(&d);
     assert!(message.contains("ResourceNotFoundException"), "{message}");
     let ev = wait_for("a SecretNotFound event", TIMEOUT, || {
@@ -816,7 +805,7 @@ async fn a_denied_call_is_not_ready_with_reason_access_denied() {
     let op = Operator::start(&ns, 18515, &endpoint);
     op.ready().await;
     dsosecret(&ns, "db", "prod/db", SHORT, "Rollout");
-    let d = wait_ready(&op, &ns, "db", "False", "AccessDenied").await;
+    let d = wait_ready(&ns, "db", "False", "AccessDenied").await;
     let message = first_condition_message(&d);
     assert!(
         message.contains("secretsmanager:DescribeSecret"),
@@ -830,12 +819,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     let ns = operator_namespace("op-lease").await;
     let first = Operator::start(&ns, 18516, &env("DSO_MOTO_ENDPOINT"));
     first.ready().await;
-    assert_eq!(
-        first.metric("dso_leader").await,
-        1.0,
-        "{}",
-        first.log_tail()
-    );
+    assert_eq!(first.metric("dso_leader").await, 1.0);
     let second = Operator::start(&ns, 18517, &env("DSO_MOTO_ENDPOINT"));
     second.ready().await;
     let (_, body) = http_get(18517, "/readyz").await.expect("readyz");
@@ -847,7 +831,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
         Ok((second.try_metric("dso_leader").await? == 1.0).then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     second.ready().await;
     second.stop();
 }
@@ -858,12 +842,7 @@ async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_durat
     let lease = ["--lease-seconds", "6"];
     let mut first = Operator::start_with(&ns, 18520, &env("DSO_MOTO_ENDPOINT"), &lease);
     first.ready().await;
-    assert_eq!(
-        first.metric("dso_leader").await,
-        1.0,
-        "{}",
-        first.log_tail()
-    );
+    assert_eq!(first.metric("dso_leader").await, 1.0);
     let second = Operator::start_with(&ns, 18521, &env("DSO_MOTO_ENDPOINT"), &lease);
     second.ready().await;
     assert_eq!(second.metric("dso_leader").await, 0.0);
@@ -877,7 +856,7 @@ async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_durat
         Ok((second.try_metric("dso_leader").await? == 1.0).then_some(()))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_tail()));
+    .unwrap_or_else(|e| panic!("{e}"));
     let after = killed.elapsed();
     assert!(
         after >= Duration::from_secs(3),
@@ -951,9 +930,9 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
 
     let op = Operator::start(&ns, 18518, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
-    wait_ready(&op, &ns, "db", "True", "Synced").await;
-    wait_recorded(&op, &ns, "web").await;
-    assert_eq!(replicasets(&ns, "web").await, 1, "{}", op.log_tail());
+    wait_ready(&ns, "db", "True", "Synced").await;
+    wait_recorded(&ns, "web").await;
+    assert_eq!(replicasets(&ns, "web").await, 1);
     assert_eq!(
         template_hash(&ns, "web").await,
         None,
@@ -963,7 +942,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
     put_secret_value(&secret, &json!({ "password": new }).to_string()).await;
     wait_printed(&ns, &new)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", op.log_tail()));
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(replicasets(&ns, "web").await, 2);
     let dso = get_dso(&ns, "db").await.expect("the DsoSecret");
     let status = serde_json::to_string(&dso).expect("json");
