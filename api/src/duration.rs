@@ -1,5 +1,8 @@
 //! Intervals written the way Kubernetes users write them: `30s`, `5m`, `1h30m`, `250ms`.
-//! The same format the apiserver's CEL `duration()` accepts, so the schema and this parser agree.
+//! Whole numbers with the units `ms`, `s`, `m`, `h`: a subset of what the apiserver's CEL
+//! `duration()` reads (no sign, fraction, `us` or `ns`). The CRD's pattern on `refresh.interval`
+//! admits only this subset, so a value that passes the schema (pattern and CEL bounds) parses
+//! here to the duration CEL checked.
 
 use std::time::Duration;
 

@@ -236,7 +236,8 @@ impl Error {
         }
     }
 
-    /// A stable label (for metrics and for tests).
+    /// A stable name of the failure's kind, for tests to match on (dso-init exports no metrics:
+    /// a user reads the exit code and the message).
     pub fn label(&self) -> &'static str {
         match self {
             Error::Plan(_) => "plan",

@@ -9,15 +9,9 @@
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
 #         CoreDNS, helm
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
-. "$here/versions.env"
-CACHE=${DSO_CACHE:-/var/cache/dso}
-BIN="$CACHE/k8s-$K8S_VERSION/bin"
+# versions, CACHE, BIN, log and die
+. "$(dirname "$0")/common.sh"
 mkdir -p "$CACHE"
-
-log() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { printf '[deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
@@ -49,8 +43,6 @@ case "$(go version 2>/dev/null)" in
   *) die "Go $GO_REQUIRED.x is needed to build the Kubernetes components (found: $(go version 2>&1)). Install it from go.dev/dl or your distro.";;
 esac
 
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}"
-ldflags="${ldflags%.*}"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
 components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 missing=()

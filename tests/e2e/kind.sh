@@ -93,7 +93,13 @@ spec:
             periodSeconds: 2
 YAML
 kubectl -n dso-moto rollout status deploy/moto --timeout 300s
-until curl -fs -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"; do sleep 1; done
+# The pod is Ready; the host port mapping may lag: a minute at most, 5 s a try.
+tries=0
+until curl -fs --max-time 5 -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"; do
+  tries=$((tries + 1))
+  [ "$tries" -lt 60 ] || die "moto is Ready but not reachable on 127.0.0.1:$moto_port after 60 tries"
+  sleep 1
+done
 node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
 
 step "end-to-end suite"

@@ -1,4 +1,5 @@
-//! Shared helpers of the end-to-end suite.
+//! Shared fixtures of the end-to-end suite: the cluster client and kubectl, namespaces that
+//! delete themselves, moto, manifests, and the DSO processes a test starts on this host.
 //!
 //! The suite talks to whatever cluster `KUBECONFIG` names; `tests/run.sh` provides the local
 //! one and these variables (a missing one fails the test with a hint, never skips it):
@@ -11,8 +12,21 @@
 //! | `DSO_INIT_IMAGE` | the dso-init image, already on the node |
 //! | `DSO_BUSYBOX_IMAGE` | a busybox image, already on the node |
 //! | `DSO_POD_LOGS_DIR` | the kubelet's pod log directory (`kubectl logs` cannot reach a loopback node) |
+//! | `DSO_E2E_KEEP_FAILED` | optional: when set, a failing test's namespaces are kept for a look (and named) |
+//!
+//! Modules: [`manifests`] (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and
+//! plain HTTP of local processes), [`webhook`] (a `dso-webhook` process and its registration).
+
+pub mod manifests;
+pub mod process;
+pub mod webhook;
+
+pub use manifests::{annotated, app_container, apply, deployment, dso_secret, pod};
+pub use process::{LogFile, http_get};
+pub use webhook::Webhook;
 
 use anyhow::{Context, Result, bail};
+use dso_api::DsoSecret;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use std::future::Future;
@@ -42,6 +56,12 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("kubectl not found on PATH: tests/run.sh puts the cluster's kubectl there")
+}
+
+/// Runs kubectl for a clean-up in a `Drop`, ignoring every failure: a panic there, while a
+/// failing test unwinds, would abort the whole test binary.
+pub fn kubectl_best_effort(args: &[&str]) {
+    let _ = std::process::Command::new("kubectl").args(args).output();
 }
 
 /// Runs kubectl with `stdin` as input.
@@ -84,17 +104,53 @@ where
     }
 }
 
+/// A namespace made for one test; it reads as its name (`&ns`, `{ns}`).
+///
+/// Dropping it deletes the namespace without waiting, also when the test panics, so a failing
+/// test leaves nothing in the cluster. With `DSO_E2E_KEEP_FAILED` set, a failing test's
+/// namespaces are kept and named instead.
+#[must_use = "the namespace is deleted when this is dropped"]
+pub struct TestNamespace {
+    name: String,
+}
+
+impl std::ops::Deref for TestNamespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("DSO_E2E_KEEP_FAILED").is_some() {
+            eprintln!("kept namespace {} (DSO_E2E_KEEP_FAILED is set)", self.name);
+            return;
+        }
+        kubectl_best_effort(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
 /// Creates a namespace with a unique name (`<prefix>-<n>`) and the given labels, and waits
 /// for its default ServiceAccount (pods are refused until it exists).
-pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
-    let name = format!(
-        "{prefix}-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-            % 1_000_000_000
-    );
+pub async fn namespace(
+    client: &kube::Client,
+    prefix: &str,
+    labels: &[(&str, &str)],
+) -> TestNamespace {
+    let name = unique(prefix);
     let labels: serde_json::Map<String, serde_json::Value> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
@@ -107,7 +163,9 @@ pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &st
         .create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    // Owned from here on: a failure below still deletes it.
+    let ns = TestNamespace { name };
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     wait_for(
         "the default ServiceAccount",
         Duration::from_secs(30),
@@ -115,7 +173,7 @@ pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &st
     )
     .await
     .expect("default ServiceAccount");
-    name
+    ns
 }
 
 /// Reads a container's log from the kubelet's pod log directory.
@@ -201,27 +259,39 @@ pub fn moto() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::from_conf(conf)
 }
 
-/// A `dso-webhook` command (`$DSO_BIN_DIR`) serving on 127.0.0.1:`port`, admin HTTP on
-/// `port + 50`, with the pair `dir/tls.crt` + `dir/tls.key`, the node's dso-init image and
-/// region us-east-1, for the cluster in `KUBECONFIG`. Callers add their own flags and spawn it.
-pub fn webhook_command(port: u16, dir: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin-listen",
-        &format!("127.0.0.1:{}", port + 50),
-        "--tls-cert",
-        &dir.join("tls.crt").to_string_lossy(),
-        "--tls-key",
-        &dir.join("tls.key").to_string_lossy(),
-        "--init-image",
-        &env("DSO_INIT_IMAGE"),
-        "--init-image-pull-policy",
-        "Never",
-        "--default-region",
-        "us-east-1",
-    ])
-    .env("KUBECONFIG", env("KUBECONFIG"));
-    cmd
+/// Creates a secret in moto holding `value`; returns its version id.
+pub async fn create_secret(id: &str, value: &str) -> String {
+    moto()
+        .create_secret()
+        .name(id)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateSecret {id} in moto: {e}"))
+        .version_id
+        .expect("CreateSecret returns a version id")
+}
+
+/// Stores a new value in moto, as a rotation does; returns the new version id.
+pub async fn put_secret_value(id: &str, value: &str) -> String {
+    moto()
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutSecretValue {id} in moto: {e}"))
+        .version_id
+        .expect("PutSecretValue returns a version id")
+}
+
+/// The DsoSecret's Ready condition as (status, reason), once the operator has written it.
+pub fn ready(d: &DsoSecret) -> Option<(String, String)> {
+    let c = d
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
 }

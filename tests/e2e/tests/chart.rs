@@ -11,11 +11,13 @@
 //! | `DSO_CHART_VALUES` | values file for this cluster; default `charts/dso/values-local.yaml` (the local loopback cluster) |
 //! | `DSO_CHART_AWS_ENDPOINT` | AWS endpoint as the cluster's pods reach it; default `DSO_MOTO_ENDPOINT` |
 //!
-//! The two tests without a cluster (CRD copy, `helm lint`) need only `helm`.
+//! The tests that only render the chart (`helm lint`, `helm template`) need `helm` and no
+//! cluster; the CRD copy check needs neither.
 
 use dso_api::DsoSecret;
 use dso_e2e::{
-    client, container_log, env, kubectl, kubectl_stdin, moto, namespace, unique, wait_for,
+    TestNamespace, annotated, client, container_log, create_secret, env, kubectl, kubectl_stdin,
+    namespace, pod, put_secret_value, ready, repo_root, unique, wait_for,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -25,17 +27,16 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Resource;
 use kube::api::{Api, ListParams};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const ROLE: &str = "arn:aws:iam::123456789012:role/dso-e2e-chart";
 /// The label the local values' webhook selects namespaces by.
 const INJECTION_LABEL: (&str, &str) = ("dso.dev/injection", "enabled");
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(REPO).join(path)
+    repo_root().join(path)
 }
 
 fn helm(args: &[&str]) -> std::process::Output {
@@ -116,10 +117,17 @@ fn kinds(docs: &[serde_json::Value]) -> Vec<&str> {
 #[test]
 fn no_role_of_the_chart_grants_access_to_secrets_or_wildcards() {
     for values in [vec![], vec!["--set", "operator.watchNamespace=shop"]] {
+        let mut checked = Vec::new();
         for doc in template(&values) {
             if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
                 continue;
             }
+            let (kind, name) = (&doc["kind"], &doc["metadata"]["name"]);
+            checked.push(format!(
+                "{}/{}",
+                kind.as_str().unwrap_or_default(),
+                name.as_str().unwrap_or_default()
+            ));
             for rule in doc["rules"].as_array().expect("rules") {
                 let resources: Vec<&str> = rule["resources"]
                     .as_array()
@@ -140,6 +148,12 @@ fn no_role_of_the_chart_grants_access_to_secrets_or_wildcards() {
                 );
             }
         }
+        // The operator's and the webhook's ClusterRoles, the operator's leader-election Role.
+        assert_eq!(
+            checked.len(),
+            3,
+            "{values:?} rendered the roles {checked:?}"
+        );
     }
 }
 
@@ -198,11 +212,13 @@ fn the_webhook_registration_is_fail_closed_short_and_only_for_opted_in_pods() {
 
 #[test]
 fn every_container_of_the_chart_has_probes_resources_and_a_restricted_context() {
+    let (mut deployments, mut containers) = (Vec::new(), 0);
     for doc in template(&[]) {
         if doc["kind"] != "Deployment" {
             continue;
         }
         let name = &doc["metadata"]["name"];
+        deployments.push(name.as_str().unwrap_or_default().to_string());
         let spec = &doc["spec"]["template"]["spec"];
         assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
         assert_eq!(
@@ -211,6 +227,7 @@ fn every_container_of_the_chart_has_probes_resources_and_a_restricted_context() 
         );
         assert_eq!(doc["spec"]["replicas"], 2, "{name}");
         for c in spec["containers"].as_array().expect("containers") {
+            containers += 1;
             let sc = &c["securityContext"];
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
@@ -230,6 +247,9 @@ fn every_container_of_the_chart_has_probes_resources_and_a_restricted_context() 
             }
         }
     }
+    // The operator and the webhook, one container each.
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
+    assert_eq!(containers, 2, "{deployments:?}");
 }
 
 fn secret_json(password: &str) -> String {
@@ -299,19 +319,16 @@ spec:
     )
 }
 
-/// A bare pod, opted in to DSO or not.
+/// A bare pod in `ns`, opted in to DSO or not.
 fn probe_pod(ns: &str, name: &str, inject: bool) -> String {
-    let busybox = env("DSO_BUSYBOX_IMAGE");
     let annotations = if inject {
-        r#"{"dso.dev/inject": "true", "dso.dev/secrets": "db"}"#
+        annotated("db")
     } else {
-        "{}"
+        serde_json::json!({})
     };
-    format!(
-        r#"{{"apiVersion": "v1", "kind": "Pod",
-  "metadata": {{"name": "{name}", "namespace": "{ns}", "annotations": {annotations}}},
-  "spec": {{"containers": [{{"name": "app", "image": "{busybox}", "command": ["/bin/sh", "-c", "true"]}}]}}}}"#
-    )
+    let mut p = pod(name, &annotations);
+    p["metadata"]["namespace"] = ns.into();
+    p.to_string()
 }
 
 /// What a user would look at when the story breaks: printed on failure.
@@ -354,32 +371,25 @@ fn diagnostics(rel_ns: &str, app_ns: &str) -> String {
     out
 }
 
+/// A release in `rel_ns` serving `app_ns`. Whatever happened, the cluster-wide webhook
+/// registration must not outlive the test: dropping it uninstalls the release (when installed),
+/// then the namespaces go.
 struct Release {
     name: String,
-    rel_ns: String,
-    app_ns: String,
     installed: bool,
+    /// Dropped after [`Drop::drop`] has uninstalled the release.
+    rel_ns: TestNamespace,
+    app_ns: TestNamespace,
 }
 
 impl Drop for Release {
-    /// Whatever happened, the cluster-wide webhook registration must not outlive the test.
     fn drop(&mut self) {
         if self.installed {
-            let _ = helm(&["uninstall", &self.name, "-n", &self.rel_ns, "--wait"]);
+            let _ = Command::new("helm")
+                .args(["uninstall", &self.name, "-n", &self.rel_ns, "--wait"])
+                .output();
         }
-        let _ = kubectl(&["delete", "namespace", &self.app_ns, "--wait=false"]);
-        let _ = kubectl(&["delete", "namespace", &self.rel_ns, "--wait=false"]);
     }
-}
-
-fn ready(d: &DsoSecret) -> Option<(String, String)> {
-    let c = d
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone()))
 }
 
 /// Pods of a ReplicaSet that run with their app container started.
@@ -453,7 +463,6 @@ async fn the_api_server_finds_the_charts_pods_pod_security_restricted() {
         &rendered,
     );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
     assert!(out.status.success(), "{stderr}");
     assert!(
         !stderr.contains("PodSecurity"),
@@ -504,10 +513,11 @@ async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
     let app_ns = namespace(&c, "e2e-chart-app", &[INJECTION_LABEL]).await;
     let mut release = Release {
         name: format!("dso-{}", rel_ns.trim_start_matches("e2e-chart-")),
-        rel_ns: rel_ns.clone(),
-        app_ns: app_ns.clone(),
         installed: false,
+        rel_ns,
+        app_ns,
     };
+    let (rel_ns, app_ns) = (release.rel_ns.to_string(), release.app_ns.to_string());
     let name = release.name.clone();
     let fullname = name.clone(); // the release name contains "dso": resources are named after it
 
@@ -603,15 +613,10 @@ async fn scenario(
     progress("upgraded; certificate kept");
 
     // A secret in AWS, and an app that consumes it.
-    let sm = moto();
     let secret_id = unique("e2e/chart/db");
     let canary1 = unique("canary-chart-v1");
     let canary2 = unique("canary-chart-v2");
-    sm.create_secret()
-        .name(&secret_id)
-        .secret_string(secret_json(&canary1))
-        .send()
-        .await?;
+    create_secret(&secret_id, &secret_json(&canary1)).await;
     ok(
         "kubectl apply of the app",
         kubectl_stdin(&["apply", "-f", "-"], &app_manifests(app_ns, &secret_id)),
@@ -672,11 +677,7 @@ async fn scenario(
 
     progress("pod injected and Running; the app printed the first value");
     // Rotation in AWS: the operator rolls the Deployment; the new pod reads the new value.
-    sm.put_secret_value()
-        .secret_id(&secret_id)
-        .secret_string(secret_json(&canary2))
-        .send()
-        .await?;
+    put_secret_value(&secret_id, &secret_json(&canary2)).await;
     let second_rs = wait_for(
         "a new ReplicaSet after the rotation",
         Duration::from_secs(90),

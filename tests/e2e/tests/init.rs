@@ -5,7 +5,8 @@
 
 use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret};
 use dso_e2e::{
-    client, container_log, env, kubectl, kubectl_stdin, moto, namespace, unique, wait_for,
+    TestNamespace, client, container_log, create_secret, env, kubectl_stdin, namespace, unique,
+    wait_for,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
@@ -17,18 +18,6 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/dso-e2e-init";
 /// The app runs as a user other than dso-init's (65532); the fsGroup gives it the files.
 const APP_UID: u32 = 1001;
 const FS_GROUP: u32 = 2000;
-
-async fn create_secret(id: &str, value: &str) -> String {
-    moto()
-        .create_secret()
-        .name(id)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("create the secret in moto")
-        .version_id
-        .expect("version id")
-}
 
 fn file(path: Option<&str>, secret_id: &str, json_key: Option<&str>, expand: bool) -> PlanFile {
     PlanFile {
@@ -113,7 +102,9 @@ fn pod(name: &str, plan: &InitPlan, app_script: &str) -> Pod {
     .expect("pod")
 }
 
-async fn setup(prefix: &str) -> (kube::Client, String) {
+/// A namespace (deleted at the end of the test) with a ServiceAccount `app` annotated with
+/// [`ROLE`].
+async fn setup(prefix: &str) -> (kube::Client, TestNamespace) {
     let c = client().await;
     let ns = namespace(
         &c,
@@ -280,8 +271,6 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
         );
         assert!(!spec.contains(canary.as_str()), "value in the pod object");
     }
-    // Kept on failure, for a look; gone on success.
-    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
 #[tokio::test]
@@ -364,5 +353,4 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
             .unwrap_or_default()
             .contains("STARTED")
     );
-    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }

@@ -1,280 +1,36 @@
 //! `dso-webhook` on the real cluster, registered through a real MutatingWebhookConfiguration
-//! in URL mode (`https://127.0.0.1:PORT/mutate` with a caBundle from a certificate made here).
+//! in URL mode.
 //!
-//! Each test starts its own webhook process (`$DSO_BIN_DIR/dso-webhook`, watching the cluster
-//! through `KUBECONFIG`) on its own port, and its own configuration, which selects only the
-//! namespaces this test creates (a label unique to the test) and, through `matchConditions`,
-//! only pods annotated `dso.dev/inject: "true"`: other tests sharing the cluster never see it.
+//! Each test starts its own webhook process ([`dso_e2e::Webhook`]: `$DSO_BIN_DIR/dso-webhook`,
+//! watching the cluster through `KUBECONFIG`) on its own port, with its own configuration that
+//! selects only the namespaces the webhook makes for this test and only opted-in pods: other
+//! tests sharing the cluster never see it.
 
 use dso_e2e::{
-    apply_crd, check, client, container_log, env, kubectl, kubectl_stdin, namespace, unique,
-    wait_for,
+    Webhook, annotated, app_container, apply, client, container_log, create_secret, deployment,
+    dso_secret, env, pod, unique, wait_for,
 };
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Label selecting a test's namespaces for its webhook configuration.
-const SELECTOR_LABEL: &str = "dso-webhook-e2e";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running `dso-webhook` and the configuration that sends it this test's pods.
-struct Webhook {
-    child: Option<Child>,
-    config_name: String,
-    /// Value of [`SELECTOR_LABEL`] on the namespaces this webhook serves.
-    run: String,
-    admin_port: u16,
-    log: PathBuf,
-    namespaces: Vec<String>,
-    dir: PathBuf,
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+/// Creates a pod from its manifest: the apiserver's answer, admission included.
+async fn create_pod(pods: &Api<Pod>, manifest: Value) -> kube::Result<Pod> {
+    let pod: Pod = serde_json::from_value(manifest).expect("a pod manifest");
+    pods.create(&PostParams::default(), &pod).await
 }
 
-/// A CA for the caBundle; serving certificates are issued from it (and re-issued on rotation).
-fn test_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "dso-webhook e2e CA");
-    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("CA key"))
-        .expect("CA certificate")
-}
-
-/// Issues a new serving certificate and key for 127.0.0.1 and swaps them in the way a
-/// Secret volume update does: write elsewhere, then rename over the old files.
-fn write_serving_pair(dir: &std::path::Path, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().expect("serving key");
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("serving params")
-        .signed_by(&key, ca)
-        .expect("serving certificate");
-    std::fs::write(dir.join("tls.crt.new"), cert.pem()).expect("write cert");
-    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).expect("write key");
-    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).expect("swap key");
-    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).expect("swap cert");
-}
-
-impl Webhook {
-    /// Starts the webhook on `port` (admin HTTP on `port + 50`), registers it, and returns once
-    /// the apiserver routes an annotated pod of a fresh namespace to it.
-    async fn start(port: u16, extra_args: &[&str]) -> Webhook {
-        apply_crd();
-        let run = unique("wh");
-        let dir = std::env::temp_dir().join(format!("dso-webhook-e2e-{run}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let ca = test_ca();
-        let ca_pem = ca.pem();
-        write_serving_pair(&dir, &ca);
-        let log = dir.join("webhook.log");
-        let admin_port = port + 50;
-        let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-webhook");
-        let child = dso_e2e::webhook_command(port, &dir)
-            .args(["--shutdown-grace", "2s"])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            ))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut webhook = Webhook {
-            child: Some(child),
-            config_name: format!("dso-e2e-{run}"),
-            run,
-            admin_port,
-            log,
-            namespaces: Vec::new(),
-            dir,
-            ca,
-        };
-        wait_for("the webhook to be ready", TIMEOUT, || async {
-            Ok(webhook
-                .admin_get("/readyz")
-                .await?
-                .contains(" 200 ")
-                .then_some(()))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", webhook.logs()));
-
-        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": webhook.config_name},
-            "webhooks": [{
-                "name": "pods.dso.dev",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "timeoutSeconds": 5,
-                "failurePolicy": "Fail",
-                "reinvocationPolicy": "IfNeeded",
-                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: webhook.run}},
-                "matchConditions": [{
-                    "name": "opted-in",
-                    "expression": "has(object.metadata.annotations) && 'dso.dev/inject' in object.metadata.annotations && object.metadata.annotations['dso.dev/inject'].lowerAscii() == 'true'"
-                }]
-            }]
-        }))
-        .expect("webhook configuration");
-        let mut config = config;
-        if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
-            w.client_config.ca_bundle = Some(ByteString(ca_pem.into_bytes()));
-        }
-        Api::<MutatingWebhookConfiguration>::all(client().await)
-            .create(&PostParams::default(), &config)
-            .await
-            .expect("create the MutatingWebhookConfiguration");
-
-        // The apiserver picks the configuration up within about a second: probe with dry runs.
-        let probe_ns = webhook.namespace(&[]).await;
-        let pods: Api<Pod> = Api::namespaced(client().await, &probe_ns);
-        let probe = pod_json("probe", &annotated("nothing-here"));
-        wait_for("the apiserver to call the webhook", TIMEOUT, || {
-            let pods = pods.clone();
-            let probe = probe.clone();
-            async move {
-                let dry = PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                };
-                match pods.create(&dry, &serde_json::from_value(probe)?).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("nothing-here") => Ok(Some(())),
-                    other => anyhow::bail!("not routed to the webhook yet: {other:?}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", webhook.logs()));
-        webhook
-    }
-
-    /// A fresh namespace this webhook serves.
-    async fn namespace(&mut self, extra_labels: &[(&str, &str)]) -> String {
-        let mut labels = vec![(SELECTOR_LABEL, self.run.as_str())];
-        labels.extend_from_slice(extra_labels);
-        let ns = namespace(&client().await, "dso-wh", &labels).await;
-        self.namespaces.push(ns.clone());
-        ns
-    }
-
-    /// GET on the plain-HTTP admin port; returns the raw response.
-    async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nhost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok(out)
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- dso-webhook log ---\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-
-    /// Stops the process (SIGKILL) and waits for it.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        self.stop();
-        let _ = kubectl(&[
-            "delete",
-            "mutatingwebhookconfiguration",
-            &self.config_name,
-            "--ignore-not-found",
-        ]);
-        for ns in &self.namespaces {
-            let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn annotated(secrets: &str) -> Value {
-    json!({"dso.dev/inject": "true", "dso.dev/secrets": secrets})
-}
-
-/// A pod passing Pod Security `restricted` on its own, running busybox.
-fn pod_json(name: &str, annotations: &Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [app_container("app", "sleep 3600")],
-        }
-    })
-}
-
-fn app_container(name: &str, script: &str) -> Value {
-    json!({
-        "name": name, "image": env("DSO_BUSYBOX_IMAGE"), "imagePullPolicy": "Never",
-        "command": ["/bin/sh", "-c", script],
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 1001, "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
-        }
-    })
-}
-
-fn apply(ns: &str, manifest: &Value) {
-    check(
-        kubectl_stdin(
-            &["apply", "-n", ns, "-f", "-"],
-            &serde_json::to_string(manifest).expect("json"),
-        ),
-        "kubectl apply",
-    );
-}
-
-fn dso_secret(name: &str, secret_id: &str, extra_spec: Value) -> Value {
-    let mut spec =
-        json!({"files": [{"path": "password", "secretId": secret_id, "jsonKey": "password"}]});
-    if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
-        s.extend(extra);
-    }
-    json!({"apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret", "metadata": {"name": name}, "spec": spec})
-}
-
-fn deployment(name: &str, annotations: &Value, containers: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
-                "spec": {"containers": containers}
-            }
-        }
-    })
+/// The pod's `dso.dev/injected` annotation: the DsoSecrets the webhook injected.
+fn injected(p: &Pod) -> Option<&str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get("dso.dev/injected")
+        .map(String::as_str)
 }
 
 fn init_names(p: &Pod) -> Vec<String> {
@@ -359,14 +115,7 @@ async fn a_deployment_with_the_annotations_gets_pods_with_the_init_container_the
         dso_mounts(&pod, "side").is_empty(),
         "containers not selected get no mount"
     );
-    assert_eq!(
-        pod.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("dso.dev/injected"))
-            .map(String::as_str),
-        Some("db")
-    );
+    assert_eq!(injected(&pod), Some("db"));
     assert!(
         spec.security_context
             .as_ref()
@@ -380,12 +129,8 @@ async fn an_unannotated_pod_is_admitted_unchanged() {
     let mut wh = Webhook::start(18402, &[]).await;
     let ns = wh.namespace(&[]).await;
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let sent = pod_json("plain", &json!({"team": "a"}));
-    let created = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(sent).expect("pod"),
-        )
+    let sent = pod("plain", &json!({"team": "a"}));
+    let created = create_pod(&pods, sent)
         .await
         .expect("an unannotated pod is admitted");
     assert!(init_names(&created).is_empty());
@@ -425,7 +170,7 @@ async fn a_pod_in_a_restricted_namespace_is_admitted_after_mutation() {
             "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/web"}}}),
     );
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let mut sent = pod_json("restricted", &annotated("db"));
+    let mut sent = pod("restricted", &annotated("db"));
     sent["spec"]["serviceAccountName"] = json!("web");
     // The webhook's caches see the new ServiceAccount shortly after it is created: dry runs
     // (which go through admission, Pod Security included) until the role is injected.
@@ -452,11 +197,7 @@ async fn a_pod_in_a_restricted_namespace_is_admitted_after_mutation() {
     )
     .await
     .expect("the role is injected");
-    let created = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(sent).expect("pod"),
-        )
+    let created = create_pod(&pods, sent)
         .await
         .expect("Pod Security restricted admits the mutated pod");
     assert_eq!(
@@ -480,11 +221,7 @@ async fn an_unknown_dsosecret_is_denied_and_the_message_reaches_the_replicaset_e
     let mut wh = Webhook::start(18404, &[]).await;
     let ns = wh.namespace(&[]).await;
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let direct = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(pod_json("direct", &annotated("missing"))).expect("pod"),
-        )
+    let direct = create_pod(&pods, pod("direct", &annotated("missing")))
         .await
         .expect_err("a pod naming an unknown DsoSecret is denied");
     let expected = format!("DsoSecret \"missing\" not found in namespace {ns}");
@@ -539,20 +276,13 @@ async fn with_the_webhook_stopped_annotated_pods_are_refused_and_others_still_ad
     apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
     wh.stop();
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let refused = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(pod_json("annotated", &annotated("db"))).expect("pod"),
-        )
+    let refused = create_pod(&pods, pod("annotated", &annotated("db")))
         .await
         .expect_err("failurePolicy Fail refuses an annotated pod while the webhook is down");
     assert!(refused.to_string().contains("pods.dso.dev"), "{refused}");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(pod_json("plain", &json!({}))).expect("pod"),
-    )
-    .await
-    .expect("matchConditions keep unannotated pods away from the stopped webhook");
+    create_pod(&pods, pod("plain", &json!({})))
+        .await
+        .expect("matchConditions keep unannotated pods away from the stopped webhook");
 }
 
 /// The whole path on the node: the webhook injects, the kubelet projects the IRSA token,
@@ -565,13 +295,7 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
     let ns = wh.namespace(&[]).await;
     let secret_id = unique("e2e/webhook/db");
     let canary = unique("canary-value-never-in-the-spec");
-    let sm = dso_e2e::moto();
-    sm.create_secret()
-        .name(&secret_id)
-        .secret_string(json!({"password": canary}).to_string())
-        .send()
-        .await
-        .expect("create the secret in moto");
+    create_secret(&secret_id, &json!({"password": canary}).to_string()).await;
     apply(
         &ns,
         &dso_secret(
@@ -580,19 +304,14 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
             json!({"aws": {"roleArn": "arn:aws:iam::123456789012:role/e2e-webhook"}}),
         ),
     );
-    let mut sent = pod_json("runs", &annotated("db"));
+    let mut sent = pod("runs", &annotated("db"));
     sent["spec"]["hostNetwork"] = json!(true);
     sent["spec"]["containers"] = json!([app_container(
         "app",
         "if [ -s /run/secrets/dso/db/password ] && cat /run/secrets/dso/db/password >/dev/null; then echo READABLE; else echo UNREADABLE; ls -ln /run/secrets/dso /run/secrets/dso/db; fi; sleep 3600"
     )]);
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(sent).expect("pod"),
-    )
-    .await
-    .expect("the pod is admitted");
+    create_pod(&pods, sent).await.expect("the pod is admitted");
     let running = wait_for(
         "the injected pod to run",
         Duration::from_secs(120),
@@ -646,7 +365,7 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
         dry_run: true,
         ..Default::default()
     };
-    let pod: Pod = serde_json::from_value(pod_json("rotating", &annotated("db"))).expect("pod");
+    let pod: Pod = serde_json::from_value(pod("rotating", &annotated("db"))).expect("pod");
     let admit = || async {
         let p = pods
             .create(&dry, &pod)
@@ -655,26 +374,20 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
         assert_eq!(init_names(&p).first().map(String::as_str), Some("dso-init"));
     };
     admit().await;
-    write_serving_pair(&wh.dir, &wh.ca);
+    wh.rotate_certificate();
     let started = std::time::Instant::now();
-    while !wh.logs().contains("serving certificate reloaded") {
+    while !wh.log().contains("serving certificate reloaded") {
         admit().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             started.elapsed() < TIMEOUT,
-            "the new certificate was never loaded\n{}",
-            wh.logs()
+            "the new certificate was never loaded"
         );
     }
     for _ in 0..20 {
         admit().await;
     }
-    assert!(
-        wh.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
-        "the same process kept serving"
-    );
+    assert!(wh.is_running(), "the same process kept serving");
 }
 
 /// Review findings on the real apiserver (a dry run: nothing is started): an `--init-env` value
@@ -693,7 +406,7 @@ async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_value
     apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
     let mut annotations = annotated("eu,db");
     annotations["dso.dev/injected"] = json!("copied-from-a-live-pod");
-    let sent: Pod = serde_json::from_value(pod_json("copied", &annotations)).expect("pod");
+    let sent: Pod = serde_json::from_value(pod("copied", &annotations)).expect("pod");
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
     let dry = PostParams {
         dry_run: true,
@@ -710,7 +423,7 @@ async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_value
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", wh.logs()));
+    .unwrap_or_else(|e| panic!("{e}"));
 
     assert_eq!(
         init_names(&pod).first().map(String::as_str),
@@ -720,14 +433,7 @@ async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_value
         dso_mounts(&pod, "app"),
         vec![("/run/secrets/dso".to_string(), Some(true))]
     );
-    assert_eq!(
-        pod.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("dso.dev/injected"))
-            .map(String::as_str),
-        Some("eu,db")
-    );
+    assert_eq!(injected(&pod), Some("eu,db"));
     let init = &pod
         .spec
         .as_ref()
