@@ -7,11 +7,12 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `KUBECONFIG` | the cluster |
-//! | `DSO_MOTO_ENDPOINT` | moto server, e.g. `http://127.0.0.1:5055` |
+//! | `DSO_MOTO_ENDPOINT` | moto as this suite and the processes it starts reach it, e.g. `http://127.0.0.1:5055` |
+//! | `DSO_POD_AWS_ENDPOINT` | moto as pods reach it, by name, e.g. `http://moto.aws.svc.cluster.local:5055` |
 //! | `DSO_BIN_DIR` | directory holding the built `dso-webhook`, `dso-operator`, `dso-init` |
 //! | `DSO_INIT_IMAGE` | the dso-init image, already on the node |
 //! | `DSO_BUSYBOX_IMAGE` | a busybox image, already on the node |
-//! | `DSO_POD_LOGS_DIR` | the kubelet's pod log directory (`kubectl logs` cannot reach a loopback node) |
+//! | `DSO_POD_LOGS_DIR` | the kubelet's pod log directory (every instance of a container, restarts included) |
 //! | `DSO_E2E_KEEP_FAILED` | optional: when set, a failing test's namespaces are kept for a look (and named) |
 //!
 //! Modules: [`manifests`] (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and

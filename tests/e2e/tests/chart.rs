@@ -8,8 +8,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `DSO_CHART_VALUES` | values file for this cluster; default `charts/dso/values-local.yaml` (the local loopback cluster) |
-//! | `DSO_CHART_AWS_ENDPOINT` | AWS endpoint as the cluster's pods reach it; default `DSO_MOTO_ENDPOINT` |
+//! | `DSO_CHART_VALUES` | values file for this cluster; default `charts/dso/values-local.yaml` (the local cluster and kind: moto at `moto.aws.svc.cluster.local`) |
 //!
 //! The tests that only render the chart (`helm lint`, `helm template`) need `helm` and no
 //! cluster; the CRD copy check needs neither.
@@ -296,8 +295,6 @@ spec:
         dso.dev/secrets: db
     spec:
       serviceAccountName: web
-      hostNetwork: true
-      dnsPolicy: ClusterFirstWithHostNet
       terminationGracePeriodSeconds: 1
       securityContext:
         runAsNonRoot: true
@@ -475,38 +472,14 @@ async fn the_api_server_finds_the_charts_pods_pod_security_restricted() {
     );
 }
 
-/// The local values, with KUBERNETES_SERVICE_PORT set to this cluster's API server port (the
-/// local cluster's port is configurable, and service IPs do not route on its node).
-async fn local_values_for_this_cluster() -> PathBuf {
-    let config = kube::Config::infer().await.expect("KUBECONFIG");
-    let port = config.cluster_url.port_u16().unwrap_or(443).to_string();
-    let path = repo("charts/dso/values-local.yaml");
-    let mut values: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("values-local.yaml"))
-            .expect("values-local.yaml parses");
-    for component in ["operator", "webhook"] {
-        if let Some(env) = values[component]["env"].as_sequence_mut() {
-            for var in env.iter_mut() {
-                if var["name"].as_str() == Some("KUBERNETES_SERVICE_PORT") {
-                    var["value"] = serde_yaml_ng::Value::String(port.clone());
-                }
-            }
-        }
-    }
-    let out = std::env::temp_dir().join(format!("dso-values-local-{port}.yaml"));
-    std::fs::write(&out, serde_yaml_ng::to_string(&values).expect("yaml")).expect("write values");
-    out
-}
-
 #[tokio::test]
 async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
     let c = client().await;
-    let moto_endpoint = env("DSO_MOTO_ENDPOINT");
-    let aws_endpoint = std::env::var("DSO_CHART_AWS_ENDPOINT").unwrap_or(moto_endpoint);
-    let values = match std::env::var("DSO_CHART_VALUES") {
-        Ok(v) => PathBuf::from(v),
-        Err(_) => local_values_for_this_cluster().await,
-    };
+    // The local values as they are: the same file works on the local cluster and on kind
+    // (both serve moto as moto.aws.svc.cluster.local).
+    let values = std::env::var("DSO_CHART_VALUES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
     env("DSO_POD_LOGS_DIR");
 
     let rel_ns = namespace(&c, "e2e-chart", &[]).await;
@@ -531,8 +504,6 @@ async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
         &rel_ns,
         "-f",
         values.to_str().expect("path"),
-        "--set",
-        &format!("aws.endpointUrl={aws_endpoint}"),
         "--set",
         &format!("operator.watchNamespace={app_ns}"),
         "--wait",
@@ -580,6 +551,46 @@ async fn scenario(
             .first()
             .and_then(|w| w.client_config.ca_bundle.clone())
     };
+    // Registered as on EKS: through the webhook's Service, never by URL; both components on
+    // the pod network (their own addresses), two replicas each.
+    let mwc = mwcs.get(&mwc_name).await?;
+    let client_config = mwc
+        .webhooks
+        .as_ref()
+        .and_then(|w| w.first())
+        .map(|w| w.client_config.clone())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        client_config.url.is_none()
+            && client_config.service.as_ref().map(|s| s.name.as_str())
+                == Some(format!("{fullname}-webhook").as_str()),
+        "the webhook is not registered through its Service: {client_config:?}"
+    );
+    let rel_pods: Api<Pod> = Api::namespaced(c.clone(), rel_ns);
+    let component_pods = rel_pods.list(&ListParams::default()).await?.items;
+    anyhow::ensure!(
+        component_pods.len() == 4,
+        "two webhook and two operator pods: {:?}",
+        component_pods
+            .iter()
+            .map(|p| p.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    for p in &component_pods {
+        let host_network = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let status = p.status.clone().unwrap_or_default();
+        anyhow::ensure!(
+            !host_network && status.pod_ip.is_some() && status.pod_ip != status.host_ip,
+            "{:?} is not on the pod network (hostNetwork {host_network}, podIP {:?}, hostIP {:?})",
+            p.metadata.name,
+            status.pod_ip,
+            status.host_ip
+        );
+    }
     let cert_before = secrets_rel.get(&tls_secret).await?.data;
     let bundle_before = ca_bundle(mwcs.get(&mwc_name).await?);
     anyhow::ensure!(

@@ -230,8 +230,7 @@ async fn a_busybox_pod_reaches_running_on_the_real_node() {
                 "name": "app", "image": image, "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", "echo hello from the node; exec sleep 3600"]
             }],
-            "terminationGracePeriodSeconds": 1,
-            "hostNetwork": true
+            "terminationGracePeriodSeconds": 1
         }
     }))
     .expect("pod");

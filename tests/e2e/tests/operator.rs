@@ -185,20 +185,18 @@ fn dsosecret(ns: &str, name: &str, secret_id: &str, interval: &str, strategy: &s
     apply(ns, &dso_secret(name, secret_id, refresh));
 }
 
-/// A Deployment consuming `secrets` whose pods run one `container` on the node's network (the
-/// loopback node has no pod network) and stop at once.
-fn host_network_deployment(name: &str, secrets: &str, container: Value) -> Value {
+/// A Deployment consuming `secrets` whose pods run one `container` on the pod network and stop
+/// at once.
+fn quick_deployment(name: &str, secrets: &str, container: Value) -> Value {
     let mut d = deployment(name, &annotated(secrets), vec![container]);
-    let spec = &mut d["spec"]["template"]["spec"];
-    spec["hostNetwork"] = json!(true);
-    spec["terminationGracePeriodSeconds"] = json!(1);
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
     d
 }
 
 /// Applies a Deployment consuming `secrets` whose pod sleeps.
 fn consuming_deployment(ns: &str, name: &str, secrets: &str) {
     let app = app_container("app", "sleep 3600");
-    apply(ns, &host_network_deployment(name, secrets, app));
+    apply(ns, &quick_deployment(name, secrets, app));
 }
 
 /// A StatefulSet (0 replicas) or DaemonSet (selecting no node) consuming `secrets`: their
@@ -908,7 +906,8 @@ async fn wait_printed(ns: &str, value: &str) -> anyhow::Result<()> {
 /// rolls, and the new pods read the new value.
 #[tokio::test]
 async fn after_a_rotation_the_new_pods_read_the_new_value() {
-    let moto = format!("AWS_ENDPOINT_URL={}", env("DSO_MOTO_ENDPOINT"));
+    // dso-init runs in pods: it reaches moto by name, through its Service.
+    let moto = format!("AWS_ENDPOINT_URL={}", env("DSO_POD_AWS_ENDPOINT"));
     let mut wh = Webhook::start(18530, &["--init-env", &moto]).await;
     let ns = wh.namespace(&[]).await;
     let secret = unique("e2e/op/chain");
@@ -923,7 +922,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
         "app",
         "echo \"value=$(cat /run/secrets/dso/db/password)\"; sleep 3600",
     );
-    apply(&ns, &host_network_deployment("web", "db", app));
+    apply(&ns, &quick_deployment("web", "db", app));
     wait_printed(&ns, &old)
         .await
         .expect("the injected pod reads the secret");

@@ -290,7 +290,8 @@ async fn with_the_webhook_stopped_annotated_pods_are_refused_and_others_still_ad
 /// running as another user reads the file. The value appears nowhere in the pod object.
 #[tokio::test]
 async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init() {
-    let moto = env("DSO_MOTO_ENDPOINT");
+    // dso-init runs in the pod, on the pod network: it reaches moto by name.
+    let moto = env("DSO_POD_AWS_ENDPOINT");
     let mut wh = Webhook::start(18406, &["--init-env", &format!("AWS_ENDPOINT_URL={moto}")]).await;
     let ns = wh.namespace(&[]).await;
     let secret_id = unique("e2e/webhook/db");
@@ -305,7 +306,6 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
         ),
     );
     let mut sent = pod("runs", &annotated("db"));
-    sent["spec"]["hostNetwork"] = json!(true);
     sent["spec"]["containers"] = json!([app_container(
         "app",
         "if [ -s /run/secrets/dso/db/password ] && cat /run/secrets/dso/db/password >/dev/null; then echo READABLE; else echo UNREADABLE; ls -ln /run/secrets/dso /run/secrets/dso/db; fi; sleep 3600"
