@@ -8,9 +8,13 @@
 //! - [`contract`]: what the webhook hands the `dso-init` container (the resolved file list) and
 //!   what `dso-init` reports back (version ids) — never a secret value.
 //! - [`duration`]: the `5m` / `1h30m` interval format.
+//! - [`aws_error`]: what an AWS call's failure means (its kind, whether to retry it).
+//! - [`backoff`]: the retry delay, exponential with jitter.
 //! - [`versions`]: the stable hash of consumed versions that drives rollouts.
 
 pub mod annotations;
+pub mod aws_error;
+pub mod backoff;
 pub mod contract;
 pub mod duration;
 pub mod secret;

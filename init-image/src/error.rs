@@ -16,6 +16,7 @@
 //! | 7 | volume: mount path missing, size limit exceeded, a write failed |
 //! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
 
+pub use dso_api::aws_error::AwsErrorKind;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -40,96 +41,14 @@ impl fmt::Display for Target {
     }
 }
 
-/// What kind of AWS failure a call ended with; decides retries and the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsErrorKind {
-    AccessDenied,
-    ResourceNotFound,
-    DecryptionFailure,
-    InvalidRequest,
-    InvalidParameter,
-    /// No credentials, or the credential provider (e.g. STS web identity) refused them.
-    Credentials,
-    Throttling,
-    /// A 5xx answer or an `InternalServiceError`.
-    ServiceUnavailable,
-    Timeout,
-    /// Connection refused, DNS failure, connection reset.
-    Unreachable,
-    /// The endpoint's certificate is not trusted (no CA bundle, a proxy, a wrong endpoint).
-    Tls,
-    /// The answer could not be read.
-    BadResponse,
-    /// The version holds neither a SecretString nor a SecretBinary.
-    EmptyValue,
-    Other,
-}
-
-impl AwsErrorKind {
-    /// Worth another attempt (before the deadline).
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            Self::Throttling
-                | Self::ServiceUnavailable
-                | Self::Timeout
-                | Self::Unreachable
-                | Self::BadResponse
-        )
-    }
-
-    /// The name printed in messages (AWS's own error names where they exist).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::AccessDenied => "AccessDenied",
-            Self::ResourceNotFound => "ResourceNotFound",
-            Self::DecryptionFailure => "DecryptionFailure",
-            Self::InvalidRequest => "InvalidRequest",
-            Self::InvalidParameter => "InvalidParameter",
-            Self::Credentials => "CredentialsError",
-            Self::Throttling => "Throttling",
-            Self::ServiceUnavailable => "ServiceUnavailable",
-            Self::Timeout => "Timeout",
-            Self::Unreachable => "EndpointUnreachable",
-            Self::Tls => "TlsError",
-            Self::BadResponse => "BadResponse",
-            Self::EmptyValue => "EmptyValue",
-            Self::Other => "AwsError",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::AccessDenied => "access_denied",
-            Self::ResourceNotFound => "resource_not_found",
-            Self::DecryptionFailure => "decryption_failure",
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidParameter => "invalid_parameter",
-            Self::Credentials => "credentials",
-            Self::Throttling => "throttling",
-            Self::ServiceUnavailable => "service_unavailable",
-            Self::Timeout => "timeout",
-            Self::Unreachable => "unreachable",
-            Self::Tls => "tls",
-            Self::BadResponse => "bad_response",
-            Self::EmptyValue => "empty_value",
-            Self::Other => "aws_other",
-        }
-    }
-
-    fn exit_code(self) -> u8 {
-        match self {
-            Self::AccessDenied | Self::DecryptionFailure | Self::Credentials => 3,
-            Self::ResourceNotFound => 4,
-            Self::EmptyValue => 5,
-            Self::Throttling
-            | Self::ServiceUnavailable
-            | Self::Timeout
-            | Self::Unreachable
-            | Self::Tls
-            | Self::BadResponse => 6,
-            Self::InvalidRequest | Self::InvalidParameter | Self::Other => 8,
-        }
+/// The exit code of an AWS failure (see the module table).
+fn aws_exit_code(kind: AwsErrorKind) -> u8 {
+    use AwsErrorKind::*;
+    match kind {
+        AccessDenied | DecryptionFailure | Credentials => 3,
+        ResourceNotFound => 4,
+        Throttling | ServiceUnavailable | Timeout | Unreachable | Tls | BadResponse => 6,
+        InvalidRequest | InvalidParameter | Other => 8,
     }
 }
 
@@ -193,6 +112,9 @@ pub enum Error {
         why: String,
     },
 
+    #[error("{at}: EmptyValue: {version} holds neither a SecretString nor a SecretBinary")]
+    EmptyValue { at: Target, version: String },
+
     #[error("{at}: PathCollision: {why}")]
     PathCollision { at: Target, why: String },
 
@@ -227,8 +149,9 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Plan(_) | Error::NoRegion { .. } | Error::Config(_) => 2,
-            Error::Aws { failure, .. } => failure.kind.exit_code(),
-            Error::MissingJsonKey { .. }
+            Error::Aws { failure, .. } => aws_exit_code(failure.kind),
+            Error::EmptyValue { .. }
+            | Error::MissingJsonKey { .. }
             | Error::NotJson { .. }
             | Error::BadKeyName { .. }
             | Error::PathCollision { .. } => 5,
@@ -244,6 +167,7 @@ impl Error {
             Error::NoRegion { .. } => "no_region",
             Error::Config(_) => "config",
             Error::Aws { failure, .. } => failure.kind.label(),
+            Error::EmptyValue { .. } => "empty_value",
             Error::MissingJsonKey { .. } => "missing_json_key",
             Error::NotJson { .. } => "not_json",
             Error::BadKeyName { .. } => "bad_key_name",
@@ -327,6 +251,19 @@ mod tests {
         assert_eq!(aws(AwsErrorKind::Unreachable).exit_code(), 6);
         assert_eq!(Error::MountPath("/x".into()).exit_code(), 7);
         assert_eq!(aws(AwsErrorKind::InvalidRequest).exit_code(), 8);
+    }
+
+    #[test]
+    fn a_version_without_a_value_is_a_content_error() {
+        let e = Error::EmptyValue {
+            at: at(),
+            version: "versionStage AWSCURRENT".into(),
+        };
+        assert_eq!(
+            e.line(),
+            r#"dso-init: DsoSecret "db", file "password", secret "prod/db": EmptyValue: versionStage AWSCURRENT holds neither a SecretString nor a SecretBinary (exit 5)"#
+        );
+        assert_eq!(e.label(), "empty_value");
     }
 
     #[test]

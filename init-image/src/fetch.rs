@@ -6,12 +6,13 @@
 //! (VPC endpoints, local emulators). One client per region; every distinct
 //! (region, secret, version) is fetched once, concurrently.
 //!
-//! Retries are ours, not the SDK's (it is configured with retries off), so that [`classify`] is
-//! the one place deciding what is transient: throttling, 5xx, timeouts and connection failures
-//! are retried with exponential backoff and jitter, up to `max_attempts` and never past the
-//! overall deadline; everything else fails at once.
+//! Retries are ours, not the SDK's (it is configured with retries off), so that what is retried
+//! is decided by [`dso_api::aws_error`], the classifier the operator uses too ([`classify`] only
+//! adapts the SDK's error to it): throttling, 5xx, timeouts and connection failures are retried
+//! with [`dso_api::backoff`], up to `max_attempts` and never past the overall deadline;
+//! everything else fails at once.
 
-use crate::error::{AwsErrorKind, AwsFailure};
+use crate::error::AwsFailure;
 use crate::plan::{FetchKey, VersionSel};
 use crate::value::SecretValue;
 use aws_config::BehaviorVersion;
@@ -26,6 +27,7 @@ use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
+use dso_api::aws_error::{self, AwsErrorKind};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
@@ -69,7 +71,8 @@ impl Default for Settings {
 #[derive(Debug)]
 pub struct Fetched {
     pub version_id: String,
-    pub value: SecretValue,
+    /// `None` when the version holds neither a SecretString nor a SecretBinary.
+    pub value: Option<SecretValue>,
 }
 
 impl fmt::Display for VersionSel {
@@ -205,10 +208,15 @@ where
             Err(f) => f,
         };
         failure.attempts = n;
-        if !failure.kind.is_transient() || n >= settings.max_attempts {
+        if !failure.kind.is_retryable() || n >= settings.max_attempts {
             return Err(failure);
         }
-        let pause = backoff(n, settings.base_backoff, settings.max_backoff);
+        let pause = dso_api::backoff::delay(
+            n,
+            settings.base_backoff,
+            settings.max_backoff,
+            fastrand::u64(..),
+        );
         if Instant::now() + pause >= deadline {
             failure.detail = format!(
                 "{}; gave up at the {:?} deadline",
@@ -218,22 +226,6 @@ where
         }
         tokio::time::sleep(pause).await;
     }
-}
-
-/// Exponential backoff with "equal jitter": half fixed, half random.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(cap);
-    exp / 2 + (exp / 2).mul_f64(random_fraction())
-}
-
-fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn get(client: &Client, key: &FetchKey) -> Result<Fetched, AwsFailure> {
@@ -249,24 +241,16 @@ async fn get(client: &Client, key: &FetchKey) -> Result<Fetched, AwsFailure> {
     })?;
     let version_id = out.version_id.take().unwrap_or_default();
     let value = match (out.secret_string.take(), out.secret_binary.take()) {
-        (Some(s), _) => SecretValue::Text(s),
-        (None, Some(b)) => SecretValue::Binary(b.into_inner()),
-        (None, None) => {
-            return Err(AwsFailure::new(
-                AwsErrorKind::EmptyValue,
-                format!(
-                    "{} holds neither a SecretString nor a SecretBinary",
-                    key.version
-                ),
-            ));
-        }
+        (Some(s), _) => Some(SecretValue::Text(s)),
+        (None, Some(b)) => Some(SecretValue::Binary(b.into_inner())),
+        (None, None) => None,
     };
     Ok(Fetched { version_id, value })
 }
 
-/// The one place that decides what an SDK error means: its kind (transient or not) and a
-/// message a user can act on. Messages come from AWS error metadata and connection errors,
-/// never from a response body.
+/// Adapts an SDK error to [`dso_api::aws_error`] (AWS's error code and HTTP status; what a
+/// request without an answer ran into) and words a message a user can act on. Messages come
+/// from AWS error metadata and connection errors, never from a response body.
 pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure {
     if let Some(failure) = credentials_failure(err) {
         return failure;
@@ -280,7 +264,7 @@ pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure
                 .message()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("HTTP {status} without a message"));
-            let kind = kind_of_code(code, status);
+            let kind = aws_error::classify(service.err().code(), Some(status));
             let detail = match kind {
                 AwsErrorKind::Other | AwsErrorKind::Credentials => {
                     format!("{code}: {message} (HTTP {status})")
@@ -292,21 +276,17 @@ pub fn classify(err: &SdkError<GetSecretValueError, HttpResponse>) -> AwsFailure
         SdkError::TimeoutError(_) => AwsFailure::new(AwsErrorKind::Timeout, "the call timed out"),
         SdkError::DispatchFailure(d) => {
             let context = chain(err);
-            if context.contains("invalid peer certificate") {
-                AwsFailure::new(
-                    AwsErrorKind::Tls,
-                    format!("the endpoint's TLS certificate is not trusted: {context}{TLS_HINT}"),
-                )
-            } else if d.is_timeout() {
-                AwsFailure::new(AwsErrorKind::Timeout, context)
-            } else if d.is_io() {
-                AwsFailure::new(
-                    AwsErrorKind::Unreachable,
-                    format!("cannot reach the Secrets Manager endpoint: {context}"),
-                )
-            } else {
-                AwsFailure::new(AwsErrorKind::Other, context)
-            }
+            let kind = aws_error::classify_unanswered(d.is_timeout(), d.is_io(), &context);
+            let detail = match kind {
+                AwsErrorKind::Tls => {
+                    format!("the endpoint's TLS certificate is not trusted: {context}{TLS_HINT}")
+                }
+                AwsErrorKind::Unreachable => {
+                    format!("cannot reach the Secrets Manager endpoint: {context}")
+                }
+                _ => context,
+            };
+            AwsFailure::new(kind, detail)
         }
         SdkError::ResponseError(r) => AwsFailure::new(
             AwsErrorKind::BadResponse,
@@ -327,49 +307,20 @@ const TLS_HINT: &str = " (the image needs a CA bundle at /etc/ssl/certs/ca-certi
      SSL_CERT_FILE naming one; with a VPC endpoint or a proxy, check AWS_ENDPOINT_URL and its \
      certificate)";
 
-/// Maps an AWS error code (and the HTTP status) to a kind.
-pub fn kind_of_code(code: &str, status: u16) -> AwsErrorKind {
-    match code {
-        "AccessDeniedException" | "AccessDenied" => AwsErrorKind::AccessDenied,
-        "ResourceNotFoundException" => AwsErrorKind::ResourceNotFound,
-        "DecryptionFailure" => AwsErrorKind::DecryptionFailure,
-        "InvalidRequestException" => AwsErrorKind::InvalidRequest,
-        "InvalidParameterException" => AwsErrorKind::InvalidParameter,
-        "ThrottlingException"
-        | "Throttling"
-        | "TooManyRequestsException"
-        | "RequestLimitExceeded"
-        | "SlowDown" => AwsErrorKind::Throttling,
-        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
-            AwsErrorKind::ServiceUnavailable
-        }
-        "UnrecognizedClientException"
-        | "InvalidSignatureException"
-        | "IncompleteSignature"
-        | "ExpiredTokenException"
-        | "InvalidClientTokenId"
-        | "MissingAuthenticationToken"
-        | "SignatureDoesNotMatch" => AwsErrorKind::Credentials,
-        _ if status == 429 => AwsErrorKind::Throttling,
-        _ if status >= 500 => AwsErrorKind::ServiceUnavailable,
-        _ => AwsErrorKind::Other,
-    }
-}
-
 /// A failure to get credentials (e.g. STS AssumeRoleWithWebIdentity), found in the error chain.
 fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<AwsFailure> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(cred) = e.downcast_ref::<CredentialsError>() {
             let context = chain(cred);
-            let kind = match cred {
-                _ if context.contains("invalid peer certificate") => AwsErrorKind::Tls,
-                CredentialsError::ProviderTimedOut(_) => AwsErrorKind::Timeout,
-                _ => match connector_error(cred) {
-                    Some(c) if c.is_timeout() => AwsErrorKind::Timeout,
-                    Some(c) if c.is_io() => AwsErrorKind::Unreachable,
-                    _ => AwsErrorKind::Credentials,
-                },
+            let connector = connector_error(cred);
+            let timed_out = matches!(cred, CredentialsError::ProviderTimedOut(_))
+                || connector.is_some_and(ConnectorError::is_timeout);
+            let io = connector.is_some_and(ConnectorError::is_io);
+            // A provider that answered (or found nothing to ask) refused: a credentials error.
+            let kind = match aws_error::classify_unanswered(timed_out, io, &context) {
+                AwsErrorKind::Other => AwsErrorKind::Credentials,
+                kind => kind,
             };
             let hint = if kind == AwsErrorKind::Tls {
                 TLS_HINT
@@ -436,30 +387,18 @@ mod tests {
         SdkError::service_error(err, raw)
     }
 
+    /// The table itself is `dso_api::aws_error`'s; this checks the code and the status reach it.
     #[test]
-    fn aws_error_codes_map_to_kinds_a_user_recognises() {
+    fn the_code_and_status_of_an_aws_answer_decide_its_kind() {
         let cases = [
-            ("AccessDeniedException", 400, AwsErrorKind::AccessDenied),
             (
                 "ResourceNotFoundException",
                 400,
                 AwsErrorKind::ResourceNotFound,
             ),
-            ("DecryptionFailure", 400, AwsErrorKind::DecryptionFailure),
-            ("InvalidRequestException", 400, AwsErrorKind::InvalidRequest),
-            ("ThrottlingException", 400, AwsErrorKind::Throttling),
-            (
-                "InternalServiceError",
-                500,
-                AwsErrorKind::ServiceUnavailable,
-            ),
-            ("Whatever", 503, AwsErrorKind::ServiceUnavailable),
+            ("ExpiredTokenException", 400, AwsErrorKind::Credentials),
             ("Whatever", 429, AwsErrorKind::Throttling),
-            (
-                "UnrecognizedClientException",
-                400,
-                AwsErrorKind::Credentials,
-            ),
+            ("Whatever", 503, AwsErrorKind::ServiceUnavailable),
             ("Whatever", 400, AwsErrorKind::Other),
         ];
         for (code, status, kind) in cases {
@@ -469,15 +408,9 @@ mod tests {
     }
 
     #[test]
-    fn only_throttling_5xx_timeouts_and_connection_failures_are_retried() {
-        assert!(AwsErrorKind::Throttling.is_transient());
-        assert!(AwsErrorKind::ServiceUnavailable.is_transient());
-        assert!(AwsErrorKind::Timeout.is_transient());
-        assert!(AwsErrorKind::Unreachable.is_transient());
-        assert!(!AwsErrorKind::AccessDenied.is_transient());
-        assert!(!AwsErrorKind::ResourceNotFound.is_transient());
-        assert!(!AwsErrorKind::DecryptionFailure.is_transient());
-        assert!(!AwsErrorKind::Credentials.is_transient());
+    fn an_unclassified_answer_names_the_aws_code_and_status() {
+        let f = classify(&service_error("Whatever", 400));
+        assert_eq!(f.detail, "Whatever: AWS says no (HTTP 400)");
     }
 
     #[test]
@@ -511,18 +444,8 @@ mod tests {
             SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
         let f = classify(&err);
         assert_eq!(f.kind, AwsErrorKind::Tls);
-        assert!(!f.kind.is_transient());
+        assert!(!f.kind.is_retryable());
         assert!(f.detail.contains("CA"), "{}", f.detail);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap() {
-        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(1));
-        for attempt in 1..10 {
-            let exp = (base * 2u32.pow(attempt - 1)).min(cap);
-            let b = backoff(attempt, base, cap);
-            assert!(b >= exp / 2 && b <= exp, "{attempt}: {b:?}");
-        }
     }
 
     fn fast() -> Settings {

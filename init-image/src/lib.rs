@@ -82,7 +82,13 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
                     failure: AwsFailure::new(AwsErrorKind::Other, "internal: no fetch result"),
                 });
             };
-            for out in extract::files_for(&at, f, &got.value)? {
+            let Some(value) = &got.value else {
+                return Err(Error::EmptyValue {
+                    at,
+                    version: plan::fetch_key(s, f).version.to_string(),
+                });
+            };
+            for out in extract::files_for(&at, f, value)? {
                 pending.push(write::Pending {
                     at: at.clone(),
                     dso_secret: s.name.clone(),

@@ -1,9 +1,9 @@
 //! AWS Secrets Manager, metadata only: `DescribeSecret` and `ListSecrets`. The operator never
 //! calls `GetSecretValue`, so its IAM policy needs neither the value nor the KMS key.
 //!
-//! Every SDK failure goes through [`classify`], the one place that decides what is transient
-//! (retried with backoff, never cached) and what is permanent (recorded in status and cached for
-//! the refresh interval).
+//! Every SDK failure goes through [`classify`], which adapts it to [`dso_api::aws_error`]: that
+//! decides what is transient (retried with backoff, never cached) and what is permanent
+//! (recorded in status and cached for the refresh interval).
 
 use crate::domain::{ProblemKind, SecretMeta};
 use crate::metrics::Metrics;
@@ -28,25 +28,10 @@ impl AwsProblem {
     }
 }
 
-/// Error codes that mean "not allowed" rather than "broken".
-const DENIED_CODES: &[&str] = &[
-    "AccessDeniedException",
-    "AccessDenied",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "ExpiredTokenException",
-    "InvalidSignatureException",
-];
-/// Error codes that mean "slow down".
-const THROTTLE_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "InternalServiceError",
-];
-
-/// Classifies an SDK error: the single place that decides transient vs permanent.
+/// Adapts an SDK error to [`dso_api::aws_error`], the classifier `dso-init` uses too, and
+/// words it for status and events. Retryable kinds are [`ProblemKind::Transient`]; credentials
+/// the operator cannot use count as access denied (both need the operator's identity fixed,
+/// not the secret), with their own hint.
 pub fn classify<E>(
     operation: &str,
     secret: &str,
@@ -55,46 +40,48 @@ pub fn classify<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    use dso_api::aws_error::{self, AwsErrorKind};
     let (kind, detail) = match err {
-        SdkError::TimeoutError(_) => (ProblemKind::Transient, "timed out".to_string()),
+        SdkError::TimeoutError(_) => (AwsErrorKind::Timeout, "timed out".to_string()),
         SdkError::ResponseError(_) => (
-            ProblemKind::Transient,
+            AwsErrorKind::BadResponse,
             "unreadable response from AWS".to_string(),
         ),
         SdkError::DispatchFailure(d) => {
-            let kind = if d.is_timeout() || d.is_io() {
-                ProblemKind::Transient
-            } else {
-                ProblemKind::Permanent
-            };
-            (kind, format!("request not sent: {}", error_chain(err)))
+            let chain = error_chain(err);
+            let kind = aws_error::classify_unanswered(d.is_timeout(), d.is_io(), &chain);
+            (kind, format!("request not sent: {chain}"))
         }
         SdkError::ServiceError(s) => {
+            let kind = aws_error::classify(err.code(), Some(s.raw().status().as_u16()));
             let code = err.code().unwrap_or("Unknown");
             let msg = err.message().unwrap_or("");
-            let kind = if code == "ResourceNotFoundException" {
-                ProblemKind::NotFound
-            } else if DENIED_CODES.contains(&code) {
-                ProblemKind::AccessDenied
-            } else if THROTTLE_CODES.contains(&code) || s.raw().status().is_server_error() {
-                ProblemKind::Transient
-            } else {
-                ProblemKind::Permanent
-            };
             (kind, format!("{code}: {msg}"))
         }
         // Construction failures: no credentials, no region, bad endpoint.
-        _ => (ProblemKind::Permanent, error_chain(err)),
+        _ => (AwsErrorKind::Other, error_chain(err)),
     };
-    let hint = match kind {
-        ProblemKind::NotFound => "; check the secretId and the region",
-        ProblemKind::AccessDenied => {
-            "; grant the operator's role secretsmanager:DescribeSecret and secretsmanager:ListSecrets"
+    let (problem, hint) = match kind {
+        AwsErrorKind::ResourceNotFound => {
+            (ProblemKind::NotFound, "; check the secretId and the region")
         }
-        _ => "",
+        AwsErrorKind::AccessDenied => (
+            ProblemKind::AccessDenied,
+            "; grant the operator's role secretsmanager:DescribeSecret and secretsmanager:ListSecrets",
+        ),
+        AwsErrorKind::Credentials => (
+            ProblemKind::AccessDenied,
+            "; AWS does not accept the operator's credentials: check its IAM role (IRSA or Pod Identity) and the node's clock",
+        ),
+        AwsErrorKind::Tls => (
+            ProblemKind::Permanent,
+            "; the endpoint's TLS certificate is not trusted: check AWS_ENDPOINT_URL and the CA that signed its certificate",
+        ),
+        k if k.is_retryable() => (ProblemKind::Transient, ""),
+        _ => (ProblemKind::Permanent, ""),
     };
     AwsProblem {
-        kind,
+        kind: problem,
         message: format!("{operation} {secret}: {detail}{hint}"),
     }
 }

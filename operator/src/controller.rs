@@ -184,13 +184,15 @@ pub fn error_policy(dso: Arc<DsoSecret>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// `base * 2^(attempt-1)`, capped at `max`.
+/// `base * 2^(attempt-1)`, capped at `max`, with jitter ([`dso_api::backoff`]): DsoSecrets that
+/// failed together (an AWS outage) do not all come back in the same second.
 pub fn backoff(settings: &Settings, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    settings
-        .backoff_base
-        .saturating_mul(factor)
-        .min(settings.backoff_max)
+    dso_api::backoff::delay(
+        attempt,
+        settings.backoff_base,
+        settings.backoff_max,
+        fastrand::u64(..),
+    )
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -411,15 +413,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_per_failure_up_to_the_cap() {
+    fn backoff_doubles_per_failure_up_to_the_cap_with_jitter() {
         let s = Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
         };
-        let delays: Vec<u64> = (1..=8).map(|n| backoff(&s, n).as_secs()).collect();
-        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
-        assert_eq!(backoff(&s, u32::MAX).as_secs(), 60);
+        let full = [1, 2, 4, 8, 16, 32, 60, 60].map(Duration::from_secs);
+        for (n, full) in (1..).zip(full) {
+            let d = backoff(&s, n);
+            assert!(d >= full / 2 && d <= full, "failure {n}: {d:?}");
+        }
+        assert!(backoff(&s, u32::MAX) <= Duration::from_secs(60));
     }
 
     #[test]

@@ -276,8 +276,25 @@ async fn access_denied_is_permanent_and_cached_for_the_interval() {
 }
 
 #[tokio::test]
+async fn an_expired_token_is_denied_with_a_hint_about_credentials_not_policies() {
+    let endpoint = failing_endpoint(400, "ExpiredTokenException").await;
+    let (aws, _) = aws(&endpoint).await;
+    let p = aws
+        .describe("us-east-1", "prod/db")
+        .await
+        .expect_err("expired");
+    assert_eq!(p.kind, ProblemKind::AccessDenied);
+    assert!(p.message.contains("credentials"), "{}", p.message);
+    assert!(!p.message.contains("DescribeSecret and"), "{}", p.message);
+}
+
+#[tokio::test]
 async fn throttling_and_server_errors_are_transient_and_never_cached() {
-    for (status, code) in [(400, "ThrottlingException"), (500, "InternalServiceError")] {
+    for (status, code) in [
+        (400, "ThrottlingException"),
+        (500, "InternalServiceError"),
+        (429, "SomeNewThrottlingCode"),
+    ] {
         let endpoint = failing_endpoint(status, code).await;
         let (aws, calls) = aws(&endpoint).await;
         let cache = VersionCache::new(aws, LookupMode::Describe);
