@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs DSO's end-to-end suite on a kind cluster, for machines with Docker: creates the cluster,
 # builds DSO's images with Docker and loads them into the node, runs moto (the AWS emulator) as
-# a pod, and runs the end-to-end tests that drive DSO inside the cluster (tests/e2e/tests/
-# foundation.rs, init.rs, chart.rs). The chart test installs the chart with `helm install`
-# (tests/e2e/values-kind.yaml: two replicas each, the webhook behind its Service), runs the whole
-# story through it (operator, webhook, dso-init, rotation) and uninstalls it. The webhook and
+# a pod behind the Service moto.aws — the name the local cluster gives it too — and runs the
+# end-to-end tests that drive DSO inside the cluster (tests/e2e/tests/foundation.rs, init.rs,
+# chart.rs). The chart test installs the chart with `helm install` and the same values as on
+# the local cluster (charts/dso/values-local.yaml: two replicas each, the webhook behind its
+# Service), runs the whole story through it (operator, webhook, dso-init, rotation) and
+# uninstalls it. The webhook and
 # operator tests of tests/run.sh run DSO as processes on the host and register the webhook at
 # https://127.0.0.1, which kind's API server (inside a container) cannot reach: DSO_E2E_ARGS=""
 # runs them anyway, e.g. on a kind with host networking of your own.
@@ -54,8 +56,8 @@ nodes:
       # The suite reads container logs here (DSO_POD_LOGS_DIR), as on the local cluster.
       - {hostPath: $dir/pod-logs, containerPath: /var/log/pods}
     extraPortMappings:
-      # moto runs on the node's network: the suite reaches it on 127.0.0.1 like the pods do.
-      - {containerPort: $moto_port, hostPort: $moto_port, listenAddress: 127.0.0.1}
+      # moto's NodePort: the suite reaches it on the host's 127.0.0.1; pods use its Service name.
+      - {containerPort: 30555, hostPort: $moto_port, listenAddress: 127.0.0.1}
 YAML
 kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
 kind create cluster --name "$cluster" --config "$dir/kind.yaml" --kubeconfig "$dir/kubeconfig" \
@@ -71,9 +73,9 @@ docker pull -q "$busybox"
 kind load docker-image --name "$cluster" dso.local/dso-init:dev dso.local/dso-webhook:dev \
   dso.local/dso-operator:dev "$busybox"
 
-step "moto on the node's network, port $moto_port"
-kubectl create namespace dso-moto
-kubectl apply -n dso-moto -f - <<YAML
+step "moto: Service moto.aws (port 5055, as on the local cluster), host port $moto_port"
+kubectl create namespace aws
+kubectl apply -n aws -f - <<YAML
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: moto}
@@ -83,16 +85,23 @@ spec:
   template:
     metadata: {labels: {app: moto}}
     spec:
-      hostNetwork: true
       containers:
         - name: moto
           image: python:3.12-slim
-          command: ["sh", "-c", "pip install --quiet 'moto[server]==5.2.1' && exec moto_server -H 0.0.0.0 -p $moto_port"]
+          command: ["sh", "-c", "pip install --quiet 'moto[server]==5.2.1' && exec moto_server -H 0.0.0.0 -p 5055"]
           readinessProbe:
-            httpGet: {path: /moto-api/, port: $moto_port}
+            httpGet: {path: /moto-api/, port: 5055}
             periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {name: moto}
+spec:
+  type: NodePort
+  selector: {app: moto}
+  ports: [{name: http, port: 5055, targetPort: 5055, nodePort: 30555}]
 YAML
-kubectl -n dso-moto rollout status deploy/moto --timeout 300s
+kubectl -n aws rollout status deploy/moto --timeout 300s
 # The pod is Ready; the host port mapping may lag: a minute at most, 5 s a try.
 tries=0
 until curl -fs --max-time 5 -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"; do
@@ -100,12 +109,10 @@ until curl -fs --max-time 5 -o /dev/null "http://127.0.0.1:$moto_port/moto-api/"
   [ "$tries" -lt 60 ] || die "moto is Ready but not reachable on 127.0.0.1:$moto_port after 60 tries"
   sleep 1
 done
-node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
 
 step "end-to-end suite"
 export DSO_MOTO_ENDPOINT="http://127.0.0.1:$moto_port"
-export DSO_CHART_AWS_ENDPOINT="http://$node_ip:$moto_port"
-export DSO_CHART_VALUES="$repo/tests/e2e/values-kind.yaml"
+export DSO_POD_AWS_ENDPOINT="http://moto.aws.svc.cluster.local:5055"
 export DSO_BIN_DIR="$repo/target/release"   # for the host-process tests, when asked for
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE="$busybox"
 export DSO_POD_LOGS_DIR="$dir/pod-logs"
