@@ -462,3 +462,76 @@ async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_value
         .collect();
     assert_eq!(regions, [("eu", "eu-west-1"), ("db", "us-east-1")]);
 }
+
+/// Sum of `dso_webhook_admissions_total` series with this outcome, from the webhook's /metrics.
+async fn admissions(admin_port: u16, outcome: &str) -> f64 {
+    let (status, body) = dso_e2e::http_get(admin_port, "/metrics")
+        .await
+        .expect("the webhook's /metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("dso_webhook_admissions_total"),
+        "no admissions series in /metrics: {body}"
+    );
+    body.lines()
+        .filter(|l| {
+            l.starts_with("dso_webhook_admissions_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The apiserver calls DSO once per opted-in pod: the ServiceAccount admission plugin, which
+/// the apiserver re-runs after DSO's patch, finds dso-init already carrying the API token mount
+/// it would add, so nothing changes after DSO and `reinvocationPolicy: IfNeeded` has no reason
+/// to call again. Counted with the webhook's own metrics: N pods → N reviews, all `injected`.
+#[tokio::test]
+async fn each_opted_in_pod_costs_exactly_one_review() {
+    const PORT: u16 = 18412;
+    let mut wh = Webhook::start(PORT, &[]).await;
+    let ns = wh.namespace(&[]).await;
+    apply(&ns, &dso_secret("db", "prod/e2e/one-review", json!({})));
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    // The pods' ServiceAccount must exist for the plugin (and DSO) to see its token volume.
+    wait_for("the default ServiceAccount", TIMEOUT, || async {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client().await, &ns);
+        Ok(sas.get_opt("default").await?.map(|_| ()))
+    })
+    .await
+    .expect("default ServiceAccount");
+    let admin = PORT + 50;
+    let (injected_before, unchanged_before) = (
+        admissions(admin, "injected").await,
+        admissions(admin, "unchanged").await,
+    );
+    const N: usize = 10;
+    for i in 0..N {
+        let created = create_pod(&pods, pod(&format!("once-{i}"), &annotated("db")))
+            .await
+            .expect("the pod is admitted");
+        let spec = created.spec.expect("spec");
+        let init = spec.init_containers.unwrap_or_default();
+        let dso_init = init
+            .iter()
+            .find(|c| c.name == "dso-init")
+            .expect("dso-init");
+        // What the ServiceAccount plugin gives every container: the API token, read-only.
+        assert!(
+            dso_init.volume_mounts.iter().flatten().any(|m| m.mount_path
+                == "/var/run/secrets/kubernetes.io/serviceaccount"
+                && m.read_only == Some(true)
+                && m.name.starts_with("kube-api-access-")),
+            "dso-init lacks the token mount the plugin adds: {:?}",
+            dso_init.volume_mounts
+        );
+    }
+    let injected = admissions(admin, "injected").await - injected_before;
+    let unchanged = admissions(admin, "unchanged").await - unchanged_before;
+    assert_eq!(
+        (injected, unchanged),
+        (N as f64, 0.0),
+        "{N} opted-in pods: reviews by outcome (injected, unchanged)"
+    );
+}
