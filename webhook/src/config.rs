@@ -121,8 +121,17 @@ pub struct Args {
     pub shutdown_grace: Duration,
 
     /// Log format: plain or json (the filter comes from RUST_LOG, default info).
-    #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -351,6 +360,30 @@ mod tests {
     fn a_relative_default_mount_path_is_refused() {
         let a = args(&["--default-mount-path", "secrets"]).expect("parse");
         assert!(InjectConfig::from_args(&a).is_err());
+    }
+
+    #[test]
+    fn durations_are_written_like_kubernetes_durations() {
+        let a = args(&[
+            "--tls-reload-interval",
+            "1m30s",
+            "--shutdown-grace",
+            "500ms",
+        ])
+        .expect("parse");
+        assert_eq!(a.tls_reload_interval, Duration::from_secs(90));
+        assert_eq!(a.shutdown_grace, Duration::from_millis(500));
+        let e = args(&["--shutdown-grace", "20"]).expect_err("a bare number has no unit");
+        assert!(e.to_string().contains("missing unit"), "{e}");
+    }
+
+    #[test]
+    fn the_log_format_is_plain_or_json() {
+        assert_eq!(args(&[]).expect("parse").log_format, LogFormat::Plain);
+        let a = args(&["--log-format", "json"]).expect("parse");
+        assert_eq!(a.log_format, LogFormat::Json);
+        let e = args(&["--log-format", "yaml"]).expect_err("refused");
+        assert!(e.to_string().contains("plain, json"), "{e}");
     }
 
     #[test]
