@@ -1,18 +1,15 @@
-//! Configuration: the command line ([`Args`], every flag with an environment fallback) and the
-//! pure [`InjectConfig`] the patch builder reads.
+//! Configuration: the command line ([`Args`], every flag with an environment fallback), checked
+//! into the [`InjectConfig`] the patch builder reads (defined with the builder, which does not
+//! depend on this module).
 
 use crate::error::Error;
+pub use crate::patch::InjectConfig;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Upper bound DSO assumes for one file when it checks that a pod's DsoSecrets fit the tmpfs:
-/// 64 KiB, the largest value AWS Secrets Manager stores. An `expand: true` entry counts once,
-/// since all its keys together come from one secret value.
-pub const FILE_CEILING_BYTES: u64 = 64 * 1024;
 
 /// `dso-webhook`: injects the `dso-init` container and a memory-backed volume into pods
 /// annotated `dso.dev/inject: "true"`.
@@ -183,23 +180,6 @@ fn check_cpu(q: &str) -> Result<(), String> {
     } else {
         Err(format!("{q:?} is not a CPU quantity such as 100m or 0.5"))
     }
-}
-
-/// Everything the patch builder needs, checked once at start-up.
-#[derive(Clone, Debug)]
-pub struct InjectConfig {
-    pub image: String,
-    pub image_pull_policy: String,
-    pub default_mount_path: String,
-    /// The size limit as given (a Kubernetes quantity).
-    pub size_limit: String,
-    pub size_limit_bytes: u64,
-    pub resources: ResourceRequirements,
-    pub default_region: Option<String>,
-    pub init_env: Vec<(String, String)>,
-    pub fs_group: Option<i64>,
-    pub run_as_user: i64,
-    pub token_expiration_seconds: i64,
 }
 
 impl InjectConfig {
