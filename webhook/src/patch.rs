@@ -16,6 +16,9 @@
 //! - without a role, EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI`,
 //!   `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` and the token's mount) copied from an app
 //!   container when the EKS webhook ran before DSO;
+//! - in `dso-init`, the read-only API token mount the in-tree ServiceAccount admission plugin
+//!   gave the app containers (volume `kube-api-access-*`), which the plugin would otherwise add
+//!   after DSO's patch, making the apiserver call DSO a second time;
 //! - `securityContext.fsGroup` when the pod has none (see below);
 //! - the `dso.dev/injected` annotation listing the mounted DsoSecrets.
 //!
@@ -50,6 +53,7 @@ pub use identity::{
     Identity, POD_IDENTITY_TOKEN_ENV, POD_IDENTITY_URI_ENV, ROLE_ENV, TOKEN_FILE_ENV,
     TOKEN_FILE_NAME,
 };
+pub use init::{API_TOKEN_MOUNT_PATH, API_TOKEN_VOLUME_PREFIX};
 pub use settings::{FILE_CEILING_BYTES, InjectConfig};
 
 use crate::error::Result;

@@ -9,6 +9,11 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, PodSpec, SeccompProfile, SecurityContext, VolumeMount,
 };
 
+/// Prefix of the volume the in-tree ServiceAccount admission plugin adds for the API token.
+pub const API_TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+/// Where the ServiceAccount admission plugin mounts the API token in every container.
+pub const API_TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// dso-init for `plan`, authenticating with `credentials`.
 pub(super) fn init_container(
     spec: &PodSpec,
@@ -32,6 +37,8 @@ pub(super) fn init_container(
         ..Default::default()
     }];
     mounts.extend(credentials.mounts);
+    let api_token = api_token_mount(spec, &mounts);
+    mounts.extend(api_token);
     Container {
         name: ann::INIT_CONTAINER_NAME.to_string(),
         image: Some(cfg.image.clone()),
@@ -77,4 +84,41 @@ fn security_context(spec: &PodSpec, cfg: &InjectConfig) -> SecurityContext {
         }),
         ..Default::default()
     }
+}
+
+/// The mount the in-tree ServiceAccount admission plugin would add to dso-init, given now so
+/// that the plugin has nothing to add when the apiserver re-runs it after DSO's patch: a
+/// change there would make the apiserver call DSO a second time (`reinvocationPolicy:
+/// IfNeeded`). The plugin (plugin/pkg/admission/serviceaccount/admission.go) acts when the
+/// pod's or ServiceAccount's `automountServiceAccountToken` allows it; it uses the first volume
+/// named `kube-api-access-*` and gives every init and regular container without a mount at
+/// exactly [`API_TOKEN_MOUNT_PATH`] a read-only mount of it there. DSO sees the pod after the
+/// plugin's first pass, so it mirrors that pass: no such volume mounted by a container at that
+/// path means the plugin did not act (automount off) and dso-init gets nothing.
+fn api_token_mount(spec: &PodSpec, init_mounts: &[VolumeMount]) -> Option<VolumeMount> {
+    if spec.automount_service_account_token == Some(false)
+        || init_mounts
+            .iter()
+            .any(|m| m.mount_path == API_TOKEN_MOUNT_PATH)
+    {
+        return None;
+    }
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name.starts_with(API_TOKEN_VOLUME_PREFIX))?;
+    let mounted_by_the_plugin = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .any(|m| m.name == volume.name && m.mount_path == API_TOKEN_MOUNT_PATH);
+    mounted_by_the_plugin.then(|| VolumeMount {
+        name: volume.name.clone(),
+        mount_path: API_TOKEN_MOUNT_PATH.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    })
 }

@@ -1,6 +1,7 @@
 //! The patch builder over tables of pod shapes and denials, and a property test. The fixtures
 //! live here; the tests are grouped by step.
 
+mod api_token;
 mod denials;
 mod identity;
 mod property;
