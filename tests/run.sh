@@ -20,6 +20,10 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "GitHub workflows (actionlint $ACTIONLINT_VERSION, their scripts through shellcheck)"
+command -v shellcheck >/dev/null || die "shellcheck not found: actionlint would skip the workflows' scripts (apt-get install shellcheck)"
+actionlint -color .github/workflows/*.yml
+
 cleanup() {
   set +e
   [ -f "$STATE/pids/kube-apiserver" ] && tests/cluster/down.sh >/dev/null 2>&1
