@@ -24,6 +24,9 @@ step "GitHub workflows (actionlint $ACTIONLINT_VERSION, their scripts through sh
 command -v shellcheck >/dev/null || die "shellcheck not found: actionlint would skip the workflows' scripts (apt-get install shellcheck)"
 actionlint -color .github/workflows/*.yml
 
+step "Helm chart: helm lint --strict and kubeconform ($K8S_VERSION schemas, the CRD's) of every documented values combination"
+tests/chart.sh
+
 cleanup() {
   set +e
   [ -f "$STATE/pids/kube-apiserver" ] && tests/cluster/down.sh >/dev/null 2>&1
