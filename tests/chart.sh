@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the Helm chart the way the ecosystem's tools do, without a cluster:
 #   - `helm lint --strict` of every values combination below;
+#   - template tests: tests/chart-render-tests.py asserts what each value does to the render;
 #   - kubeconform (strict: unknown fields fail) of the `helm template` render of each, against JSON
 #     schemas of the pinned Kubernetes release's API (tests/cluster/versions.env) and of the
 #     DsoSecret CRD; and of examples/ and the CRD files themselves.
@@ -28,6 +29,7 @@ combinations=(
   "single replicas, no leader election|--set operator.replicas=1 --set operator.leaderElection.enabled=false --set webhook.replicas=1"
   "fail open, one namespace, ListSecrets sweep|--set webhook.failurePolicy=Ignore --set operator.watchNamespace=apps --set operator.awsLookup=sweep --set webhook.excludeNamespaces={legacy} --set webhook.namespaceSelector.matchLabels.dso\\.dev/injection=enabled"
   "host network (clusters without a pod network)|--set hostNetwork=true --set webhook.url=https://127.0.0.1:8443/mutate --set webhook.replicas=1"
+  "existing ServiceAccounts, OpenShift restricted-v2 (no fixed IDs)|--set operator.serviceAccount.create=false --set operator.serviceAccount.name=dso-irsa --set webhook.serviceAccount.create=false --set webhook.serviceAccount.name=dso-webhook-sa --set operator.podSecurityContext.runAsUser=null --set operator.podSecurityContext.runAsGroup=null --set operator.podSecurityContext.fsGroup=null --set webhook.podSecurityContext.runAsUser=null --set webhook.podSecurityContext.runAsGroup=null --set webhook.podSecurityContext.fsGroup=null"
 )
 # cert-manager's own kinds: their schemas come with cert-manager, not with Kubernetes.
 skip=cert-manager.io/v1/Certificate,cert-manager.io/v1/Issuer
@@ -51,6 +53,8 @@ for entry in "${combinations[@]}"; do
   fi
   "${kubeconform[@]}" "$work/render.yaml" || failed=1
 done
+echo "[chart] template tests"
+python3 tests/chart-render-tests.py "$kube_version" || failed=1
 echo "[chart] examples/ and the CRD files"
 "${kubeconform[@]}" examples/ crds/ charts/dso/crds/ || failed=1
 [ "$failed" = 0 ] || { echo "[chart] FAILED (see above)" >&2; exit 1; }
