@@ -8,6 +8,11 @@
 # The schemas are generated offline (tests/kubeconform-schemas.py) from the OpenAPI document of
 # the k8s.io/kubernetes module the local cluster is built from, so no schema is downloaded.
 # Needs helm, kubeconform and go on PATH (tests/run.sh puts tests/cluster/deps.sh's tools there).
+#
+#   tests/chart.sh            the checks above, no cluster
+#   tests/chart.sh --server   instead: each render through `kubectl apply --dry-run=server
+#                             --validate=strict` on the cluster KUBECONFIG names (the API server's
+#                             own validation, defaulting and admission; nothing is stored)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -34,6 +39,26 @@ combinations=(
 # cert-manager's own kinds: their schemas come with cert-manager, not with Kubernetes.
 skip=cert-manager.io/v1/Certificate,cert-manager.io/v1/Issuer
 
+render() { helm template dso charts/dso -n "$1" --kube-version "$kube_version" "${@:2}"; }
+
+if [ "${1:-}" = --server ]; then
+  ns=dso-chart-dry-run
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  failed=0
+  for entry in "${combinations[@]}"; do
+    name=${entry%%|*}
+    read -r -a args <<<"${entry#*|}"
+    echo "[chart] $name: kubectl apply --dry-run=server (cert-manager kinds left out: no cert-manager here)"
+    render "$ns" "${args[@]}" |
+      python3 -c 'import sys, yaml; yaml.safe_dump_all([d for d in yaml.safe_load_all(sys.stdin) if d and not d["apiVersion"].startswith("cert-manager.io/")], sys.stdout)' |
+      kubectl apply --dry-run=server --validate=strict -f - >"$work/out" 2>&1 || { cat "$work/out" >&2; failed=1; }
+  done
+  kubectl delete namespace "$ns" --wait=false >/dev/null
+  [ "$failed" = 0 ] || { echo "[chart] FAILED (see above)" >&2; exit 1; }
+  echo "[chart] the API server accepts every combination"
+  exit 0
+fi
+
 swagger="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/api/openapi-spec/swagger.json"
 [ -s "$swagger" ] || { echo "[chart] no OpenAPI document at $swagger" >&2; exit 1; }
 python3 tests/kubeconform-schemas.py "$work/schemas" --openapi "$swagger" --crd crds/dso.dev_dsosecrets.yaml
@@ -48,7 +73,7 @@ for entry in "${combinations[@]}"; do
   if ! out=$(helm lint --strict charts/dso "${args[@]}" 2>&1); then
     echo "$out" >&2; failed=1; continue
   fi
-  if ! helm template dso charts/dso -n dso-system --kube-version "$kube_version" "${args[@]}" > "$work/render.yaml"; then
+  if ! render dso-system "${args[@]}" > "$work/render.yaml"; then
     failed=1; continue
   fi
   "${kubeconform[@]}" "$work/render.yaml" || failed=1

@@ -53,6 +53,10 @@ export KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs"
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
 kubectl version
 
+step "the chart on the API server: every values combination (server dry-run), the CRD upgrade path"
+tests/chart.sh --server
+tests/crd-upgrade.sh
+
 step "end-to-end suite (run inside the cluster's network namespace $NETNS)"
 # The suite runs where the node runs, as a kind user's tools would on the node: the API server at
 # 127.0.0.1:$API_PORT, moto at 127.0.0.1:$MOTO_NS_PORT, and webhooks it starts as processes on
