@@ -162,6 +162,22 @@ check("privileged=maybe refused", objs is None and "privileged" in err, err)
 objs, err = render("--set-string", "operator.serviceAccount.create=yes")
 check("create=\"yes\" refused", objs is None and "create" in err, err)
 
+test("labels and annotations the API server would refuse are refused at install, valid ones rendered")
+objs, err = render("--set", "commonLabels.team=platform ops")
+check("label value with a space refused", objs is None and "commonLabels/team" in err, err)
+objs, err = render("--set", "webhook.podLabels.bad key=x")
+check("label key with a space refused", objs is None and "bad key" in err, err)
+objs, err = render("--set", "operator.podAnnotations.prometheus\\.io/port=8080")
+check("non-string annotation refused", objs is None and "podAnnotations" in err, err)
+objs, err = render(
+    "--set", "operator.podLabels.example\\.com/team=platform",
+    "--set-string", "operator.podAnnotations.prometheus\\.io/port=8080",
+)
+check("rendered", objs is not None, err)
+meta = find(objs, "Deployment", "dso-operator")[0]["spec"]["template"]["metadata"]
+check("pod label example.com/team", meta["labels"].get("example.com/team") == "platform", meta["labels"])
+check("pod annotation prometheus.io/port", meta["annotations"].get("prometheus.io/port") == "8080", meta["annotations"])
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)
