@@ -7,13 +7,16 @@ IMAGES_DIR holds the docker-archive files tests/images.sh built (<binary>.tar). 
 recipe's binaries, the Dockerfile's stage of that name must give the same image: the same files
 (the binary at /<binary>, the CA bundle, nothing else), user, entrypoint and environment; and the
 Dockerfile's build must use the recipe's target environment, RUSTFLAGS, profile and binaries
-(init-image/recipe.env). Prints what it compared; exits 1 naming every difference."""
+(init-image/recipe.env); and .github/workflows/release.yml must build every binary's image from
+that Dockerfile for linux/amd64 and linux/arm64. Prints what it compared; exits 1 naming every difference."""
 import json
 import re
 import shlex
 import sys
 import tarfile
 from pathlib import Path
+
+import yaml  # PyYAML, installed with moto (tests/cluster/deps.sh)
 
 repo = Path(__file__).resolve().parent.parent
 recipe = {}
@@ -25,11 +28,11 @@ dockerfile = (repo / "init-image/Dockerfile").read_text()
 problems = []
 
 
-def expect(what, got, want):
+def expect(what, got, want, where="init-image/Dockerfile"):
     status = "ok" if got == want else "DIFFERS"
-    print(f"  {what}: image/recipe {want!r} vs Dockerfile {got!r}: {status}")
+    print(f"  {what}: image/recipe {want!r} vs {where} {got!r}: {status}")
     if got != want:
-        problems.append(f"{what}: the tests use {want!r}, init-image/Dockerfile has {got!r}")
+        problems.append(f"{what}: the tests use {want!r}, {where} has {got!r}")
 
 
 # The build stage: one RUN with the target triple, RUSTFLAGS, profile and packages.
@@ -73,6 +76,29 @@ for b in binaries:
     expect("entrypoint", json.loads(m.group(1)) if m else None, config.get("Entrypoint"))
     env = sorted(re.findall(r"^ENV (\S+)$", body, re.M))
     expect("environment", env, sorted(e for e in config.get("Env") or [] if not e.startswith("PATH=")))
+
+# The release builds the published images from the same Dockerfile, one target per binary, for
+# both platforms, with an SBOM each.
+release = yaml.safe_load((repo / ".github/workflows/release.yml").read_text())
+builds = [
+    step.get("with", {})
+    for job in release["jobs"].values()
+    for step in job.get("steps", [])
+    if step.get("uses", "").startswith("docker/build-push-action@")
+]
+platforms = sorted(
+    item["platform"]
+    for job in release["jobs"].values()
+    for item in job.get("strategy", {}).get("matrix", {}).get("include", [])
+    if "platform" in item
+)
+wf = ".github/workflows/release.yml"
+print(f"release ({wf}):")
+expect("targets built", sorted(b.get("target") for b in builds), sorted(binaries), wf)
+expect("Dockerfile", sorted({b.get("file") for b in builds}), ["init-image/Dockerfile"], wf)
+expect("build context", sorted({b.get("context") for b in builds}), ["."], wf)
+expect("SBOM per image", sorted({b.get("sbom") for b in builds}), [True], wf)
+expect("platforms", platforms, ["linux/amd64", "linux/arm64"], wf)
 if problems:
     print("image recipe drift:\n  " + "\n  ".join(problems), file=sys.stderr)
     sys.exit(1)

@@ -20,6 +20,13 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "GitHub workflows (actionlint $ACTIONLINT_VERSION, their scripts through shellcheck)"
+command -v shellcheck >/dev/null || die "shellcheck not found: actionlint would skip the workflows' scripts (apt-get install shellcheck)"
+actionlint -color .github/workflows/*.yml
+
+step "Helm chart: helm lint --strict and kubeconform ($K8S_VERSION schemas, the CRD's) of every documented values combination"
+tests/chart.sh
+
 cleanup() {
   set +e
   [ -f "$STATE/pids/kube-apiserver" ] && tests/cluster/down.sh >/dev/null 2>&1
@@ -45,6 +52,10 @@ tests/images.sh --import >/dev/null
 export KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs"
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
 kubectl version
+
+step "the chart on the API server: every values combination (server dry-run), the CRD upgrade path"
+tests/chart.sh --server
+tests/crd-upgrade.sh
 
 step "end-to-end suite (run inside the cluster's network namespace $NETNS)"
 # The suite runs where the node runs, as a kind user's tools would on the node: the API server at

@@ -5,9 +5,10 @@
 #
 #   apt:  etcd-server containerd runc containernetworking-plugins busybox-static openssl
 #         iptables (kube-proxy) socat (the host forwards into the cluster's network namespace)
+#         ShellCheck, package shellcheck (actionlint runs the workflows' scripts through it)
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
-#         CoreDNS, helm
+#         CoreDNS, helm, actionlint, kubeconform
 set -euo pipefail
 # versions, CACHE, BIN, log and die
 . "$(dirname "$0")/common.sh"
@@ -25,6 +26,7 @@ command -v ctr >/dev/null || need_apt+=(containerd)
 command -v iptables-restore >/dev/null || need_apt+=(iptables)
 command -v socat >/dev/null || need_apt+=(socat)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to apt-get install ${need_apt[*]} (or install them yourself)"
   log "apt-get install ${need_apt[*]}"
@@ -87,4 +89,16 @@ if [ ! -x "$CACHE/helm-$HELM_VERSION/helm" ]; then
   GOBIN="$CACHE/helm-$HELM_VERSION" CGO_ENABLED=0 go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+
+# Linters: actionlint (GitHub workflows) and kubeconform (manifests against JSON schemas).
+for tool in "actionlint github.com/rhysd/actionlint/cmd/actionlint $ACTIONLINT_VERSION" \
+            "kubeconform github.com/yannh/kubeconform/cmd/kubeconform $KUBECONFORM_VERSION"; do
+  read -r name pkg version <<<"$tool"
+  if [ ! -x "$CACHE/$name-$version/$name" ]; then
+    log "building $name $version"
+    mkdir -p "$CACHE/$name-$version"
+    GOBIN="$CACHE/$name-$version" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  fi
+  ln -sf "$CACHE/$name-$version/$name" "$BIN/$name"
+done
 log "components ready in $BIN ($(du -sh "$CACHE" | cut -f1) cache)"

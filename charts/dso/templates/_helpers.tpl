@@ -21,11 +21,26 @@
 {{- define "dso.webhook.fullname" -}}{{ include "dso.fullname" . }}-webhook{{- end -}}
 {{- define "dso.webhook.tlsSecret" -}}{{ include "dso.fullname" . }}-webhook-tls{{- end -}}
 
+{{/* A component's ServiceAccount: the chart's (default name <fullname>-<component>), or an
+existing one named by serviceAccount.name when serviceAccount.create is false. */}}
 {{- define "dso.operator.serviceAccountName" -}}
-{{- default (include "dso.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- $sa := .Values.operator.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "dso.operator.fullname" .) $sa.name -}}
+{{- else -}}
+{{- if $sa.roleArn -}}
+{{- fail "operator.serviceAccount.roleArn is only applied to a ServiceAccount the chart creates: with operator.serviceAccount.create=false, annotate your own ServiceAccount (eks.amazonaws.com/role-arn) and leave roleArn empty" -}}
+{{- end -}}
+{{- required "operator.serviceAccount.name: the name of your existing ServiceAccount is required when operator.serviceAccount.create is false" $sa.name -}}
+{{- end -}}
 {{- end -}}
 {{- define "dso.webhook.serviceAccountName" -}}
-{{- default (include "dso.webhook.fullname" .) .Values.webhook.serviceAccount.name -}}
+{{- $sa := .Values.webhook.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "dso.webhook.fullname" .) $sa.name -}}
+{{- else -}}
+{{- required "webhook.serviceAccount.name: the name of your existing ServiceAccount is required when webhook.serviceAccount.create is false" $sa.name -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "dso.labels" -}}
@@ -55,26 +70,6 @@ app.kubernetes.io/component: {{ .component }}
 {{/* An image reference: (dict "ctx" $ "image" .Values.operator.image) */}}
 {{- define "dso.image" -}}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
-{{- end -}}
-
-{{/* Pod security context: Pod Security "restricted". */}}
-{{- define "dso.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{- define "dso.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
 {{- end -}}
 
 {{/* Default affinity: prefer replicas on different nodes. (dict "ctx" $ "component" "x" "affinity" {}) */}}

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Template tests of the Helm chart: renders it with `helm template` and checks what a user relies
+on, value by value. Run by tests/chart.sh (helm on PATH).
+
+    tests/chart-render-tests.py KUBE_VERSION
+
+Python rather than helm-unittest: no plugin to install, and an assertion reads as the object a
+user would look at (the Deployment's serviceAccountName, the pod's securityContext)."""
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml  # PyYAML, installed with moto (tests/cluster/deps.sh)
+
+repo = Path(__file__).resolve().parent.parent
+kube_version = sys.argv[1]
+failures = []
+
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def render(*args, values=None):
+    """(objects, error): the rendered objects, or helm's error output."""
+    cmd = ["helm", "template", "dso", str(repo / "charts/dso"), "-n", "dso-system"]
+    cmd += ["--kube-version", kube_version, *args]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        if values is not None:
+            f.write(values)
+            f.flush()
+            cmd += ["-f", f.name]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d], None
+
+
+def find(objs, kind, name=None):
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def pod(objs, name):
+    [deploy] = find(objs, "Deployment", name)
+    return deploy["spec"]["template"]["spec"]
+
+
+def subjects_of(objs, component_fullname):
+    """ServiceAccount names the component's (Cluster)RoleBindings grant to."""
+    return sorted(
+        {
+            s["name"]
+            for o in objs
+            if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+            and o["metadata"]["name"].startswith(component_fullname)
+            for s in o["subjects"]
+        }
+    )
+
+
+def check(name, cond, detail=""):
+    print(f"  {'ok' if cond else 'FAILED'}: {name}")
+    if not cond:
+        failures.append(f"{name} {detail}")
+
+
+def test(title):
+    print(f"[render] {title}")
+
+
+test("defaults: the chart creates each component's ServiceAccount and runs it as Pod Security restricted")
+objs, err = render()
+check("rendered", objs is not None, err)
+sas = sorted(o["metadata"]["name"] for o in find(objs, "ServiceAccount"))
+check("ServiceAccounts dso-operator and dso-webhook", sas == ["dso-operator", "dso-webhook"], sas)
+for comp in ("dso-operator", "dso-webhook"):
+    spec = pod(objs, comp)
+    check(f"{comp} runs as {comp}", spec["serviceAccountName"] == comp, spec["serviceAccountName"])
+    check(f"{comp} bindings name {comp}", subjects_of(objs, comp) == [comp], subjects_of(objs, comp))
+    check(f"{comp} pod securityContext", spec["securityContext"] == RESTRICTED_POD, spec["securityContext"])
+    sc = spec["containers"][0]["securityContext"]
+    check(f"{comp} container securityContext", sc == RESTRICTED_CONTAINER, sc)
+
+test("existing ServiceAccounts (eksctl create iamserviceaccount): not created, used by pods and bindings")
+objs, err = render(
+    "--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=dso-irsa",
+    "--set", "webhook.serviceAccount.create=false", "--set", "webhook.serviceAccount.name=hooks",
+)
+check("rendered", objs is not None, err)
+check("no ServiceAccount rendered", find(objs, "ServiceAccount") == [], find(objs, "ServiceAccount"))
+for comp, sa in (("dso-operator", "dso-irsa"), ("dso-webhook", "hooks")):
+    got = pod(objs, comp)["serviceAccountName"]
+    check(f"{comp} runs as {sa}", got == sa, got)
+    check(f"{comp} bindings name {sa}", subjects_of(objs, comp) == [sa], subjects_of(objs, comp))
+
+test("only the operator's account is external: the webhook's is still created")
+objs, err = render("--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=dso-irsa")
+check("rendered", objs is not None, err)
+sas = [o["metadata"]["name"] for o in find(objs, "ServiceAccount")]
+check("ServiceAccount dso-webhook only", sas == ["dso-webhook"], sas)
+
+test("a created account keeps a custom name and the IRSA annotation")
+objs, err = render(
+    "--set", "operator.serviceAccount.name=dso-op",
+    "--set", "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/dso-operator",
+)
+[sa] = find(objs, "ServiceAccount", "dso-op") or [None]
+check("ServiceAccount dso-op with the role", sa is not None and sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/dso-operator"), sa)
+check("operator runs as dso-op", pod(objs, "dso-operator")["serviceAccountName"] == "dso-op")
+
+test("create=false without a name, or with a roleArn the chart cannot apply, fails with the fix")
+objs, err = render("--set", "operator.serviceAccount.create=false")
+check("operator: refused, naming operator.serviceAccount.name", objs is None and "operator.serviceAccount.name" in err, err)
+objs, err = render("--set", "webhook.serviceAccount.create=false")
+check("webhook: refused, naming webhook.serviceAccount.name", objs is None and "webhook.serviceAccount.name" in err, err)
+objs, err = render(
+    "--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=x",
+    "--set", "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/r",
+)
+check("roleArn on an existing account: refused", objs is None and "annotate your own ServiceAccount" in err, err)
+
+test("OpenShift restricted-v2: null removes the fixed user, group and fsGroup; the rest stays")
+openshift = """
+operator:
+  podSecurityContext: {runAsUser: null, runAsGroup: null, fsGroup: null}
+webhook:
+  podSecurityContext: {runAsUser: null, runAsGroup: null, fsGroup: null}
+"""
+objs, err = render(values=openshift)
+check("rendered", objs is not None, err)
+want = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+for comp in ("dso-operator", "dso-webhook"):
+    spec = pod(objs, comp)
+    check(f"{comp} pod securityContext without fixed IDs", spec["securityContext"] == want, spec["securityContext"])
+    sc = spec["containers"][0]["securityContext"]
+    check(f"{comp} container securityContext unchanged", sc == RESTRICTED_CONTAINER, sc)
+
+test("a container securityContext key is merged with the defaults")
+objs, err = render("--set", "webhook.securityContext.runAsUser=1000700000")
+sc = pod(objs, "dso-webhook")["containers"][0]["securityContext"]
+check("runAsUser added, defaults kept", sc == {**RESTRICTED_CONTAINER, "runAsUser": 1000700000}, sc)
+sc = pod(objs, "dso-operator")["containers"][0]["securityContext"]
+check("the operator's untouched", sc == RESTRICTED_CONTAINER, sc)
+
+test("values.schema.json refuses a misspelt securityContext field and a non-boolean create")
+objs, err = render("--set", "operator.podSecurityContext.runAsUsr=1000")
+check("runAsUsr refused", objs is None and "runAsUsr" in err, err)
+objs, err = render("--set", "webhook.securityContext.privileged=maybe")
+check("privileged=maybe refused", objs is None and "privileged" in err, err)
+objs, err = render("--set-string", "operator.serviceAccount.create=yes")
+check("create=\"yes\" refused", objs is None and "create" in err, err)
+
+test("labels and annotations the API server would refuse are refused at install, valid ones rendered")
+objs, err = render("--set", "commonLabels.team=platform ops")
+check("label value with a space refused", objs is None and "commonLabels/team" in err, err)
+objs, err = render("--set", "webhook.podLabels.bad key=x")
+check("label key with a space refused", objs is None and "bad key" in err, err)
+objs, err = render("--set", "operator.podAnnotations.prometheus\\.io/port=8080")
+check("non-string annotation refused", objs is None and "podAnnotations" in err, err)
+objs, err = render(
+    "--set", "operator.podLabels.example\\.com/team=platform",
+    "--set-string", "operator.podAnnotations.prometheus\\.io/port=8080",
+)
+check("rendered", objs is not None, err)
+meta = find(objs, "Deployment", "dso-operator")[0]["spec"]["template"]["metadata"]
+check("pod label example.com/team", meta["labels"].get("example.com/team") == "platform", meta["labels"])
+check("pod annotation prometheus.io/port", meta["annotations"].get("prometheus.io/port") == "8080", meta["annotations"])
+
+if failures:
+    print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+    sys.exit(1)
+print("[render] all template tests passed")
