@@ -26,7 +26,6 @@ trap 'rm -rf "$work"' EXIT
 combinations=(
   "defaults|"
   "local cluster (values-local.yaml)|-f charts/dso/values-local.yaml"
-  "kind (tests/e2e/values-kind.yaml)|-f tests/e2e/values-kind.yaml"
   "EKS with IRSA (docs/install-eks.md)|--set aws.region=us-east-1 --set operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/dso-operator"
   "cert-manager, self-signed Issuer|--set webhook.tls.certManager.enabled=true"
   "cert-manager, your ClusterIssuer|--set webhook.tls.certManager.enabled=true --set webhook.tls.certManager.issuerRef.name=corp-ca --set webhook.tls.certManager.issuerRef.kind=ClusterIssuer"
