@@ -90,6 +90,9 @@ done
 if [ -f "$STATE/created" ]; then
   while read -r p; do rm -rf "$p"; done < "$STATE/created"
 fi
+if [ -f "$STATE/created-if-empty" ]; then
+  while read -r p; do rmdir "$p" 2>/dev/null; done < "$STATE/created-if-empty"
+fi
 rm -rf "$STATE"
 left=$(kubepods_dirs)
 [ -z "$left" ] || log "WARNING: cgroups left: $left"

@@ -34,9 +34,12 @@ rm -rf "$STATE"
 mkdir -p "$STATE"/{pids,logs,pki,etcd,kubelet,pod-logs,images,cni/net.d,cni/ipam,containerd,fwd}
 chmod 700 "$STATE"
 # Host paths outside $STATE that the node may create: recorded now if absent, removed by down.sh.
-for p in /var/log/containers /etc/cni /opt/cni /run/netns; do
+for p in /var/log/containers /etc/cni /opt/cni; do
   [ -e "$p" ] || echo "$p" >> "$STATE/created"
 done
+# The directory of named network namespaces is shared with whatever else uses `ip netns`:
+# removed only if absent now and empty at the end.
+[ -e /run/netns ] || echo /run/netns >> "$STATE/created-if-empty"
 
 start() { # name cmd... : runs in the cluster's network namespace (nsenter execs: same PID)
   local name=$1; shift
