@@ -25,7 +25,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Sets up logging: `format` on stderr, levels from RUST_LOG (default `info`).
+/// Sets up logging: `format` on stderr, levels from RUST_LOG (default `info`); JSON events carry
+/// their fields at the top level. The webhook's `main::init_tracing` is the same function.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

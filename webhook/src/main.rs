@@ -11,13 +11,7 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Plain => fmt.init(),
-    }
+    init_tracing(args.log_format);
     tls::install_crypto_provider();
 
     let config = InjectConfig::from_args(&args)?;
@@ -73,4 +67,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// Sets up logging: `format` on stderr, levels from RUST_LOG (default `info`); JSON events carry
+/// their fields at the top level. The operator's `run::init_tracing` is the same function.
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
 }
