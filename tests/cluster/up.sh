@@ -350,12 +350,14 @@ YAML
 
 WAIT_LOG=kubelet wait_for "node $NODE_NAME" 90 sh -c "nsenter --net=$NETNS_PATH \"$BIN/kubectl\" get node \"$NODE_NAME\" -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 for c in kube-proxy coredns moto; do alive "$c"; done
-WAIT_LOG=kube-proxy wait_for kube-proxy 30 in_ns curl -fs "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
-WAIT_LOG=coredns wait_for CoreDNS 30 in_ns curl -fs "http://127.0.0.1:$DNS_READY_PORT/ready"
-# Through the Service IP (kube-proxy's rules) and by name (CoreDNS): what pods will do.
-WAIT_LOG=kube-proxy wait_for "the kubernetes Service" 60 in_ns curl -ks "https://$KUBERNETES_SVC_IP/readyz"
+WAIT_LOG=kube-proxy wait_for kube-proxy 30 in_ns curl -fs -m 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
+WAIT_LOG=coredns wait_for CoreDNS 30 in_ns curl -fs -m 2 "http://127.0.0.1:$DNS_READY_PORT/ready"
+# Through the Service IP (kube-proxy's rules) and by name (CoreDNS): what pods will do. Every
+# try is short (-m 2): a SYN sent before kube-proxy's rules exist is lost, and curl would wait
+# minutes on that one connection.
+WAIT_LOG=kube-proxy wait_for "the kubernetes Service" 60 in_ns curl -ks -m 2 "https://$KUBERNETES_SVC_IP/readyz"
 WAIT_LOG=coredns wait_for "cluster DNS" 60 sh -c "nsenter --net=$NETNS_PATH python3 '$here/dnsquery.py' $DNS_SVC_IP moto.aws.svc.$CLUSTER_DOMAIN | grep -q ."
-WAIT_LOG=moto wait_for "moto through its Service" 30 in_ns curl -fs -o /dev/null "http://$(in_ns python3 "$here/dnsquery.py" "$DNS_SVC_IP" "moto.aws.svc.$CLUSTER_DOMAIN"):$MOTO_NS_PORT/moto-api/"
+WAIT_LOG=moto wait_for "moto through its Service" 30 in_ns curl -fs -m 2 -o /dev/null "http://$(in_ns python3 "$here/dnsquery.py" "$DNS_SVC_IP" "moto.aws.svc.$CLUSTER_DOMAIN"):$MOTO_NS_PORT/moto-api/"
 WAIT_LOG=apiserver-host wait_for "the host forward to the API server" 15 "$BIN/kubectl" get --raw /readyz
 WAIT_LOG=kube-controller-manager wait_for "default ServiceAccount" 30 k -n default get serviceaccount default
 t1=$(date +%s.%N)
