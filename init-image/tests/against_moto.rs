@@ -899,3 +899,31 @@ async fn eks_pod_identity_credentials_work_through_the_default_chain() {
     assert_eq!(s.read("app/value"), canary.as_bytes());
     ran.assert_silent_about(&[&canary, "pod-identity-secret"]);
 }
+
+#[test]
+fn a_secret_arn_whose_region_is_a_host_is_refused_before_any_aws_call() {
+    // Any request, to STS or Secrets Manager, would reach this fake and be counted.
+    let (fake, calls) = fake(0, ("", ""), unique("canary-unused"));
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            "arn:aws:secretsmanager:x@127.0.0.1/:123456789012:secret:db",
+            serde_json::json!({}),
+        )),
+        &[("AWS_ENDPOINT_URL", &fake), ("AWS_REGION", "")],
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    let line = ran.stderr.trim();
+    assert!(
+        line.contains(
+            "secrets[0].files[0].secretId: is not a Secrets Manager secret ARN \
+             (arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>): \
+             region \"x@127.0.0.1/\" is not an AWS region"
+        ),
+        "our own message, naming the field: {line}"
+    );
+    assert!(!line.contains("endpoint"), "not the SDK's: {line}");
+    assert_eq!(ran.termination.trim(), line);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no request was sent");
+    assert!(s.is_empty());
+}
