@@ -136,10 +136,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the one-line error to stderr and the termination message, and exits with its code.
+/// Prints the one-line error to stderr and to the termination message (there without names
+/// that came from a secret's value: it lands in the pod's status), and exits with its code.
 fn fail(termination_log: &std::path::Path, err: &Error) -> ExitCode {
-    let line = err.line();
-    eprintln!("{line}");
-    let _ = report::write(termination_log, &line);
+    eprintln!("{}", err.line());
+    let _ = report::write(termination_log, &err.status_line());
     ExitCode::from(err.exit_code())
 }

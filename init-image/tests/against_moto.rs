@@ -927,3 +927,61 @@ fn a_secret_arn_whose_region_is_a_host_is_refused_before_any_aws_call() {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "no request was sent");
     assert!(s.is_empty());
 }
+
+#[tokio::test]
+async fn key_names_from_a_secret_never_reach_the_termination_message() {
+    // expand names files after the value's keys: they describe the secret, and the termination
+    // message is copied into the pod's status, which more people may read than the logs.
+    let (good_key, bad_key) = (unique("key-customer"), unique("key with space"));
+    let canary = unique("canary-keys");
+    let id = unique("it/keys");
+    create_string(
+        &id,
+        &serde_json::json!({ good_key.as_str(): canary }).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "api", "fileMode": 0o440, "files": [
+            {"secretId": id, "expand": true},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read(&format!("api/{good_key}")), canary.as_bytes());
+    let report: dso_api::contract::InitReport =
+        serde_json::from_str(&ran.termination).expect("the report");
+    assert_eq!(report.versions.len(), 1);
+    assert_eq!(report.versions[0].secret_id, id);
+    ran.assert_silent_about(&[&canary, &good_key]);
+
+    let bad_id = unique("it/badkeys");
+    create_string(
+        &bad_id,
+        &serde_json::json!({ bad_key.as_str(): canary }).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "api", "fileMode": 0o440, "files": [
+            {"secretId": bad_id, "expand": true},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&bad_key),
+        "the log names it: {}",
+        ran.stderr
+    );
+    assert!(!ran.termination.contains(&bad_key), "{}", ran.termination);
+    assert!(
+        ran.termination.contains("InvalidKeyName")
+            && ran.termination.contains(&bad_id)
+            && ran.termination.contains("kubectl logs <pod> -c dso-init"),
+        "{}",
+        ran.termination
+    );
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
