@@ -7,9 +7,53 @@
 //! pod runs.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Environment variable that carries the JSON plan.
 pub const PLAN_ENV: &str = "DSO_PLAN";
+
+/// Environment variable the webhook sets on `dso-init` from the downward API
+/// (`fieldRef: metadata.namespace`): the pod's namespace, for the STS role session name.
+pub const POD_NAMESPACE_ENV: &str = "DSO_POD_NAMESPACE";
+/// Environment variable the webhook sets on `dso-init` from the downward API
+/// (`fieldRef: metadata.name`, resolved by the kubelet, so a generated name is known): the pod's
+/// name, for the STS role session name.
+pub const POD_NAME_ENV: &str = "DSO_POD_NAME";
+
+/// STS accepts role session names of 2 to 64 characters.
+pub const ROLE_SESSION_NAME_MAX: usize = 64;
+/// Hex digits of SHA-256 that end a shortened role session name.
+const SESSION_HASH_HEX: usize = 8;
+
+/// The role session name `dso-init` uses for `AssumeRoleWithWebIdentity` (IRSA), so that
+/// CloudTrail shows which pod read a secret: `<namespace>.<pod>` (a namespace has no `.`, so
+/// the first `.` separates them). Characters STS refuses (outside `[A-Za-z0-9_+=,.@-]`) become
+/// `-`. Longer than 64 characters: the first 55, `-`, and the first 8 hex digits of the SHA-256
+/// of the whole `<namespace>.<pod>`, so two long names that share a prefix still differ, and
+/// anyone can recompute the name of a pod. `None` when either part is empty (the SDK's default
+/// session name is used then).
+pub fn role_session_name(namespace: &str, pod: &str) -> Option<String> {
+    if namespace.is_empty() || pod.is_empty() {
+        return None;
+    }
+    let full: String = format!("{namespace}.{pod}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if full.len() <= ROLE_SESSION_NAME_MAX {
+        return Some(full);
+    }
+    let digest = hex::encode(Sha256::digest(full.as_bytes()));
+    let keep = ROLE_SESSION_NAME_MAX - 1 - SESSION_HASH_HEX;
+    // Only ASCII is left, so any byte index is a character boundary.
+    Some(format!("{}-{}", &full[..keep], &digest[..SESSION_HASH_HEX]))
+}
 /// Current plan format.
 pub const PLAN_VERSION: u32 = 1;
 
@@ -129,6 +173,56 @@ mod tests {
             serde_json::from_str::<InitPlan>(&json).expect("parse"),
             plan
         );
+    }
+
+    #[rstest::rstest]
+    #[case::usual("shop", "web-7d9c8b6f4d-x2x9k", "shop.web-7d9c8b6f4d-x2x9k")]
+    #[case::dotted_pod("shop", "web.v2-0", "shop.web.v2-0")]
+    #[case::exactly_64(
+        "ns",
+        "p123456789012345678901234567890123456789012345678901234567890",
+        "ns.p123456789012345678901234567890123456789012345678901234567890"
+    )]
+    #[case::refused_characters("team a", "pod/1:x", "team-a.pod-1-x")]
+    #[case::non_ascii("équipe", "pod", "-quipe.pod")]
+    #[case::too_long(
+        "payments-production-eu",
+        "checkout-api-with-a-very-long-deployment-name-5f7b9c8d6e-abcde",
+        "payments-production-eu.checkout-api-with-a-very-long-de-41e5ff17"
+    )]
+    fn role_session_names_identify_the_pod_within_sts_limits(
+        #[case] namespace: &str,
+        #[case] pod: &str,
+        #[case] want: &str,
+    ) {
+        assert_eq!(role_session_name(namespace, pod).as_deref(), Some(want));
+    }
+
+    #[test]
+    fn without_a_namespace_or_a_pod_name_there_is_no_session_name() {
+        assert_eq!(role_session_name("", "web"), None);
+        assert_eq!(role_session_name("shop", ""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_role_session_name_is_one_sts_accepts(ns in "\\PC{1,80}", pod in "\\PC{1,300}") {
+            let name = role_session_name(&ns, &pod).expect("both parts given");
+            proptest::prop_assert!((2..=ROLE_SESSION_NAME_MAX).contains(&name.len()), "{}", name);
+            proptest::prop_assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)),
+                "{}", name
+            );
+            proptest::prop_assert_eq!(Some(name), role_session_name(&ns, &pod));
+        }
+
+        #[test]
+        fn long_names_that_share_their_first_55_characters_still_differ(
+            a in "[a-z0-9]{60,100}", b in "[a-z0-9]{60,100}"
+        ) {
+            proptest::prop_assume!(a != b);
+            proptest::prop_assert_ne!(role_session_name("ns", &a), role_session_name("ns", &b));
+        }
     }
 
     #[test]

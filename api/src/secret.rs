@@ -121,11 +121,17 @@ pub struct FileSpec {
     ]))]
     pub path: Option<String>,
 
-    /// The AWS secret: its name (such as prod/shop/db) or its full ARN.
+    /// The AWS secret: its name (such as prod/shop/db) or its full ARN
+    /// (arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>; a name cannot
+    /// contain ':', so anything with ':' must be such an ARN).
     #[schemars(
         length(min = 1, max = 2048),
         regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
     )]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains(':') || self.matches('^arn:aws(-[a-z]+)*:secretsmanager:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$')",
+         "message": "a secretId with ':' must be a Secrets Manager ARN: arn:<partition>:secretsmanager:<region such as us-east-1>:<12-digit account>:secret:<name> (a secret name cannot contain ':')"}
+    ]))]
     pub secret_id: String,
 
     /// Write only this top-level key of a JSON SecretString. A string value is written as is;

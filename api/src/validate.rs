@@ -68,12 +68,126 @@ pub fn parse_file_mode(mode: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
 }
 
-/// The region of a Secrets Manager ARN (`arn:aws:secretsmanager:<region>:<account>:secret:<name>`).
+/// The shape of `aws.region` (and of the region in a secret ARN): `us-east-1`, `eu-central-2`,
+/// `us-gov-west-1`, `cn-north-1`, … The same pattern as the CRD's.
+pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$";
+
+/// The shape of a Secrets Manager secret ARN, as the CRD's CEL rule on `secretId` checks it:
+/// partition `aws`, `aws-cn`, `aws-us-gov`, `aws-iso`, `aws-iso-b`, …; service `secretsmanager`;
+/// a region of [`REGION_PATTERN`]; a 12-digit account; `secret:` and a secret name.
+pub const SECRET_ARN_PATTERN: &str = r"^arn:aws(-[a-z]+)*:secretsmanager:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$";
+
+/// The characters of a secret name (Secrets Manager allows no others; no `:`).
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)
+}
+
+/// Checks an AWS region name against [`REGION_PATTERN`]. The region becomes part of a host
+/// name, so nothing else may pass.
+pub fn check_region(region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let letters = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let ok = parts.len() >= 3
+        && parts[0].len() == 2
+        && letters(&parts[0])
+        && parts[1..parts.len() - 1].iter().all(letters)
+        && parts
+            .last()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{region:?} is not an AWS region: use a region name such as us-east-1 or eu-central-2"
+        ))
+    }
+}
+
+/// The parts of a Secrets Manager secret ARN that [`parse_secret_arn`] accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretArn<'a> {
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    /// The secret name (with or without the 6-character suffix AWS appends).
+    pub name: &'a str,
+}
+
+/// Parses `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>` field by field
+/// ([`SECRET_ARN_PATTERN`]); the error names the first field that is wrong.
+pub fn parse_secret_arn(arn: &str) -> Result<SecretArn<'_>, String> {
+    const SHAPE: &str = "arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>";
+    let bad = |why: String| {
+        Err(format!(
+            "is not a Secrets Manager secret ARN ({SHAPE}): {why}"
+        ))
+    };
+    if !arn.starts_with("arn:") {
+        return bad("it must start with \"arn:\"".into());
+    }
+    let mut parts = arn.splitn(7, ':');
+    let (Some(_arn), Some(partition), Some(service), Some(region), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return bad("too few ':'-separated fields".into());
+    };
+    let (resource, name) = (parts.next(), parts.next());
+    let mut groups = partition.split('-');
+    if groups.next() != Some("aws")
+        || !groups.all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_lowercase()))
+    {
+        return bad(format!(
+            "partition {partition:?} is not an AWS partition (aws, aws-cn, aws-us-gov, aws-iso, …)"
+        ));
+    }
+    if service != "secretsmanager" {
+        return bad(format!("service {service:?} is not secretsmanager"));
+    }
+    if let Err(why) = check_region(region) {
+        return bad(format!("region {why}"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return bad(format!("account {account:?} is not 12 digits"));
+    }
+    if resource != Some("secret") {
+        return bad("the resource must be secret:<name>".into());
+    }
+    match name {
+        Some(name) if !name.is_empty() && name.chars().all(is_name_char) => Ok(SecretArn {
+            partition,
+            region,
+            account,
+            name,
+        }),
+        _ => bad("the secret name must be letters, digits and /_+=.@- (no ':')".into()),
+    }
+}
+
+/// Checks a `secretId`: a secret name (letters, digits, `/_+=.@-`), or, when it contains `:`
+/// (which no name may), a well-formed Secrets Manager ARN.
+pub fn check_secret_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.contains(':') {
+        return parse_secret_arn(id).map(|_| ());
+    }
+    match id.chars().find(|c| !is_name_char(*c)) {
+        Some(c) => Err(format!(
+            "contains {c:?}: a secret name or ARN uses letters, digits and /_+=.@:-"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The region of a well-formed Secrets Manager ARN; `None` for a name (or anything that does
+/// not pass [`parse_secret_arn`], which validation refuses anyway).
 pub fn arn_region(secret_id: &str) -> Option<&str> {
-    let mut parts = secret_id.splitn(6, ':');
-    let (arn, _partition, service, region) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    (arn == "arn" && service == "secretsmanager" && !region.is_empty()).then_some(region)
+    parse_secret_arn(secret_id).ok().map(|a| a.region)
 }
 
 fn check_file(i: usize, f: &FileSpec, region: Option<&str>, errors: &mut Vec<FieldError>) {
@@ -106,17 +220,8 @@ fn check_file(i: usize, f: &FileSpec, region: Option<&str>, errors: &mut Vec<Fie
             "versionStage and versionId are mutually exclusive: pin a versionId or follow a stage",
         ));
     }
-    if f.secret_id.is_empty() {
-        errors.push(err(at("secretId"), "must not be empty"));
-    } else if let Some(c) = f
-        .secret_id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@:-".contains(*c)))
-    {
-        errors.push(err(
-            at("secretId"),
-            format!("contains {c:?}: a secret name or ARN uses letters, digits and /_+=.@:-"),
-        ));
+    if let Err(m) = check_secret_id(&f.secret_id) {
+        errors.push(err(at("secretId"), m));
     }
     if let (Some(want), Some(got)) = (region, arn_region(&f.secret_id))
         && want != got
@@ -141,6 +246,11 @@ pub fn validate_spec(spec: &DsoSecretSpec) -> Result<(), Vec<FieldError>> {
         ));
     }
     let region = spec.aws.as_ref().and_then(|a| a.region.as_deref());
+    if let Some(r) = region
+        && let Err(m) = check_region(r)
+    {
+        errors.push(err("spec.aws.region", m));
+    }
     let mut seen = BTreeSet::new();
     for (i, f) in spec.files.iter().enumerate() {
         check_file(i, f, region, &mut errors);
@@ -377,6 +487,139 @@ mod tests {
             Some("eu-west-1")
         );
         assert_eq!(arn_region("prod/db"), None);
+    }
+
+    #[rstest::rstest]
+    #[case::commercial("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf")]
+    #[case::partial_arn("arn:aws:secretsmanager:eu-central-2:123456789012:secret:db")]
+    #[case::china("arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:db")]
+    #[case::gov_cloud("arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:db")]
+    #[case::iso_b("arn:aws-iso-b:secretsmanager:us-isob-east-1:123456789012:secret:db")]
+    #[case::name_characters(
+        "arn:aws:secretsmanager:ap-southeast-3:123456789012:secret:a/b_c+d=e.f@g-h"
+    )]
+    fn well_formed_secret_arns_are_accepted(#[case] arn: &str) {
+        assert_eq!(check_secret_id(arn), Ok(()));
+        let parsed = parse_secret_arn(arn).expect("valid");
+        assert_eq!(arn_region(arn), Some(parsed.region));
+        assert_eq!(parsed.account, "123456789012");
+    }
+
+    #[rstest::rstest]
+    #[case::host_in_region("arn:aws:secretsmanager:x@127.0.0.1/:123456789012:secret:db", "region")]
+    #[case::dotted_region(
+        "arn:aws:secretsmanager:us-east-1.evil.example:123456789012:secret:db",
+        "region"
+    )]
+    #[case::empty_region("arn:aws:secretsmanager::123456789012:secret:db", "region")]
+    #[case::upper_region("arn:aws:secretsmanager:US-EAST-1:123456789012:secret:db", "region")]
+    #[case::region_without_number(
+        "arn:aws:secretsmanager:us-east:123456789012:secret:db",
+        "region"
+    )]
+    #[case::unknown_partition(
+        "arn:azure:secretsmanager:us-east-1:123456789012:secret:db",
+        "partition"
+    )]
+    #[case::partition_with_dot(
+        "arn:aws.evil:secretsmanager:us-east-1:123456789012:secret:db",
+        "partition"
+    )]
+    #[case::other_service("arn:aws:s3:us-east-1:123456789012:secret:db", "service")]
+    #[case::short_account("arn:aws:secretsmanager:us-east-1:12345:secret:db", "account")]
+    #[case::account_with_letters(
+        "arn:aws:secretsmanager:us-east-1:12345678901a:secret:db",
+        "account"
+    )]
+    #[case::no_secret_prefix("arn:aws:secretsmanager:us-east-1:123456789012:db", "resource")]
+    #[case::other_resource("arn:aws:secretsmanager:us-east-1:123456789012:key:db", "resource")]
+    #[case::empty_name("arn:aws:secretsmanager:us-east-1:123456789012:secret:", "name")]
+    #[case::colon_in_name("arn:aws:secretsmanager:us-east-1:123456789012:secret:db:x", "name")]
+    #[case::too_short("arn:aws:secretsmanager", "fields")]
+    #[case::not_arn(
+        "urn:aws:secretsmanager:us-east-1:123456789012:secret:db",
+        "start with"
+    )]
+    #[case::colon_in_a_name("prod:db", "start with")]
+    fn malformed_secret_arns_are_refused_naming_the_wrong_part(
+        #[case] arn: &str,
+        #[case] part: &str,
+    ) {
+        let why = check_secret_id(arn).expect_err("invalid");
+        assert!(why.contains(part), "{why}");
+        assert!(
+            why.contains("arn:<partition>:secretsmanager:"),
+            "says the shape: {why}"
+        );
+        assert_eq!(arn_region(arn), None, "no region is taken from it");
+        let s = spec(vec![file("x", arn)]);
+        assert_eq!(fields(&s), vec!["spec.files[0].secretId".to_string()]);
+    }
+
+    #[test]
+    fn a_malformed_region_is_refused() {
+        for bad in [
+            "x@127.0.0.1/",
+            "us-east-1.",
+            "useast1",
+            "u-east-1",
+            "us--1",
+            "",
+        ] {
+            assert!(check_region(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "us-east-1",
+            "us-gov-west-1",
+            "cn-northwest-1",
+            "eu-central-2",
+        ] {
+            assert_eq!(check_region(good), Ok(()), "{good}");
+        }
+        let s = DsoSecretSpec {
+            aws: Some(AwsSpec {
+                region: Some("x@127.0.0.1/".into()),
+                role_arn: None,
+            }),
+            ..spec(vec![file("x", "prod/db")])
+        };
+        assert_eq!(fields(&s), vec!["spec.aws.region".to_string()]);
+    }
+
+    /// The CRD says the same as this module: the CEL rule on `secretId` is
+    /// [`SECRET_ARN_PATTERN`], and `aws.region`'s pattern is [`REGION_PATTERN`].
+    #[test]
+    fn the_crd_checks_arns_and_regions_with_the_same_patterns() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::DsoSecret::crd()).expect("crd");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["aws"]["properties"]["region"]["pattern"],
+            REGION_PATTERN
+        );
+        let rule = spec["files"]["items"]["properties"]["secretId"]["x-kubernetes-validations"][0]
+            ["rule"]
+            .as_str()
+            .expect("a CEL rule on secretId");
+        assert!(
+            rule.contains(&format!("self.matches('{SECRET_ARN_PATTERN}')")),
+            "{rule}"
+        );
+        let region_core = REGION_PATTERN.trim_start_matches('^').trim_end_matches('$');
+        assert!(SECRET_ARN_PATTERN.contains(&format!(":{region_core}:")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_region_taken_from_an_accepted_arn_is_a_plain_region_name(
+            id in "arn:aws(-[a-z]{1,4}|[a-z.-]{0,4}):secretsmanager:([a-z]{2}-[a-z]{1,5}-[0-9]{1,2}|[a-z0-9@./:-]{0,16}):([0-9]{12}|[0-9a]{11,13}):secret:([a-z]{1,4}|[a-z:]{0,4})"
+        ) {
+            if let Some(region) = arn_region(&id) {
+                proptest::prop_assert!(check_region(region).is_ok());
+                proptest::prop_assert!(region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                proptest::prop_assert!(check_secret_id(&id).is_ok());
+            }
+        }
     }
 
     proptest::proptest! {

@@ -4,6 +4,11 @@
 //! the secret id ([`Target`]) — and what a user can do about it. No message ever holds a secret
 //! value: errors carry ids, key names, sizes and AWS error codes only.
 //!
+//! The line has two renderings. [`Error::line`] goes to stderr (the container's log).
+//! [`Error::status_line`] goes to the termination message, which the kubelet copies into the
+//! pod's status where anyone who may read the pod sees it: it leaves out every name that came
+//! from a secret's value (the file names of an `expand` entry are the value's JSON keys).
+//!
 //! | exit | meaning |
 //! |---:|---|
 //! | 0 | every file written, report in the termination message |
@@ -116,7 +121,12 @@ pub enum Error {
     EmptyValue { at: Target, version: String },
 
     #[error("{at}: PathCollision: {why}")]
-    PathCollision { at: Target, why: String },
+    PathCollision {
+        at: Target,
+        why: String,
+        /// `why` names a file named after a JSON key of a secret's value (`expand`).
+        names_from_secret: bool,
+    },
 
     #[error(
         "{at}: SizeLimit: the files need {needed} bytes of the memory volume (page-rounded) but its sizeLimit is {limit} bytes; this file alone needs {file_bytes} bytes"
@@ -138,6 +148,8 @@ pub enum Error {
         at: Target,
         path: PathBuf,
         source: std::io::Error,
+        /// `path` ends in a file named after a JSON key of a secret's value (`expand`).
+        names_from_secret: bool,
     },
 
     #[error("invalid setting: {0}")]
@@ -178,11 +190,45 @@ impl Error {
         }
     }
 
-    /// The single line printed to stderr and to the termination message.
+    /// The single line printed to stderr (the container's log).
     pub fn line(&self) -> String {
+        self.framed(&self.to_string())
+    }
+
+    /// The single line written to the termination message, which ends up in the pod's status:
+    /// [`Error::line`] without the names that came from a secret's value (`expand` keys), which
+    /// it tells the reader to find in the container's log.
+    pub fn status_line(&self) -> String {
+        const SEE_LOG: &str = "the name comes from the secret's value, so only the log shows it: \
+             kubectl logs <pod> -c dso-init";
+        let redacted = match self {
+            Error::BadKeyName { at, .. } => format!(
+                "{at}: InvalidKeyName: expand writes one file per top-level JSON key, and a key \
+                 is not a usable file name ({SEE_LOG})"
+            ),
+            Error::PathCollision {
+                at,
+                names_from_secret: true,
+                ..
+            } => format!(
+                "{at}: PathCollision: a file named after a JSON key collides with another file \
+                 of the same DsoSecret ({SEE_LOG})"
+            ),
+            Error::Write {
+                at,
+                source,
+                names_from_secret: true,
+                ..
+            } => format!("{at}: WriteFailed: {source} ({SEE_LOG})"),
+            _ => return self.line(),
+        };
+        self.framed(&redacted)
+    }
+
+    fn framed(&self, message: &str) -> String {
         format!(
             "dso-init: {} (exit {})",
-            one_line(&self.to_string()),
+            one_line(message),
             self.exit_code()
         )
     }
@@ -264,6 +310,63 @@ mod tests {
             r#"dso-init: DsoSecret "db", file "password", secret "prod/db": EmptyValue: versionStage AWSCURRENT holds neither a SecretString nor a SecretBinary (exit 5)"#
         );
         assert_eq!(e.label(), "empty_value");
+    }
+
+    #[test]
+    fn the_status_line_names_no_key_that_came_from_a_secret() {
+        let expanded = Target {
+            file: "(expand)".into(),
+            ..at()
+        };
+        let key = "customer-acme-corp-token";
+        let cases = [
+            Error::BadKeyName {
+                at: expanded.clone(),
+                key: format!("../{key}"),
+                why: "must not contain '.' or '..' segments".into(),
+            },
+            Error::PathCollision {
+                at: expanded.clone(),
+                why: format!("{key:?} is also written by the entry for secret \"x\""),
+                names_from_secret: true,
+            },
+            Error::Write {
+                at: expanded,
+                path: format!("/run/secrets/dso/db/{key}").into(),
+                source: std::io::Error::other("No space left on device"),
+                names_from_secret: true,
+            },
+        ];
+        for e in cases {
+            let (log, status) = (e.line(), e.status_line());
+            assert!(log.contains(key), "the log keeps it: {log}");
+            assert!(!status.contains(key), "{status}");
+            assert!(status.contains(r#"DsoSecret "db""#), "{status}");
+            assert!(
+                status.contains("kubectl logs <pod> -c dso-init"),
+                "{status}"
+            );
+            assert!(
+                status.ends_with(&format!("(exit {})", e.exit_code())),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_from_the_plan_stay_in_the_status_line() {
+        let planned = Error::Write {
+            at: at(),
+            path: "/run/secrets/dso/db/password".into(),
+            source: std::io::Error::other("Read-only file system"),
+            names_from_secret: false,
+        };
+        assert_eq!(planned.status_line(), planned.line());
+        let missing = Error::MissingJsonKey {
+            at: at(),
+            key: "username".into(),
+        };
+        assert_eq!(missing.status_line(), missing.line());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! per top-level key (`expand`). Pure functions; errors name keys and positions, never values.
 
 use crate::error::{Error, Result, Target};
-use crate::value::{Contents, SecretValue};
+use crate::value::{Contents, SecretValue, WipedObject, wipe};
 use dso_api::contract::PlanFile;
 use dso_api::validate::check_path;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One file to write, relative to the DsoSecret's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,17 +17,18 @@ pub struct OutFile {
 /// The files a plan entry produces from its secret's value.
 pub fn files_for(at: &Target, file: &PlanFile, value: &SecretValue) -> Result<Vec<OutFile>> {
     if file.expand {
-        let object = json_object(at, value, "expand")?;
-        let mut out = Vec::with_capacity(object.len());
-        for (key, v) in object {
-            check_key_name(&key).map_err(|why| Error::BadKeyName {
+        // Wiped when it goes out of scope, like the value it was parsed from.
+        let json = json_object(at, value, "expand")?;
+        let mut out = Vec::new();
+        for (key, v) in &json.0 {
+            check_key_name(key).map_err(|why| Error::BadKeyName {
                 at: at.clone(),
                 key: key.clone(),
                 why,
             })?;
             out.push(OutFile {
-                contents: render(&v),
-                path: key,
+                contents: render(v),
+                path: key.clone(),
             });
         }
         return Ok(out);
@@ -35,8 +36,8 @@ pub fn files_for(at: &Target, file: &PlanFile, value: &SecretValue) -> Result<Ve
     let path = file.path.clone().unwrap_or_default();
     let contents = match (&file.json_key, value) {
         (Some(key), _) => {
-            let object = json_object(at, value, "jsonKey")?;
-            let v = object.get(key).ok_or_else(|| Error::MissingJsonKey {
+            let json = json_object(at, value, "jsonKey")?;
+            let v = json.0.get(key).ok_or_else(|| Error::MissingJsonKey {
                 at: at.clone(),
                 key: key.clone(),
             })?;
@@ -64,7 +65,8 @@ fn render(v: &Value) -> Contents {
     }
 }
 
-fn json_object(at: &Target, value: &SecretValue, what: &str) -> Result<Map<String, Value>> {
+/// Parses a SecretString that must hold a JSON object. The parsed copy is wiped when dropped.
+fn json_object(at: &Target, value: &SecretValue, what: &str) -> Result<WipedObject> {
     let not_json = |why: String| Error::NotJson {
         at: at.clone(),
         why,
@@ -80,11 +82,14 @@ fn json_object(at: &Target, value: &SecretValue, what: &str) -> Result<Map<Strin
     // Only the position of a syntax error is reported: serde_json's message is safe too, but a
     // position is all a user needs and cannot echo the input.
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(not_json(format!(
-            "{what} needs a JSON object in SecretString, but the value is a JSON {}",
-            kind(&other)
-        ))),
+        Ok(Value::Object(m)) => Ok(WipedObject(m)),
+        Ok(mut other) => {
+            let kind = kind(&other);
+            wipe(&mut other);
+            Err(not_json(format!(
+                "{what} needs a JSON object in SecretString, but the value is a JSON {kind}"
+            )))
+        }
         Err(e) => Err(not_json(format!(
             "{what} needs a JSON object in SecretString, but the value is not JSON (syntax error at line {}, column {})",
             e.line(),

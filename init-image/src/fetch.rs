@@ -2,7 +2,9 @@
 //!
 //! Credentials come from aws-config's default chain: IRSA web identity
 //! (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`), EKS Pod Identity, environment keys, the
-//! instance role. `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_SECRETS_MANAGER` / `_STS` are honoured
+//! instance role. With IRSA and the pod's namespace and name known, the web identity exchange
+//! uses a role session name that identifies the pod
+//! ([`dso_api::contract::role_session_name`]), so CloudTrail shows which pod read what. `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_SECRETS_MANAGER` / `_STS` are honoured
 //! (VPC endpoints, local emulators). One client per region; every distinct
 //! (region, secret, version) is fetched once, concurrently.
 //!
@@ -17,9 +19,14 @@ use crate::plan::{FetchKey, VersionSel};
 use crate::value::SecretValue;
 use aws_config::BehaviorVersion;
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::default_provider::region::DefaultRegionChain;
+use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
+use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::web_identity_token::{StaticConfiguration, WebIdentityTokenCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::Region;
@@ -51,6 +58,9 @@ pub struct Settings {
     /// First backoff; doubles per attempt, with jitter, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// The role session name of the IRSA web identity exchange
+    /// ([`dso_api::contract::role_session_name`]); `None`: the SDK's default.
+    pub role_session_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +73,7 @@ impl Default for Settings {
             concurrency: 8,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
+            role_session_name: None,
         }
     }
 }
@@ -106,26 +117,52 @@ impl Fetcher {
             );
         // The same default chain aws-config builds, but with the SDK's retries off for STS too:
         // retries are ours, so the deadline and the attempt count mean what they say.
-        let mut chain = DefaultCredentialsChain::builder().configure(
-            ProviderConfig::default()
-                .with_behavior_version(Some(BehaviorVersion::latest()))
-                .with_retry_config(RetryConfig::disabled()),
-        );
+        let provider_config = ProviderConfig::default()
+            .with_behavior_version(Some(BehaviorVersion::latest()))
+            .with_retry_config(RetryConfig::disabled());
+        let mut chain = DefaultCredentialsChain::builder().configure(provider_config.clone());
         let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
             .iter()
             .any(|v| std::env::var(v).is_ok_and(|r| !r.is_empty()));
+        let mut region = None;
         if !env_region
             && !regions.is_empty()
             && regions.iter().all(Option::is_some)
             && let Some(Some(first)) = regions.first()
         {
-            loader = loader.region(Region::new(first.clone()));
-            chain = chain.region(Region::new(first.clone()));
+            region = Some(Region::new(first.clone()));
         }
-        let sdk = loader
-            .credentials_provider(chain.build().await)
-            .load()
-            .await;
+        let web_identity = web_identity_from_env(settings.role_session_name.as_deref());
+        if web_identity.is_some() && region.is_none() {
+            // Resolved once here, for both our provider and the chain.
+            region = DefaultRegionChain::builder().build().region().await;
+        }
+        if let Some(r) = &region {
+            loader = loader.region(r.clone());
+            chain = chain.region(r.clone());
+        }
+        let chain = chain.build().await;
+        let credentials = match web_identity {
+            // IRSA with a session name that identifies the pod. Same order as the default
+            // chain: static keys from the environment first, then the web identity; what
+            // follows (profile files, EKS Pod Identity, the instance role) stays the chain's.
+            Some(static_configuration) => {
+                let web = WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&provider_config.with_region(region))
+                    .static_configuration(static_configuration)
+                    .build();
+                SharedCredentialsProvider::new(
+                    CredentialsProviderChain::first_try(
+                        "Environment",
+                        EnvironmentVariableCredentialsProvider::new(),
+                    )
+                    .or_else("WebIdentityToken", web)
+                    .or_else("DefaultChain", chain),
+                )
+            }
+            None => SharedCredentialsProvider::new(chain),
+        };
+        let sdk = loader.credentials_provider(credentials).load().await;
         let default_region = sdk.region().map(|r| r.to_string());
         let mut by_region = BTreeMap::new();
         for r in regions.iter().flatten() {
@@ -188,6 +225,18 @@ impl Fetcher {
         })
         .await
     }
+}
+
+/// The IRSA configuration in the environment (what the webhook or the EKS identity webhook
+/// set: `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`), with `session_name`; `None` without
+/// either, or without a session name (the default chain then does as it always does).
+fn web_identity_from_env(session_name: Option<&str>) -> Option<StaticConfiguration> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Some(StaticConfiguration {
+        web_identity_token_file: var("AWS_WEB_IDENTITY_TOKEN_FILE")?.into(),
+        role_arn: var("AWS_ROLE_ARN")?,
+        session_name: session_name?.to_string(),
+    })
 }
 
 /// Calls `attempt` until it succeeds, fails permanently, runs out of attempts or of time.

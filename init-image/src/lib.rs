@@ -11,8 +11,10 @@
 //!   the one classifier of SDK errors.
 //! - [`extract`]: whole value, one JSON key, or one file per key (`expand`).
 //! - [`write`]: layout and size checks, then atomic writes with tight modes.
-//! - [`report`]: the termination message.
-//! - [`value`]: the value-holding types, whose `Debug` is redacted.
+//! - [`report`]: the termination message (version ids per secret id; never a value or a key
+//!   name that came from one).
+//! - [`value`]: the value-holding types, whose `Debug` is redacted and which wipe their bytes
+//!   when dropped.
 //! - [`error`]: the error type, exit codes and labels.
 
 pub mod error;
@@ -95,14 +97,12 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
                     path: out.path,
                     contents: out.contents,
                     mode: s.file_mode,
+                    named_by_secret: f.expand,
                 });
             }
         }
     }
-    write::check_layout(&pending)?;
-    write::check_size(&pending, plan.size_limit_bytes)?;
-    write::write_all(Path::new(&plan.mount_path), &pending)?;
-
+    // The report: version ids per secret id, nothing from a value (not even expand's keys).
     let versions: BTreeSet<ReportedVersion> = fetched
         .iter()
         .map(|(key, got)| ReportedVersion {
@@ -110,12 +110,23 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
             version_id: got.version_id.clone(),
         })
         .collect();
+    let fetched_count = fetched.len();
+    // Every holder of a value wipes it when dropped (see `value`): the fetched values now,
+    // since the files' contents are all in `pending`; those once they are written (or when an
+    // error returns early).
+    drop(fetched);
+    write::check_layout(&pending)?;
+    write::check_size(&pending, plan.size_limit_bytes)?;
+    write::write_all(Path::new(&plan.mount_path), &pending)?;
+    let files = pending.len();
+    drop(pending);
+
     Ok(Outcome {
         report: InitReport {
             versions: versions.into_iter().collect(),
         },
-        files: pending.len(),
-        fetched: fetched.len(),
+        files,
+        fetched: fetched_count,
     })
 }
 

@@ -42,6 +42,15 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=20))]
     max_attempts: u32,
 
+    /// The pod's namespace (the webhook sets DSO_POD_NAMESPACE from the downward API). With the
+    /// pod name, it names the IRSA role session: `<namespace>.<pod>`, shown in CloudTrail.
+    #[arg(long, env = dso_api::contract::POD_NAMESPACE_ENV)]
+    pod_namespace: Option<String>,
+
+    /// The pod's name (the webhook sets DSO_POD_NAME from the downward API).
+    #[arg(long, env = dso_api::contract::POD_NAME_ENV)]
+    pod_name: Option<String>,
+
     /// GetSecretValue calls in flight at once.
     #[arg(long, env = "DSO_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -79,6 +88,8 @@ fn main() -> ExitCode {
         connect_timeout,
         max_attempts,
         concurrency,
+        pod_namespace,
+        pod_name,
     } = args;
     let settings = Settings {
         deadline,
@@ -86,6 +97,10 @@ fn main() -> ExitCode {
         connect_timeout,
         max_attempts,
         concurrency: usize::from(concurrency),
+        role_session_name: dso_api::contract::role_session_name(
+            pod_namespace.as_deref().unwrap_or_default(),
+            pod_name.as_deref().unwrap_or_default(),
+        ),
         ..Settings::default()
     };
     let plan = match plan.as_deref().map(plan::parse) {
@@ -136,10 +151,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the one-line error to stderr and the termination message, and exits with its code.
+/// Prints the one-line error to stderr and to the termination message (there without names
+/// that came from a secret's value: it lands in the pod's status), and exits with its code.
 fn fail(termination_log: &std::path::Path, err: &Error) -> ExitCode {
-    let line = err.line();
-    eprintln!("{line}");
-    let _ = report::write(termination_log, &line);
+    eprintln!("{}", err.line());
+    let _ = report::write(termination_log, &err.status_line());
     ExitCode::from(err.exit_code())
 }

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result, Target};
 use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret};
-use dso_api::validate::{arn_region, check_path};
+use dso_api::validate::{arn_region, check_path, check_region, check_secret_id};
 use std::collections::BTreeSet;
 
 /// The version stage fetched when an entry names neither a stage nor an id.
@@ -77,6 +77,11 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
         if !names.insert(s.name.as_str()) {
             return bad(at("name"), "names the same DsoSecret twice");
         }
+        if let Some(region) = &s.region
+            && let Err(why) = check_region(region)
+        {
+            return bad(at("region"), &why);
+        }
         if s.file_mode > 0o777 {
             return bad(at("fileMode"), "must be at most 0777");
         }
@@ -108,8 +113,10 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
             if f.version_id.is_some() && f.version_stage.is_some() {
                 return bad(at("versionId"), "and versionStage are mutually exclusive");
             }
-            if f.secret_id.is_empty() {
-                return bad(at("secretId"), "must not be empty");
+            // A secret ARN names the region, and the region the endpoint's host: only a
+            // well-formed ARN passes, whatever the AWS SDK would accept.
+            if let Err(why) = check_secret_id(&f.secret_id) {
+                return bad(at("secretId"), &why);
             }
         }
     }
@@ -183,6 +190,15 @@ mod tests {
         "files[0].versionId"
     )]
     #[case::empty_id(r#"[{"path":"x","secretId":""}]"#, "files[0].secretId")]
+    #[case::host_for_a_region(
+        r#"[{"path":"x","secretId":"arn:aws:secretsmanager:x@127.0.0.1/:123456789012:secret:db"}]"#,
+        "files[0].secretId"
+    )]
+    #[case::other_service(
+        r#"[{"path":"x","secretId":"arn:aws:s3:us-east-1:123456789012:secret:db"}]"#,
+        "files[0].secretId"
+    )]
+    #[case::bad_character(r#"[{"path":"x","secretId":"a b"}]"#, "files[0].secretId")]
     #[case::no_files("[]", "files")]
     fn a_bad_plan_entry_is_refused_naming_its_field(#[case] files: &str, #[case] field: &str) {
         let err = parse(&plan_json(files)).expect_err("invalid");
@@ -206,6 +222,9 @@ mod tests {
     )]
     #[case::wide_mode(
         r#"{"version":1,"mountPath":"/m","sizeLimitBytes":1,"secrets":[{"name":"a","fileMode":4095,"files":[{"path":"x","secretId":"a"}]}]}"#
+    )]
+    #[case::host_for_a_region(
+        r#"{"version":1,"mountPath":"/m","sizeLimitBytes":1,"secrets":[{"name":"a","region":"x@127.0.0.1/","fileMode":288,"files":[{"path":"x","secretId":"a"}]}]}"#
     )]
     #[case::unknown_field(
         r#"{"version":1,"mountPath":"/m","sizeLimitBytes":1,"secrets":[],"x":1}"#

@@ -18,7 +18,7 @@
 
 use crate::error::{Error, Result, Target};
 use crate::value::Contents;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -38,6 +38,8 @@ pub struct Pending {
     pub path: String,
     pub contents: Contents,
     pub mode: u32,
+    /// `path` is a JSON key of the secret's value (`expand`): it is kept out of the pod status.
+    pub named_by_secret: bool,
 }
 
 /// What a file costs on tmpfs.
@@ -68,10 +70,10 @@ pub fn check_layout(files: &[Pending]) -> Result<()> {
                     "{:?} is also written by the entry for secret {:?} (file {:?}); rename one of them",
                     f.path, first.at.secret_id, first.at.file
                 ),
+                names_from_secret: f.named_by_secret || first.named_by_secret,
             });
         }
     }
-    let paths: BTreeSet<(&str, &str)> = by_path.keys().copied().collect();
     for f in files {
         let mut prefix = String::new();
         for seg in f
@@ -87,13 +89,14 @@ pub fn check_layout(files: &[Pending]) -> Result<()> {
                 prefix.push('/');
             }
             prefix.push_str(seg);
-            if paths.contains(&(f.dso_secret.as_str(), prefix.as_str())) {
+            if let Some(other) = by_path.get(&(f.dso_secret.as_str(), prefix.as_str())) {
                 return Err(Error::PathCollision {
                     at: f.at.clone(),
                     why: format!(
                         "{:?} needs {prefix:?} to be a directory, but another entry writes a file there",
                         f.path
                     ),
+                    names_from_secret: f.named_by_secret || other.named_by_secret,
                 });
             }
         }
@@ -129,7 +132,13 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
     for f in files {
         let fail = |path: PathBuf| {
             let at = f.at.clone();
-            move |source| Error::Write { at, path, source }
+            let names_from_secret = f.named_by_secret;
+            move |source| Error::Write {
+                at,
+                path,
+                source,
+                names_from_secret,
+            }
         };
         let target = mount.join(&f.dso_secret).join(&f.path);
         let dir = target.parent().unwrap_or(mount).to_path_buf();
@@ -152,6 +161,7 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
                 at: at.clone(),
                 path: dir.clone(),
                 source,
+                names_from_secret: false,
             })?;
     }
     Ok(())
@@ -222,6 +232,7 @@ mod tests {
             path: path.into(),
             contents: Contents::new(bytes.to_vec()),
             mode,
+            named_by_secret: false,
         }
     }
 
@@ -316,6 +327,46 @@ mod tests {
             pending("api", "user", b"b", 0o440),
         ];
         assert!(check_layout(&other_dir).is_ok());
+    }
+
+    #[test]
+    fn a_collision_with_a_file_named_after_a_json_key_keeps_the_key_out_of_the_status() {
+        let key = "customer-acme-corp";
+        let mut expanded = Pending {
+            named_by_secret: true,
+            ..pending("db", key, b"a", 0o440)
+        };
+        expanded.at.file = "(expand)".into();
+        let other = Pending {
+            at: Target {
+                file: "(expand)".into(),
+                secret_id: "other".into(),
+                ..expanded.at.clone()
+            },
+            ..expanded.clone()
+        };
+        let err = check_layout(&[other, expanded.clone()]).expect_err("collision");
+        assert!(err.line().contains(key), "{}", err.line());
+        assert!(!err.status_line().contains(key), "{}", err.status_line());
+        // A planned path that needs the key's file as its directory: the planned path is in
+        // the pod spec anyway, the message still takes the redacted form.
+        let nested = pending("db", "conf/x", b"b", 0o440);
+        let conf = Pending {
+            path: "conf".into(),
+            ..expanded
+        };
+        let err = check_layout(&[conf, nested]).expect_err("collision");
+        assert!(
+            err.status_line().contains("named after a JSON key"),
+            "{}",
+            err.status_line()
+        );
+        let planned = [
+            pending("db", "conf", b"a", 0o440),
+            pending("db", "conf", b"b", 0o440),
+        ];
+        let err = check_layout(&planned).expect_err("collision");
+        assert_eq!(err.status_line(), err.line(), "planned paths stay");
     }
 
     #[test]

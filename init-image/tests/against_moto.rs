@@ -888,6 +888,9 @@ async fn eks_pod_identity_credentials_work_through_the_default_chain() {
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
                 token.to_str().expect("utf-8"),
             ),
+            // As the webhook sets them: they name IRSA sessions only, Pod Identity is untouched.
+            (dso_api::contract::POD_NAMESPACE_ENV, "shop"),
+            (dso_api::contract::POD_NAME_ENV, "web-0"),
         ],
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
@@ -898,4 +901,255 @@ async fn eks_pod_identity_credentials_work_through_the_default_chain() {
     );
     assert_eq!(s.read("app/value"), canary.as_bytes());
     ran.assert_silent_about(&[&canary, "pod-identity-secret"]);
+}
+
+#[test]
+fn a_secret_arn_whose_region_is_a_host_is_refused_before_any_aws_call() {
+    // Any request, to STS or Secrets Manager, would reach this fake and be counted.
+    let (fake, calls) = fake(0, ("", ""), unique("canary-unused"));
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            "arn:aws:secretsmanager:x@127.0.0.1/:123456789012:secret:db",
+            serde_json::json!({}),
+        )),
+        &[("AWS_ENDPOINT_URL", &fake), ("AWS_REGION", "")],
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    let line = ran.stderr.trim();
+    assert!(
+        line.contains(
+            "secrets[0].files[0].secretId: is not a Secrets Manager secret ARN \
+             (arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>): \
+             region \"x@127.0.0.1/\" is not an AWS region"
+        ),
+        "our own message, naming the field: {line}"
+    );
+    assert!(!line.contains("endpoint"), "not the SDK's: {line}");
+    assert_eq!(ran.termination.trim(), line);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no request was sent");
+    assert!(s.is_empty());
+}
+
+#[tokio::test]
+async fn key_names_from_a_secret_never_reach_the_termination_message() {
+    // expand names files after the value's keys: they describe the secret, and the termination
+    // message is copied into the pod's status, which more people may read than the logs.
+    let (good_key, bad_key) = (unique("key-customer"), unique("key with space"));
+    let canary = unique("canary-keys");
+    let id = unique("it/keys");
+    create_string(
+        &id,
+        &serde_json::json!({ good_key.as_str(): canary }).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "api", "fileMode": 0o440, "files": [
+            {"secretId": id, "expand": true},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read(&format!("api/{good_key}")), canary.as_bytes());
+    let report: dso_api::contract::InitReport =
+        serde_json::from_str(&ran.termination).expect("the report");
+    assert_eq!(report.versions.len(), 1);
+    assert_eq!(report.versions[0].secret_id, id);
+    ran.assert_silent_about(&[&canary, &good_key]);
+
+    let bad_id = unique("it/badkeys");
+    create_string(
+        &bad_id,
+        &serde_json::json!({ bad_key.as_str(): canary }).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let plan = s.plan(
+        serde_json::json!([{"name": "api", "fileMode": 0o440, "files": [
+            {"secretId": bad_id, "expand": true},
+        ]}]),
+    );
+    let ran = s.run(&plan, &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&bad_key),
+        "the log names it: {}",
+        ran.stderr
+    );
+    assert!(!ran.termination.contains(&bad_key), "{}", ran.termination);
+    assert!(
+        ran.termination.contains("InvalidKeyName")
+            && ran.termination.contains(&bad_id)
+            && ran.termination.contains("kubectl logs <pod> -c dso-init"),
+        "{}",
+        ran.termination
+    );
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+/// A forwarding proxy in front of moto that records the body of every request (STS speaks the
+/// query protocol: a form-encoded body). Each connection carries one request.
+fn recording_proxy(upstream: String) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = bodies.clone();
+    let upstream = upstream
+        .strip_prefix("http://")
+        .expect("moto over http")
+        .to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (record, upstream) = (record.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let (mut head, mut length, mut line) = (String::new(), 0usize, String::new());
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if !lower.starts_with("connection:") {
+                        head.push_str(&line);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                record
+                    .lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let mut request = format!("{head}connection: close\r\n\r\n").into_bytes();
+                request.extend_from_slice(&body);
+                let mut response = Vec::new();
+                if up.write_all(&request).is_err() || up.read_to_end(&mut response).is_err() {
+                    return;
+                }
+                // Tell the client the connection ends here, whatever moto said.
+                let text = String::from_utf8_lossy(&response).into_owned();
+                let Some((status_and_headers, rest)) = text.split_once("\r\n\r\n") else {
+                    return;
+                };
+                let headers: Vec<&str> = status_and_headers
+                    .split("\r\n")
+                    .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                let out = format!(
+                    "{}\r\nconnection: close\r\n\r\n{rest}",
+                    headers.join("\r\n")
+                );
+                let _ = reader.get_mut().write_all(out.as_bytes());
+            });
+        }
+    });
+    (endpoint, bodies)
+}
+
+/// The `RoleSessionName` of every AssumeRoleWithWebIdentity request the proxy saw.
+fn session_names(bodies: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|b| b.contains("Action=AssumeRoleWithWebIdentity"))
+        .filter_map(|b| {
+            b.split('&')
+                .find_map(|pair| pair.strip_prefix("RoleSessionName="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_irsa_role_session_is_named_after_the_pod() {
+    let canary = unique("canary-session");
+    let id = unique("it/session");
+    create_string(&id, &canary).await;
+    let (sts, bodies) = recording_proxy(moto());
+    let s = Scratch::new();
+    let plan = s.plan(one_file(&id, serde_json::json!({})));
+    let pod = "web-7d9c8b6f4d-x2x9k";
+    let ran = s.run(
+        &plan,
+        &[
+            ("AWS_ENDPOINT_URL_STS", &sts),
+            (dso_api::contract::POD_NAMESPACE_ENV, "shop"),
+            (dso_api::contract::POD_NAME_ENV, pod),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    assert_eq!(session_names(&bodies), ["shop.web-7d9c8b6f4d-x2x9k"]);
+    ran.assert_silent_about(&[&canary]);
+
+    // A name too long for STS is shortened the documented way.
+    bodies.lock().expect("lock").clear();
+    let long_pod = format!("{}-5f7b9c8d6e-abcde", "checkout".repeat(8));
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(&id, serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL_STS", &sts),
+            (dso_api::contract::POD_NAMESPACE_ENV, "payments"),
+            (dso_api::contract::POD_NAME_ENV, &long_pod),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let names = session_names(&bodies);
+    assert_eq!(
+        names,
+        [dso_api::contract::role_session_name("payments", &long_pod).expect("name")]
+    );
+    assert_eq!(names[0].len(), 64);
+    assert!(names[0].starts_with("payments.checkout"), "{}", names[0]);
+
+    // Without the pod's identity (an older webhook), the SDK's default name, as before.
+    bodies.lock().expect("lock").clear();
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(&id, serde_json::json!({}))),
+        &[("AWS_ENDPOINT_URL_STS", &sts)],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let names = session_names(&bodies);
+    assert_eq!(names.len(), 1);
+    assert!(names[0].starts_with("web-identity-token-"), "{names:?}");
+}
+
+#[tokio::test]
+async fn static_keys_still_work_when_the_pod_is_named_but_has_no_web_identity() {
+    let canary = unique("canary-keys-env");
+    let id = unique("it/envkeys");
+    create_string(&id, &canary).await;
+    let s = Scratch::new();
+    let endpoint = moto();
+    let ran = s.run_with(
+        &s.plan(one_file(&id, serde_json::json!({}))),
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_ACCESS_KEY_ID", "AKIAENVTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            (dso_api::contract::POD_NAMESPACE_ENV, "shop"),
+            (dso_api::contract::POD_NAME_ENV, "web-0"),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    ran.assert_silent_about(&[&canary, "env-secret"]);
 }

@@ -4,7 +4,7 @@
 //! off per DsoSecret.
 
 use crate::cache::VersionCache;
-use crate::domain::{self, Lookup, Reason, Resolution, SecretKey};
+use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
@@ -231,16 +231,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let interval = dso_api::validate::interval(&dso.spec);
 
-    if let Err(errors) = dso_api::validate::validate_spec(&dso.spec) {
-        let message = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        let resolution = Resolution {
-            problem: Some((Reason::InvalidSpec, message)),
-            ..Resolution::default()
-        };
+    if let Some(resolution) = domain::invalid_spec(&dso.spec) {
         write_status(
             ctx,
             dso,

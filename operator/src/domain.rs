@@ -106,6 +106,23 @@ pub struct SecretKey {
     pub secret_id: String,
 }
 
+/// The InvalidSpec resolution of a spec [`dso_api::validate::validate_spec`] refuses, with every
+/// broken rule in the message; `None` for a valid spec. Checked before any AWS call: a refused
+/// spec never reaches AWS (a malformed ARN could otherwise name the region, and with it the
+/// endpoint host).
+pub fn invalid_spec(spec: &DsoSecretSpec) -> Option<Resolution> {
+    let errors = dso_api::validate::validate_spec(spec).err()?;
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Resolution {
+        problem: Some((Reason::InvalidSpec, message)),
+        ..Resolution::default()
+    })
+}
+
 /// The lookup key of an entry: the ARN's region, else `spec.aws.region`, else the default.
 pub fn secret_key(spec: &DsoSecretSpec, file: &FileSpec, default_region: &str) -> SecretKey {
     let region = dso_api::validate::arn_region(&file.secret_id)

@@ -362,3 +362,21 @@ proptest! {
         prop_assert_eq!(hash(&cur), hash(&rebuilt));
     }
 }
+
+#[test]
+fn a_secret_arn_with_a_host_for_a_region_is_an_invalid_spec_and_names_no_lookup() {
+    let bad = "arn:aws:secretsmanager:x@127.0.0.1/:123456789012:secret:db";
+    let s = spec(vec![file(bad)]);
+    let r = invalid_spec(&s).expect("refused");
+    assert_eq!(r.reason(), Reason::InvalidSpec);
+    let message = &r.problem.as_ref().expect("problem").1;
+    assert!(
+        message.starts_with("spec.files[0].secretId: is not a Secrets Manager secret ARN"),
+        "{message}"
+    );
+    assert!(message.contains("region"), "{message}");
+    assert!(r.secrets.is_empty() && r.following.is_empty());
+    // Were it looked up anyway, the malformed region would not be used as one.
+    assert_eq!(secret_key(&s, &s.files[0], "us-east-1").region, "us-east-1");
+    assert_eq!(invalid_spec(&spec(vec![file("prod/db")])), None);
+}
