@@ -4,9 +4,10 @@
 use super::identity::Credentials;
 use super::settings::InjectConfig;
 use dso_api::annotations as ann;
-use dso_api::contract::{InitPlan, PLAN_ENV};
+use dso_api::contract::{InitPlan, PLAN_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PodSpec, SeccompProfile, SecurityContext, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, SeccompProfile,
+    SecurityContext, VolumeMount,
 };
 
 /// Prefix of the volume the in-tree ServiceAccount admission plugin adds for the API token.
@@ -30,6 +31,25 @@ pub(super) fn init_container(
     );
     for (k, v) in credentials.env.iter().chain(&cfg.init_env) {
         set_env(&mut env, k, v);
+    }
+    // Who is fetching, for the IRSA role session name (CloudTrail shows it): from the
+    // downward API, so a generated pod name is the real one.
+    for (name, field) in [
+        (POD_NAMESPACE_ENV, "metadata.namespace"),
+        (POD_NAME_ENV, "metadata.name"),
+    ] {
+        env.retain(|e| e.name != name);
+        env.push(EnvVar {
+            name: name.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: field.to_string(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+        });
     }
     let mut mounts = vec![VolumeMount {
         name: ann::VOLUME_NAME.to_string(),

@@ -286,3 +286,26 @@ fn an_arn_in_another_region_keeps_its_dsosecret_entry_free_of_the_default_region
     assert_eq!(plan.secrets[1].region.as_deref(), Some("us-east-1"));
     assert_eq!(env(i, "AWS_REGION"), Some("us-east-1"));
 }
+
+#[test]
+fn dso_init_learns_its_pod_from_the_downward_api_for_the_role_session_name() {
+    let p = pod(json!({"metadata": {"annotations": {"dso.dev/secrets": "db"}}}));
+    let out = injected(&p);
+    let field = |name: &str| {
+        init(&out)
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(
+        field(dso_api::contract::POD_NAMESPACE_ENV).as_deref(),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        field(dso_api::contract::POD_NAME_ENV).as_deref(),
+        Some("metadata.name")
+    );
+}
