@@ -1,18 +1,15 @@
-//! Configuration: the command line ([`Args`], every flag with an environment fallback) and the
-//! pure [`InjectConfig`] the patch builder reads.
+//! Configuration: the command line ([`Args`], every flag with an environment fallback), checked
+//! into the [`InjectConfig`] the patch builder reads (defined with the builder, which does not
+//! depend on this module).
 
 use crate::error::Error;
+pub use crate::patch::InjectConfig;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Upper bound DSO assumes for one file when it checks that a pod's DsoSecrets fit the tmpfs:
-/// 64 KiB, the largest value AWS Secrets Manager stores. An `expand: true` entry counts once,
-/// since all its keys together come from one secret value.
-pub const FILE_CEILING_BYTES: u64 = 64 * 1024;
 
 /// `dso-webhook`: injects the `dso-init` container and a memory-backed volume into pods
 /// annotated `dso.dev/inject: "true"`.
@@ -121,8 +118,17 @@ pub struct Args {
     pub shutdown_grace: Duration,
 
     /// Log format: plain or json (the filter comes from RUST_LOG, default info).
-    #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -174,23 +180,6 @@ fn check_cpu(q: &str) -> Result<(), String> {
     } else {
         Err(format!("{q:?} is not a CPU quantity such as 100m or 0.5"))
     }
-}
-
-/// Everything the patch builder needs, checked once at start-up.
-#[derive(Clone, Debug)]
-pub struct InjectConfig {
-    pub image: String,
-    pub image_pull_policy: String,
-    pub default_mount_path: String,
-    /// The size limit as given (a Kubernetes quantity).
-    pub size_limit: String,
-    pub size_limit_bytes: u64,
-    pub resources: ResourceRequirements,
-    pub default_region: Option<String>,
-    pub init_env: Vec<(String, String)>,
-    pub fs_group: Option<i64>,
-    pub run_as_user: i64,
-    pub token_expiration_seconds: i64,
 }
 
 impl InjectConfig {
@@ -351,6 +340,30 @@ mod tests {
     fn a_relative_default_mount_path_is_refused() {
         let a = args(&["--default-mount-path", "secrets"]).expect("parse");
         assert!(InjectConfig::from_args(&a).is_err());
+    }
+
+    #[test]
+    fn durations_are_written_like_kubernetes_durations() {
+        let a = args(&[
+            "--tls-reload-interval",
+            "1m30s",
+            "--shutdown-grace",
+            "500ms",
+        ])
+        .expect("parse");
+        assert_eq!(a.tls_reload_interval, Duration::from_secs(90));
+        assert_eq!(a.shutdown_grace, Duration::from_millis(500));
+        let e = args(&["--shutdown-grace", "20"]).expect_err("a bare number has no unit");
+        assert!(e.to_string().contains("missing unit"), "{e}");
+    }
+
+    #[test]
+    fn the_log_format_is_plain_or_json() {
+        assert_eq!(args(&[]).expect("parse").log_format, LogFormat::Plain);
+        let a = args(&["--log-format", "json"]).expect("parse");
+        assert_eq!(a.log_format, LogFormat::Json);
+        let e = args(&["--log-format", "yaml"]).expect_err("refused");
+        assert!(e.to_string().contains("plain, json"), "{e}");
     }
 
     #[test]

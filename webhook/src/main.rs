@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dso_webhook::config::{Args, InjectConfig};
+use dso_webhook::config::{Args, InjectConfig, LogFormat};
 use dso_webhook::store::Store;
 use dso_webhook::tls::CertReloader;
 use dso_webhook::{AppState, router, server, tls};
@@ -14,10 +14,9 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_format == "json" {
-        fmt.json().init();
-    } else {
-        fmt.init();
+    match args.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Plain => fmt.init(),
     }
     tls::install_crypto_provider();
 

@@ -8,6 +8,8 @@
 
 use crate::error::{Error, Result};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
@@ -54,7 +56,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Tls(format!("certificate PEM: {e}")))?;
     if certs.is_empty() {
@@ -62,9 +64,10 @@ fn parse(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
             "the certificate file holds no CERTIFICATE block".into(),
         ));
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| Error::Tls(format!("key PEM: {e}")))?
-        .ok_or_else(|| Error::Tls("the key file holds no PRIVATE KEY block".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => Error::Tls("the key file holds no PRIVATE KEY block".into()),
+        e => Error::Tls(format!("key PEM: {e}")),
+    })?;
     let provider = CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -180,5 +183,49 @@ impl ResolvesServerCert for CertReloader {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_pem_certificate_and_key_form_a_pair() {
+        install_crypto_provider();
+        let (cert, key) = pair();
+        let ck = parse(cert.as_bytes(), key.as_bytes()).expect("a valid pair");
+        assert_eq!(ck.cert.len(), 1);
+    }
+
+    #[test]
+    fn files_without_the_expected_blocks_are_named_in_the_error() {
+        install_crypto_provider();
+        let (cert, key) = pair();
+        let no_key = parse(cert.as_bytes(), cert.as_bytes())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            no_key
+                .as_deref()
+                .is_some_and(|e| e.contains("no PRIVATE KEY block")),
+            "{no_key:?}"
+        );
+        let no_cert = parse(key.as_bytes(), key.as_bytes())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            no_cert
+                .as_deref()
+                .is_some_and(|e| e.contains("no CERTIFICATE block")),
+            "{no_cert:?}"
+        );
+        let broken = format!("{}garbage", &cert[..cert.len() - 30]);
+        assert!(parse(broken.as_bytes(), key.as_bytes()).is_err());
     }
 }

@@ -141,6 +141,47 @@ async fn an_annotated_pod_gets_a_json_patch_with_the_init_container(#[case] dry_
     );
 }
 
+/// The apiserver runs the ServiceAccount admission plugin before the webhooks: the pod arrives
+/// with its `kube-api-access-*` volume mounted in the app container.
+#[tokio::test]
+async fn dso_init_gets_the_service_account_token_mount_the_apiserver_gave_the_pod() {
+    let mount = json!({"name": "kube-api-access-4xq8z", "readOnly": true,
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"});
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["containers"][0]["volumeMounts"] = json!([mount]);
+    body["request"]["object"]["spec"]["volumes"] = json!([{"name": "kube-api-access-4xq8z",
+        "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}]);
+    let r = post_review(app(), body.clone()).await;
+    let ops = patch_of(&r);
+    let init = ops
+        .iter()
+        .find(|o| o["path"] == "/spec/initContainers")
+        .expect("init op");
+    let mounts = init["value"][0]["volumeMounts"]
+        .as_array()
+        .expect("init mounts");
+    assert_eq!(mounts.last(), Some(&mount), "{mounts:?}");
+
+    // Without automount, the apiserver gives no token and neither does DSO.
+    body["request"]["object"]["spec"]["automountServiceAccountToken"] = json!(false);
+    let r = post_review(app(), body).await;
+    let ops = patch_of(&r);
+    let init = ops
+        .iter()
+        .find(|o| o["path"] == "/spec/initContainers")
+        .expect("init op");
+    assert!(
+        !init["value"][0]["volumeMounts"]
+            .to_string()
+            .contains("kube-api-access"),
+        "{init}"
+    );
+}
+
 #[rstest]
 #[case::not_annotated("CREATE", json!({"team": "a"}))]
 #[case::opted_out("CREATE", json!({"dso.dev/inject": "false", "dso.dev/secrets": "db"}))]

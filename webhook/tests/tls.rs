@@ -35,21 +35,30 @@ fn write(dir: &Path, p: &Pair) {
     std::fs::write(dir.join("tls.key"), &p.key_pem).expect("write key");
 }
 
-/// Opens a TLS connection trusting every certificate in `trusted`; returns the served one.
-async fn handshake(
-    addr: std::net::SocketAddr,
-    trusted: &[&Pair],
-) -> std::io::Result<(
+type Handshake = (
     CertificateDer<'static>,
     tokio_rustls::client::TlsStream<TcpStream>,
-)> {
+);
+
+/// Opens a TLS connection trusting every certificate in `trusted`; returns the served one.
+async fn handshake(addr: std::net::SocketAddr, trusted: &[&Pair]) -> std::io::Result<Handshake> {
+    handshake_alpn(addr, trusted, &[]).await
+}
+
+/// [`handshake`] offering the ALPN protocols `alpn`.
+async fn handshake_alpn(
+    addr: std::net::SocketAddr,
+    trusted: &[&Pair],
+    alpn: &[&[u8]],
+) -> std::io::Result<Handshake> {
     let mut roots = rustls::RootCertStore::empty();
     for p in trusted {
         roots.add(p.der.clone()).expect("root");
     }
-    let cfg = rustls::ClientConfig::builder()
+    let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = TcpStream::connect(addr).await?;
     let tls = connector
@@ -206,6 +215,65 @@ async fn shutdown_finishes_the_request_in_flight_closes_idle_connections_and_ref
         TcpStream::connect(addr).await.is_err(),
         "no new connections after shutdown"
     );
+}
+
+/// What the apiserver does: offer h2 and http/1.1 and keep the connection for further reviews.
+#[tokio::test]
+async fn the_server_speaks_http2_and_http1_as_negotiated_and_keeps_connections_alive() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = pair();
+    write(dir.path(), &a);
+    let reloader =
+        CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
+    let app = Router::new().route(
+        "/version",
+        get(|v: axum::http::Version| async move { format!("{v:?}") }),
+    );
+    let (addr, _stop, _server) = start(&reloader, app).await;
+    let request = || {
+        hyper::Request::get("https://localhost/version")
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let text = |resp: hyper::Response<hyper::body::Incoming>| async move {
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).to_string()
+    };
+
+    // Offered both, as the apiserver does: h2 wins, and two requests share the connection.
+    let (_, tls) = handshake_alpn(addr, &[&a], &[b"h2", b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 connection");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let resp = h2.send_request(request()).await.expect("HTTP/2 response");
+        assert_eq!(text(resp).await, "HTTP/2.0");
+    }
+
+    // Offered only http/1.1: served over HTTP/1.1, kept alive across requests.
+    let (_, tls) = handshake_alpn(addr, &[&a], &[b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 connection");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        h1.ready().await.expect("the connection stays open");
+        let resp = h1.send_request(request()).await.expect("HTTP/1.1 response");
+        assert_eq!(text(resp).await, "HTTP/1.1");
+    }
 }
 
 #[test]

@@ -1,0 +1,100 @@
+//! The JSON patch: as few operations as the pod's shape allows. An array the pod lacks is
+//! added whole in one operation; into an existing one each new element is appended (JSON
+//! Patch adds one value per operation).
+
+use dso_api::annotations as ann;
+use json_patch::{AddOperation, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Volume, VolumeMount};
+use serde_json::{Value, json};
+
+/// What the injection adds, turned into operations on a pod of shape `spec`.
+pub(super) struct Additions<'a> {
+    /// The value of the `dso.dev/injected` annotation.
+    pub injected: String,
+    pub volumes: &'a [Volume],
+    pub init: &'a Container,
+    /// The read-only mount for the selected containers.
+    pub mount: VolumeMount,
+    /// Indexes of the regular containers that get `mount`.
+    pub selected: &'a [usize],
+    pub fs_group: Option<i64>,
+}
+
+pub(super) fn operations(spec: &PodSpec, a: &Additions<'_>) -> Vec<PatchOperation> {
+    let mut ops = Vec::new();
+    ops.push(add(
+        ptr(["metadata", "annotations", ann::INJECTED]),
+        Value::String(a.injected.clone()),
+    ));
+    append(
+        &mut ops,
+        &["spec", "volumes"],
+        spec.volumes.is_some(),
+        a.volumes.iter().map(to_value).collect(),
+    );
+    if spec.init_containers.is_some() {
+        ops.push(add(ptr(["spec", "initContainers", "0"]), to_value(a.init)));
+    } else {
+        ops.push(add(
+            ptr(["spec", "initContainers"]),
+            json!([to_value(a.init)]),
+        ));
+    }
+    let mount = to_value(&a.mount);
+    for &i in a.selected {
+        let index = i.to_string();
+        append(
+            &mut ops,
+            &["spec", "containers", &index, "volumeMounts"],
+            spec.containers[i].volume_mounts.is_some(),
+            vec![mount.clone()],
+        );
+    }
+    if let Some(group) = a.fs_group {
+        match &spec.security_context {
+            None => ops.push(add(
+                ptr(["spec", "securityContext"]),
+                json!({"fsGroup": group}),
+            )),
+            Some(sc) if sc.fs_group.is_none() => ops.push(add(
+                ptr(["spec", "securityContext", "fsGroup"]),
+                json!(group),
+            )),
+            Some(_) => {}
+        }
+    }
+    ops
+}
+
+fn ptr<I, T>(tokens: I) -> PointerBuf
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<str>,
+{
+    let owned: Vec<String> = tokens.into_iter().map(|t| t.as_ref().to_string()).collect();
+    PointerBuf::from_tokens(owned.iter())
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+/// Appends `items` to the array at `base`, creating it when the pod has none.
+fn append(ops: &mut Vec<PatchOperation>, base: &[&str], exists: bool, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if exists {
+        for item in items {
+            ops.push(add(ptr(base.iter().copied().chain(["-"])), item));
+        }
+    } else {
+        ops.push(add(ptr(base.iter().copied()), Value::Array(items)));
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // Serializing k8s-openapi types into a Value cannot fail (string keys, no custom errors).
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

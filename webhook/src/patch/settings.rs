@@ -1,0 +1,26 @@
+//! The settings the patch builder reads, checked once at start-up by `config` (which depends
+//! on this module, never the reverse).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+/// Upper bound DSO assumes for one file when it checks that a pod's DsoSecrets fit the tmpfs:
+/// 64 KiB, the largest value AWS Secrets Manager stores. An `expand: true` entry counts once,
+/// since all its keys together come from one secret value.
+pub const FILE_CEILING_BYTES: u64 = 64 * 1024;
+
+/// Everything the patch builder needs from the command line.
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub default_mount_path: String,
+    /// The size limit as given (a Kubernetes quantity).
+    pub size_limit: String,
+    pub size_limit_bytes: u64,
+    pub resources: ResourceRequirements,
+    pub default_region: Option<String>,
+    pub init_env: Vec<(String, String)>,
+    pub fs_group: Option<i64>,
+    pub run_as_user: i64,
+    pub token_expiration_seconds: i64,
+}
