@@ -128,11 +128,18 @@ pub struct FileSpec {
     )]
     pub secret_id: String,
 
-    /// Write only this top-level key of a JSON SecretString. A string value is written as is;
-    /// any other JSON value as its JSON text. Missing key or non-JSON secret: the pod fails to
-    /// start, with the reason in the init container's log.
+    /// Write only one value of a JSON SecretString: a top-level key (such as `password`), or,
+    /// when it starts with `/`, a JSON Pointer (RFC 6901) to a nested value (such as
+    /// `/db/primary/password`, or `/hosts/0` for an array element; write `~1` for a `/` and `~0`
+    /// for a `~` inside a key). A string value is written as is; any other JSON value as its JSON
+    /// text. Missing key or non-JSON secret: the pod fails to start, with the key or pointer (never
+    /// the value) in the init container's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.startsWith('/') || self.matches('^(/([^~/]|~[01])*)+$')",
+         "message": "a jsonKey starting with '/' is a JSON Pointer (RFC 6901): '~' must be followed by 0 or 1 (~0 for '~', ~1 for '/')"}
+    ]))]
     pub json_key: Option<String>,
 
     /// Staging label to read, such as AWSCURRENT (the default) or AWSPREVIOUS. A rotation moves

@@ -54,6 +54,46 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a `jsonKey`: a non-empty top-level key, or a JSON Pointer (RFC 6901) when it starts
+/// with `/`.
+pub fn check_json_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("must not be empty".into());
+    }
+    json_pointer_tokens(key).map(|_| ())
+}
+
+/// The path a `jsonKey` addresses, as unescaped tokens: one token (the key itself) for a
+/// top-level key, the RFC 6901 reference tokens for a pointer starting with `/`.
+pub fn json_pointer_tokens(key: &str) -> Result<Vec<String>, String> {
+    let Some(pointer) = key.strip_prefix('/') else {
+        return Ok(vec![key.to_string()]);
+    };
+    pointer
+        .split('/')
+        .map(|token| {
+            let mut out = String::with_capacity(token.len());
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                if c != '~' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('0') => out.push('~'),
+                    Some('1') => out.push('/'),
+                    _ => {
+                        return Err(format!(
+                            "{key:?} is not a valid JSON Pointer (RFC 6901): '~' must be followed by 0 or 1 (~0 for '~', ~1 for '/')"
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
 /// Parses `fileMode` ("0440", "440").
 pub fn parse_file_mode(mode: &str) -> Result<u32, String> {
     let digits = mode
@@ -97,8 +137,10 @@ fn check_file(i: usize, f: &FileSpec, region: Option<&str>, errors: &mut Vec<Fie
             "jsonKey and expand are mutually exclusive: jsonKey writes one key, expand writes every key",
         ));
     }
-    if f.json_key.as_deref() == Some("") {
-        errors.push(err(at("jsonKey"), "must not be empty"));
+    if let Some(key) = &f.json_key
+        && let Err(m) = check_json_key(key)
+    {
+        errors.push(err(at("jsonKey"), m));
     }
     if f.version_stage.is_some() && f.version_id.is_some() {
         errors.push(err(
@@ -359,6 +401,37 @@ mod tests {
         for (s, field) in cases {
             assert_eq!(fields(&s), vec![field.to_string()], "{s:?}");
         }
+    }
+
+    #[test]
+    fn json_keys_are_top_level_keys_or_json_pointers() {
+        assert_eq!(json_pointer_tokens("password"), Ok(vec!["password".into()]));
+        assert_eq!(
+            json_pointer_tokens("a/b"),
+            Ok(vec!["a/b".into()]),
+            "no leading '/': one key"
+        );
+        assert_eq!(
+            json_pointer_tokens("/db/primary/password"),
+            Ok(vec!["db".into(), "primary".into(), "password".into()])
+        );
+        assert_eq!(
+            json_pointer_tokens("/a~1b/c~0d/~01"),
+            Ok(vec!["a/b".into(), "c~d".into(), "~1".into()])
+        );
+        assert_eq!(
+            json_pointer_tokens("/hosts/0"),
+            Ok(vec!["hosts".into(), "0".into()])
+        );
+        assert_eq!(json_pointer_tokens("/"), Ok(vec![String::new()]));
+        for bad in ["/a~2", "/a~", "/~x/b", ""] {
+            assert!(check_json_key(bad).is_err(), "{bad}");
+        }
+        let s = spec(vec![FileSpec {
+            json_key: Some("/db/~password".into()),
+            ..file("x", "a")
+        }]);
+        assert_eq!(fields(&s), vec!["spec.files[0].jsonKey".to_string()]);
     }
 
     #[test]

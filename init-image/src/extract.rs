@@ -36,16 +36,60 @@ pub fn files_for(at: &Target, file: &PlanFile, value: &SecretValue) -> Result<Ve
     let contents = match (&file.json_key, value) {
         (Some(key), _) => {
             let object = json_object(at, value, "jsonKey")?;
-            let v = object.get(key).ok_or_else(|| Error::MissingJsonKey {
-                at: at.clone(),
-                key: key.clone(),
-            })?;
-            render(v)
+            render(&lookup(at, object, key)?)
         }
         (None, SecretValue::Text(s)) => Contents::new(s.as_bytes().to_vec()),
         (None, SecretValue::Binary(b)) => Contents::new(b.clone()),
     };
     Ok(vec![OutFile { path, contents }])
+}
+
+/// The value a `jsonKey` (a top-level key, or a JSON Pointer starting with `/`) addresses in
+/// `object` (consumed: the value is moved out, not copied). A miss names the key or the pointer and the part of it that was not found — spec
+/// text only, never anything of the value.
+pub fn lookup(at: &Target, object: Map<String, Value>, key: &str) -> Result<Value> {
+    let tokens = dso_api::validate::json_pointer_tokens(key)
+        .map_err(|why| Error::Plan(format!("jsonKey: {why}")))?;
+    let mut object = object;
+    if !key.starts_with('/') {
+        return object.remove(key).ok_or_else(|| Error::MissingJsonKey {
+            at: at.clone(),
+            key: key.to_string(),
+        });
+    }
+    // The first `n` tokens of the pointer as written.
+    let prefix = |n: usize| key.split('/').take(n + 1).collect::<Vec<_>>().join("/");
+    let missing = |why: String| Error::MissingJsonPointer {
+        at: at.clone(),
+        pointer: key.to_string(),
+        why,
+    };
+    let mut current = Value::Object(object);
+    for (depth, token) in tokens.iter().enumerate() {
+        let next = match &mut current {
+            Value::Object(m) => m.remove(token),
+            Value::Array(items) => array_index(token)
+                .filter(|&i| i < items.len())
+                .map(|i| items.swap_remove(i)),
+            other => {
+                return Err(missing(format!(
+                    "{:?} holds a JSON {}, which has no members",
+                    prefix(depth),
+                    kind(other)
+                )));
+            }
+        };
+        current = next.ok_or_else(|| missing(format!("nothing at {:?}", prefix(depth + 1))))?;
+    }
+    Ok(current)
+}
+
+/// An RFC 6901 array index: `0`, or digits without a leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    (digits && (token == "0" || !token.starts_with('0')))
+        .then(|| token.parse().ok())
+        .flatten()
 }
 
 /// A key becomes a file name: one path segment of the same characters as a `path`.
@@ -206,6 +250,45 @@ mod tests {
         let line = err.line();
         assert!(line.contains(r#""user""#), "{line}");
         assert!(!line.contains(CANARY), "{line}");
+    }
+
+    #[test]
+    fn a_json_pointer_reaches_nested_values_and_array_elements() {
+        let v = text(&format!(
+            r#"{{"db":{{"primary":{{"password":"{CANARY}","port":5432}}}},"hosts":["a","b"],"a/b":{{"~k":"t"}}}}"#
+        ));
+        let get = |p: &str| one(&entry(Some("f"), Some(p), false), &v);
+        assert_eq!(get("/db/primary/password"), CANARY.as_bytes());
+        assert_eq!(get("/db/primary/port"), b"5432");
+        assert_eq!(get("/hosts/1"), b"b");
+        assert_eq!(get("/a~1b/~0k"), b"t");
+        assert_eq!(
+            get("/db/primary"),
+            format!(r#"{{"password":"{CANARY}","port":5432}}"#).as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_missing_pointer_fails_closed_naming_the_pointer_and_never_the_value() {
+        let v = text(&format!(
+            r#"{{"db":{{"primary":{{"password":"{CANARY}"}}}},"hosts":["a"]}}"#
+        ));
+        for (pointer, named) in [
+            ("/db/replica/password", r#""/db/replica""#),
+            ("/db/primary/password/x", r#""/db/primary/password""#),
+            ("/hosts/5", r#""/hosts/5""#),
+            ("/hosts/01", r#""/hosts/01""#),
+            ("/nope", r#""/nope""#),
+        ] {
+            let err =
+                files_for(&at(), &entry(Some("f"), Some(pointer), false), &v).expect_err(pointer);
+            assert_eq!(err.label(), "missing_json_key", "{pointer}");
+            let line = err.line();
+            assert!(line.contains(&format!("{pointer:?}")), "{line}");
+            assert!(line.contains(named), "{line}");
+            assert!(!line.contains(CANARY), "{line}");
+            assert_eq!(err.exit_code(), 5);
+        }
     }
 
     #[test]

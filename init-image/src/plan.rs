@@ -102,8 +102,10 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
             if f.expand && f.json_key.is_some() {
                 return bad(at("jsonKey"), "and expand are mutually exclusive");
             }
-            if f.json_key.as_deref() == Some("") {
-                return bad(at("jsonKey"), "must not be empty");
+            if let Some(key) = &f.json_key
+                && let Err(why) = dso_api::validate::check_json_key(key)
+            {
+                return bad(at("jsonKey"), &why);
             }
             if f.version_id.is_some() && f.version_stage.is_some() {
                 return bad(at("versionId"), "and versionStage are mutually exclusive");
@@ -178,6 +180,10 @@ mod tests {
         "files[0].jsonKey"
     )]
     #[case::empty_key(r#"[{"path":"x","secretId":"a","jsonKey":""}]"#, "files[0].jsonKey")]
+    #[case::bad_pointer(
+        r#"[{"path":"x","secretId":"a","jsonKey":"/a~2"}]"#,
+        "files[0].jsonKey"
+    )]
     #[case::id_and_stage(
         r#"[{"path":"x","secretId":"a","versionId":"v","versionStage":"AWSCURRENT"}]"#,
         "files[0].versionId"
