@@ -25,6 +25,30 @@ pub struct InitPlan {
     pub size_limit_bytes: u64,
     /// One entry per DsoSecret the pod mounts.
     pub secrets: Vec<PlanSecret>,
+    /// One env file per container that uses `dso://` env references (see [`crate::env`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_files: Vec<PlanEnvFile>,
+}
+
+/// The env file of one container, at [`crate::env::env_file_path`] of its name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanEnvFile {
+    /// The container whose `fileKeyRef`s read it.
+    pub container: String,
+    /// Its variables, one key each.
+    pub vars: Vec<PlanEnvVar>,
+}
+
+/// One variable: its name (the key in the env file) and the file whose contents are its value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanEnvVar {
+    pub name: String,
+    /// The DsoSecret of `dso://<dsoSecret>/<file>`.
+    pub dso_secret: String,
+    /// The path of `dso://<dsoSecret>/<file>`.
+    pub file: String,
 }
 
 /// One DsoSecret, resolved.
@@ -120,6 +144,14 @@ mod tests {
                     version_stage: None,
                     version_id: None,
                     expand: false,
+                }],
+            }],
+            env_files: vec![PlanEnvFile {
+                container: "app".into(),
+                vars: vec![PlanEnvVar {
+                    name: "DB_PASSWORD".into(),
+                    dso_secret: "db".into(),
+                    file: "password".into(),
                 }],
             }],
         };

@@ -7,6 +7,7 @@
 //! - [`annotations`]: the pod and workload annotation keys users and components write.
 //! - [`contract`]: what the webhook hands the `dso-init` container (the resolved file list) and
 //!   what `dso-init` reports back (version ids) — never a secret value.
+//! - [`env`]: `dso://` env references and the env files (KEP-3721) that carry them.
 //! - [`duration`]: the `5m` / `1h30m` interval format.
 //! - [`aws_error`]: what an AWS call's failure means (its kind, whether to retry it).
 //! - [`backoff`]: the retry delay, exponential with jitter.
@@ -17,6 +18,7 @@ pub mod aws_error;
 pub mod backoff;
 pub mod contract;
 pub mod duration;
+pub mod env;
 pub mod secret;
 pub mod validate;
 pub mod versions;

@@ -10,11 +10,13 @@
 //! - [`fetch`]: AWS clients from the default chain, concurrent fetches, retries, deadline, and
 //!   the one classifier of SDK errors.
 //! - [`extract`]: whole value, one JSON key, or one file per key (`expand`).
+//! - [`envfile`]: the env files the kubelet reads for `dso://` env references.
 //! - [`write`]: layout and size checks, then atomic writes with tight modes.
 //! - [`report`]: the termination message.
 //! - [`value`]: the value-holding types, whose `Debug` is redacted.
 //! - [`error`]: the error type, exit codes and labels.
 
+pub mod envfile;
 pub mod error;
 pub mod extract;
 pub mod fetch;
@@ -99,6 +101,8 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
             }
         }
     }
+    let env_files = env_files(plan, &pending)?;
+    pending.extend(env_files);
     write::check_layout(&pending)?;
     write::check_size(&pending, plan.size_limit_bytes)?;
     write::write_all(Path::new(&plan.mount_path), &pending)?;
@@ -117,6 +121,58 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
         files: pending.len(),
         fetched: fetched.len(),
     })
+}
+
+/// Mode of the env files: only the kubelet (root) reads them; the app gets the values through
+/// its environment, not by reading the file.
+pub const ENV_FILE_MODE: u32 = 0o400;
+
+/// The env file of every container that uses `dso://` references, from the files already
+/// extracted: a variable's value is exactly the contents of the file it names.
+fn env_files(plan: &InitPlan, files: &[write::Pending]) -> Result<Vec<write::Pending>> {
+    let by_path: BTreeMap<(&str, &str), &write::Pending> = files
+        .iter()
+        .map(|f| ((f.dso_secret.as_str(), f.path.as_str()), f))
+        .collect();
+    let mut out = Vec::with_capacity(plan.env_files.len());
+    for env in &plan.env_files {
+        let path = dso_api::env::env_file_path(&env.container);
+        let fail = |var: &dso_api::contract::PlanEnvVar, why: String| Error::EnvValue {
+            container: env.container.clone(),
+            var: var.name.clone(),
+            dso_secret: var.dso_secret.clone(),
+            file: var.file.clone(),
+            why,
+        };
+        let mut values = Vec::with_capacity(env.vars.len());
+        for var in &env.vars {
+            let Some(f) = by_path.get(&(var.dso_secret.as_str(), var.file.as_str())) else {
+                return Err(fail(
+                    var,
+                    "the DsoSecret wrote no such file (an expand entry's secret has no such key?)"
+                        .into(),
+                ));
+            };
+            values.push((var.name.as_str(), f.contents.as_bytes()));
+        }
+        let contents =
+            envfile::render(&values).map_err(|(i, why)| fail(&env.vars[i], why.to_string()))?;
+        let (dir, name) = path
+            .split_once('/')
+            .unwrap_or((dso_api::env::ENV_DIR, &path));
+        out.push(write::Pending {
+            at: Target {
+                dso_secret: dir.to_string(),
+                file: name.to_string(),
+                secret_id: String::new(),
+            },
+            dso_secret: dir.to_string(),
+            path: name.to_string(),
+            contents: value::Contents::new(contents),
+            mode: ENV_FILE_MODE,
+        });
+    }
+    Ok(out)
 }
 
 const SAFETY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);

@@ -74,6 +74,9 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
         if s.name.contains('/') {
             return bad(at("name"), "must be a single path segment");
         }
+        if s.name == dso_api::env::ENV_DIR {
+            return bad(at("name"), "is reserved for the env files");
+        }
         if !names.insert(s.name.as_str()) {
             return bad(at("name"), "names the same DsoSecret twice");
         }
@@ -112,6 +115,37 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
             }
             if f.secret_id.is_empty() {
                 return bad(at("secretId"), "must not be empty");
+            }
+        }
+    }
+    validate_env_files(plan)
+}
+
+/// Env files: one per container, keys an env file can carry, references to planned DsoSecrets.
+fn validate_env_files(plan: &InitPlan) -> Result<()> {
+    let bad = |field: String, why: &str| Err(Error::Plan(format!("{field}: {why}")));
+    let mut containers = BTreeSet::new();
+    for (i, env) in plan.env_files.iter().enumerate() {
+        let at = |f: &str| format!("envFiles[{i}].{f}");
+        if check_path(&env.container).is_err() || env.container.contains('/') {
+            return bad(at("container"), "must be a container name");
+        }
+        if !containers.insert(env.container.as_str()) {
+            return bad(at("container"), "has two env files");
+        }
+        if env.vars.is_empty() {
+            return bad(at("vars"), "lists no variable");
+        }
+        for (j, var) in env.vars.iter().enumerate() {
+            let at = |f: &str| format!("envFiles[{i}].vars[{j}].{f}");
+            if let Err(why) = dso_api::env::check_env_name(&var.name) {
+                return bad(at("name"), &why);
+            }
+            if !plan.secrets.iter().any(|s| s.name == var.dso_secret) {
+                return bad(at("dsoSecret"), "is not a DsoSecret of the plan");
+            }
+            if let Err(why) = check_path(&var.file) {
+                return bad(at("file"), &why);
             }
         }
     }
@@ -219,6 +253,47 @@ mod tests {
     #[case::not_json("{")]
     fn a_bad_plan_is_refused(#[case] json: &str) {
         assert_eq!(parse(json).expect_err("invalid").label(), "plan");
+    }
+
+    fn env_plan(env_files: &str) -> String {
+        format!(
+            r#"{{"version":1,"mountPath":"/m","sizeLimitBytes":1,
+                "secrets":[{{"name":"db","fileMode":288,"files":[{{"path":"password","secretId":"a"}}]}}],
+                "envFiles":{env_files}}}"#
+        )
+    }
+
+    #[test]
+    fn env_files_are_read() {
+        let plan = parse(&env_plan(
+            r#"[{"container":"app","vars":[{"name":"DB_PASSWORD","dsoSecret":"db","file":"password"}]}]"#,
+        ))
+        .expect("valid");
+        assert_eq!(plan.env_files[0].vars[0].name, "DB_PASSWORD");
+    }
+
+    #[rstest]
+    #[case::bad_name(
+        r#"[{"container":"app","vars":[{"name":"A-B","dsoSecret":"db","file":"password"}]}]"#,
+        "vars[0].name"
+    )]
+    #[case::unknown_secret(
+        r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"api","file":"password"}]}]"#,
+        "vars[0].dsoSecret"
+    )]
+    #[case::escaping_file(
+        r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"db","file":"../x"}]}]"#,
+        "vars[0].file"
+    )]
+    #[case::escaping_container(
+        r#"[{"container":"../x","vars":[{"name":"A","dsoSecret":"db","file":"password"}]}]"#,
+        "envFiles[0].container"
+    )]
+    #[case::twice(r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"db","file":"password"}]},{"container":"app","vars":[{"name":"B","dsoSecret":"db","file":"password"}]}]"#, "envFiles[1].container")]
+    #[case::no_vars(r#"[{"container":"app","vars":[]}]"#, "envFiles[0].vars")]
+    fn a_bad_env_file_is_refused_naming_its_field(#[case] env: &str, #[case] field: &str) {
+        let err = parse(&env_plan(env)).expect_err("invalid");
+        assert!(err.to_string().contains(field), "{err}");
     }
 
     #[test]

@@ -899,3 +899,92 @@ async fn eks_pod_identity_credentials_work_through_the_default_chain() {
     assert_eq!(s.read("app/value"), canary.as_bytes());
     ran.assert_silent_about(&[&canary, "pod-identity-secret"]);
 }
+
+#[tokio::test]
+async fn a_json_pointer_writes_a_nested_value_and_a_miss_names_the_pointer() {
+    let canary = unique("canary-nested");
+    let id = unique("it/nested");
+    create_string(
+        &id,
+        &serde_json::json!({"db": {"primary": {"password": canary}}}).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            &id,
+            serde_json::json!({"jsonKey": "/db/primary/password"}),
+        )),
+        &[],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            &id,
+            serde_json::json!({"jsonKey": "/db/replica/password"}),
+        )),
+        &[],
+    );
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(r#""/db/replica/password""#),
+        "{}",
+        ran.stderr
+    );
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+/// Env files are what the kubelet reads for `fileKeyRef`: `NAME='value'` lines, mode 0400.
+#[tokio::test]
+async fn env_files_carry_dso_references_and_refuse_values_they_cannot_carry() {
+    let canary = unique("canary-env");
+    let id = unique("it/env");
+    create_string(
+        &id,
+        &serde_json::json!({"password": format!("{canary}=x\ny"), "quoted": format!("it's {canary}")})
+            .to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let with_env = |var_file: &str| {
+        let mut plan: serde_json::Value = serde_json::from_str(&s.plan(serde_json::json!([
+            {"name": "db", "fileMode": 0o440, "files": [
+                {"path": "password", "secretId": id, "jsonKey": "password"},
+                {"path": "quoted", "secretId": id, "jsonKey": "quoted"},
+            ]}
+        ])))
+        .expect("plan");
+        plan["envFiles"] = serde_json::json!([{"container": "app", "vars": [
+            {"name": "DB_PASSWORD", "dsoSecret": "db", "file": var_file}
+        ]}]);
+        plan.to_string()
+    };
+    let ran = s.run(&with_env("password"), &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        s.read(".dso-env/app.env"),
+        format!("DB_PASSWORD='{canary}=x\ny'\n").as_bytes()
+    );
+    assert_eq!(s.mode(".dso-env/app.env"), 0o400);
+    ran.assert_silent_about(&[&canary]);
+
+    let s2 = Scratch::new();
+    let plan = with_env("quoted").replace(
+        &s.mount().display().to_string(),
+        &s2.mount().display().to_string(),
+    );
+    let ran = s2.run(&plan, &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    for named in ["DB_PASSWORD", "dso://db/quoted", "\"app\"", "single quote"] {
+        assert!(ran.stderr.contains(named), "{named}: {}", ran.stderr);
+    }
+    assert!(
+        s2.is_empty(),
+        "nothing is written when a value cannot be carried"
+    );
+    ran.assert_silent_about(&[&canary]);
+}

@@ -329,3 +329,54 @@ async fn an_unknown_path_gets_a_json_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["code"], 404);
 }
+
+/// `dso://` env references over HTTP: replaced in the patch, or refused naming the reference.
+#[rstest]
+#[case::rewritten("dso://db/password", None)]
+#[case::unknown_path(
+    "dso://db/nope",
+    Some(
+        "container \"app\", env DB_PASSWORD: dso://db/nope: DsoSecret \"db\" does not write \"nope\""
+    )
+)]
+#[case::unmounted(
+    "dso://api/token",
+    Some(
+        "container \"app\", env DB_PASSWORD: dso://api/token: the pod does not mount DsoSecret \"api\""
+    )
+)]
+#[tokio::test]
+async fn a_dso_env_reference_is_rewritten_or_denied(
+    #[case] reference: &str,
+    #[case] denial: Option<&str>,
+) {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "DB_PASSWORD", "value": reference}]);
+    let r = post_review(app(), body).await;
+    match denial {
+        Some(message) => {
+            assert_eq!(r["allowed"], false);
+            let got = r["status"]["message"].as_str().expect("message");
+            assert!(got.contains(message), "{got}");
+        }
+        None => {
+            assert_eq!(r["allowed"], true);
+            let ops = patch_of(&r);
+            let replace = ops
+                .iter()
+                .find(|o| o["path"] == "/spec/containers/0/env/0")
+                .expect("env op");
+            assert_eq!(replace["op"], "replace");
+            assert_eq!(
+                replace["value"],
+                json!({"name": "DB_PASSWORD", "valueFrom": {"fileKeyRef": {
+                    "volumeName": "dso-secrets", "path": ".dso-env/app.env", "key": "DB_PASSWORD"}}})
+            );
+        }
+    }
+}

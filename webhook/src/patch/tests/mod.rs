@@ -3,6 +3,7 @@
 
 mod api_token;
 mod denials;
+mod env;
 mod identity;
 mod property;
 mod shape;
