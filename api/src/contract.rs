@@ -7,6 +7,7 @@
 //! pod runs.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Environment variable that carries the JSON plan.
 pub const PLAN_ENV: &str = "DSO_PLAN";
@@ -73,6 +74,8 @@ pub struct PlanFile {
     /// Relative path under `<mount>/<name>/`; absent with `expand`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Empty for a template entry (its secrets are its `sources`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_key: Option<String>,
@@ -82,6 +85,24 @@ pub struct PlanFile {
     pub version_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expand: bool,
+    /// A template to render (see [`crate::template`]), reading `sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, PlanSource>,
+}
+
+/// One secret a template reads, under its name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSource {
+    pub secret_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
 }
 
 impl PlanSecret {
@@ -101,6 +122,23 @@ impl PlanSecret {
                     version_stage: f.version_stage.clone(),
                     version_id: f.version_id.clone(),
                     expand: f.expands(),
+                    template: f.template.clone(),
+                    sources: f
+                        .sources
+                        .iter()
+                        .flatten()
+                        .map(|(name, src)| {
+                            (
+                                name.clone(),
+                                PlanSource {
+                                    secret_id: src.secret_id.clone(),
+                                    json_key: src.json_key.clone(),
+                                    version_stage: src.version_stage.clone(),
+                                    version_id: src.version_id.clone(),
+                                },
+                            )
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -144,6 +182,8 @@ mod tests {
                     version_stage: None,
                     version_id: None,
                     expand: false,
+                    template: None,
+                    sources: BTreeMap::new(),
                 }],
             }],
             env_files: vec![PlanEnvFile {

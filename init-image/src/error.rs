@@ -11,7 +11,7 @@
 //! | 2 | bad configuration: `DSO_PLAN` missing or invalid, no AWS region, bad flag |
 //! | 3 | access: AccessDenied, DecryptionFailure (KMS), no or rejected credentials |
 //! | 4 | not found: the secret or the requested version does not exist |
-//! | 5 | content: missing JSON key or pointer, a value an env file cannot carry (`dso://`), value not JSON, key not usable as a file name, path collision, empty value |
+//! | 5 | content: missing JSON key or pointer, a value an env file cannot carry (`dso://`), a template that fails to render, value not JSON, key not usable as a file name, path collision, empty value |
 //! | 6 | unavailable: timeout, endpoint unreachable or not trusted (TLS), throttling or 5xx until the deadline |
 //! | 7 | volume: mount path missing, size limit exceeded, a write failed |
 //! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
@@ -116,6 +116,9 @@ pub enum Error {
         why: String,
     },
 
+    #[error("{at}: TemplateError: {why}")]
+    Template { at: Target, why: String },
+
     #[error("{at}: NotJson: {why}")]
     NotJson { at: Target, why: String },
 
@@ -170,6 +173,7 @@ impl Error {
             | Error::MissingJsonKey { .. }
             | Error::MissingJsonPointer { .. }
             | Error::EnvValue { .. }
+            | Error::Template { .. }
             | Error::NotJson { .. }
             | Error::BadKeyName { .. }
             | Error::PathCollision { .. } => 5,
@@ -189,6 +193,7 @@ impl Error {
             Error::MissingJsonKey { .. } | Error::MissingJsonPointer { .. } => "missing_json_key",
             Error::NotJson { .. } => "not_json",
             Error::EnvValue { .. } => "env_value",
+            Error::Template { .. } => "template",
             Error::BadKeyName { .. } => "bad_key_name",
             Error::PathCollision { .. } => "path_collision",
             Error::SizeLimit { .. } => "size_limit",

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result, Target};
 use crate::value::{Contents, SecretValue};
-use dso_api::contract::PlanFile;
+use dso_api::contract::{PlanFile, PlanSource};
 use dso_api::validate::check_path;
 use serde_json::{Map, Value};
 
@@ -92,6 +92,28 @@ fn array_index(token: &str) -> Option<usize> {
         .flatten()
 }
 
+/// What a template sees of one source: the `jsonKey`'s value, else the whole secret — its JSON
+/// when the SecretString is JSON, else its text. A binary secret must be UTF-8 text.
+pub fn source_value(at: &Target, src: &PlanSource, value: &SecretValue) -> Result<Value> {
+    if let Some(key) = &src.json_key {
+        let object = json_object(at, value, "jsonKey")?;
+        return lookup(at, object, key);
+    }
+    match value {
+        SecretValue::Text(s) => {
+            Ok(serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.clone())))
+        }
+        SecretValue::Binary(b) => String::from_utf8(b.clone())
+            .map(Value::String)
+            .map_err(|_| Error::NotJson {
+                at: at.clone(),
+                why:
+                    "a template reads text, but this secret holds a SecretBinary that is not UTF-8"
+                        .into(),
+            }),
+    }
+}
+
 /// A key becomes a file name: one path segment of the same characters as a `path`.
 fn check_key_name(key: &str) -> Result<(), String> {
     if key.contains('/') {
@@ -170,6 +192,8 @@ mod tests {
             version_stage: None,
             version_id: None,
             expand,
+            template: None,
+            sources: Default::default(),
         }
     }
 

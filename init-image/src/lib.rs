@@ -51,9 +51,9 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     let mut calls: BTreeMap<FetchKey, Target> = BTreeMap::new();
     for s in &plan.secrets {
         for f in &s.files {
-            calls
-                .entry(plan::fetch_key(s, f))
-                .or_insert_with(|| plan::target(s, f));
+            for (key, at) in plan::fetches(s, f) {
+                calls.entry(key).or_insert(at);
+            }
         }
     }
     let deadline = settings.deadline;
@@ -78,6 +78,16 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     for s in &plan.secrets {
         for f in &s.files {
             let at = plan::target(s, f);
+            if let Some(template) = &f.template {
+                pending.push(write::Pending {
+                    contents: render_template(s, f, template, &fetched)?,
+                    at,
+                    dso_secret: s.name.clone(),
+                    path: f.path.clone().unwrap_or_default(),
+                    mode: s.file_mode,
+                });
+                continue;
+            }
             let Some(got) = fetched.get(&plan::fetch_key(s, f)) else {
                 return Err(Error::Aws {
                     at,
@@ -121,6 +131,41 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
         files: pending.len(),
         fetched: fetched.len(),
     })
+}
+
+/// Renders a template entry from its sources' fetched values.
+fn render_template(
+    s: &dso_api::contract::PlanSecret,
+    f: &dso_api::contract::PlanFile,
+    template: &str,
+    fetched: &BTreeMap<FetchKey, fetch::Fetched>,
+) -> Result<value::Contents> {
+    let mut sources = BTreeMap::new();
+    for (name, src) in &f.sources {
+        let key = plan::source_key(s, src);
+        let mut at = plan::target(s, f);
+        at.secret_id = src.secret_id.clone();
+        let Some(got) = fetched.get(&key) else {
+            return Err(Error::Aws {
+                at,
+                failure: AwsFailure::new(AwsErrorKind::Other, "internal: no fetch result"),
+            });
+        };
+        let Some(value) = &got.value else {
+            return Err(Error::EmptyValue {
+                at,
+                version: key.version.to_string(),
+            });
+        };
+        sources.insert(name.clone(), extract::source_value(&at, src, value)?);
+    }
+    let file = f.path.as_deref().unwrap_or_default();
+    dso_api::template::render(file, template, &sources)
+        .map(|text| value::Contents::new(text.into_bytes()))
+        .map_err(|e| Error::Template {
+            at: plan::target(s, f),
+            why: e.to_string(),
+        })
 }
 
 /// Mode of the env files: only the kubelet (root) reads them; the app gets the values through

@@ -6,7 +6,7 @@
 //! `<mountPath>/<DsoSecret name>/`.
 
 use crate::error::{Error, Result, Target};
-use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret};
+use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret, PlanSource};
 use dso_api::validate::{arn_region, check_path};
 use std::collections::BTreeSet;
 
@@ -113,8 +113,49 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
             if f.version_id.is_some() && f.version_stage.is_some() {
                 return bad(at("versionId"), "and versionStage are mutually exclusive");
             }
-            if f.secret_id.is_empty() {
-                return bad(at("secretId"), "must not be empty");
+            match &f.template {
+                None => {
+                    if f.secret_id.is_empty() {
+                        return bad(at("secretId"), "must not be empty");
+                    }
+                    if !f.sources.is_empty() {
+                        return bad(at("sources"), "needs a template");
+                    }
+                }
+                Some(template) => {
+                    if !f.secret_id.is_empty() || f.json_key.is_some() || f.expand {
+                        return bad(at("template"), "excludes secretId, jsonKey and expand");
+                    }
+                    if f.sources.is_empty() {
+                        return bad(at("sources"), "lists no secret");
+                    }
+                    for (name, src) in &f.sources {
+                        let at =
+                            |field: &str| format!("secrets[{i}].files[{j}].sources.{name}.{field}");
+                        if let Err(why) = dso_api::template::check_source_name(name) {
+                            return bad(at("name"), &why);
+                        }
+                        if src.secret_id.is_empty() {
+                            return bad(at("secretId"), "must not be empty");
+                        }
+                        if let Some(key) = &src.json_key
+                            && let Err(why) = dso_api::validate::check_json_key(key)
+                        {
+                            return bad(at("jsonKey"), &why);
+                        }
+                        if src.version_id.is_some() && src.version_stage.is_some() {
+                            return bad(at("versionId"), "and versionStage are mutually exclusive");
+                        }
+                    }
+                    let file = f.path.as_deref().unwrap_or_default();
+                    if let Err(why) = dso_api::template::check(
+                        file,
+                        template,
+                        f.sources.keys().map(String::as_str),
+                    ) {
+                        return bad(at("template"), &why);
+                    }
+                }
             }
         }
     }
@@ -152,15 +193,55 @@ fn validate_env_files(plan: &InitPlan) -> Result<()> {
     Ok(())
 }
 
-/// The call that serves a file.
+/// The call that serves a file (a file that is not a template).
 pub fn fetch_key(secret: &PlanSecret, file: &PlanFile) -> FetchKey {
+    key_for(
+        secret,
+        &file.secret_id,
+        file.version_id.as_ref(),
+        file.version_stage.as_ref(),
+    )
+}
+
+/// The call that serves one source of a template.
+pub fn source_key(secret: &PlanSecret, source: &PlanSource) -> FetchKey {
+    key_for(
+        secret,
+        &source.secret_id,
+        source.version_id.as_ref(),
+        source.version_stage.as_ref(),
+    )
+}
+
+/// Every call a file needs, with how each is named in messages: its own secret, or one per
+/// template source.
+pub fn fetches(secret: &PlanSecret, file: &PlanFile) -> Vec<(FetchKey, Target)> {
+    if file.template.is_none() {
+        return vec![(fetch_key(secret, file), target(secret, file))];
+    }
+    file.sources
+        .values()
+        .map(|src| {
+            let mut at = target(secret, file);
+            at.secret_id = src.secret_id.clone();
+            (source_key(secret, src), at)
+        })
+        .collect()
+}
+
+fn key_for(
+    secret: &PlanSecret,
+    secret_id: &str,
+    version_id: Option<&String>,
+    version_stage: Option<&String>,
+) -> FetchKey {
     FetchKey {
         region: secret
             .region
             .clone()
-            .or_else(|| arn_region(&file.secret_id).map(str::to_string)),
-        secret_id: file.secret_id.clone(),
-        version: match (&file.version_id, &file.version_stage) {
+            .or_else(|| arn_region(secret_id).map(str::to_string)),
+        secret_id: secret_id.to_string(),
+        version: match (version_id, version_stage) {
             (Some(id), _) => VersionSel::Id(id.clone()),
             (None, Some(stage)) => VersionSel::Stage(stage.clone()),
             (None, None) => VersionSel::Stage(DEFAULT_STAGE.into()),
@@ -173,7 +254,11 @@ pub fn target(secret: &PlanSecret, file: &PlanFile) -> Target {
     Target {
         dso_secret: secret.name.clone(),
         file: file.path.clone().unwrap_or_else(|| "(expand)".into()),
-        secret_id: file.secret_id.clone(),
+        secret_id: if file.template.is_some() {
+            "(template)".into()
+        } else {
+            file.secret_id.clone()
+        },
     }
 }
 
@@ -223,6 +308,19 @@ mod tests {
         "files[0].versionId"
     )]
     #[case::empty_id(r#"[{"path":"x","secretId":""}]"#, "files[0].secretId")]
+    #[case::broken_template(
+        r#"[{"path":"x","template":"{{ db","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].template"
+    )]
+    #[case::template_reads_an_undeclared_source(
+        r#"[{"path":"x","template":"{{ api }}","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].template"
+    )]
+    #[case::template_without_sources(r#"[{"path":"x","template":"x"}]"#, "files[0].sources")]
+    #[case::sources_without_template(
+        r#"[{"path":"x","secretId":"a","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].sources"
+    )]
     #[case::no_files("[]", "files")]
     fn a_bad_plan_entry_is_refused_naming_its_field(#[case] files: &str, #[case] field: &str) {
         let err = parse(&plan_json(files)).expect_err("invalid");

@@ -988,3 +988,52 @@ async fn env_files_carry_dso_references_and_refuse_values_they_cannot_carry() {
     );
     ran.assert_silent_about(&[&canary]);
 }
+
+#[tokio::test]
+async fn a_template_renders_several_secrets_and_a_render_error_names_its_line_not_a_value() {
+    let canary = unique("canary-tpl");
+    let db = unique("it/tpl-db");
+    let api = unique("it/tpl-api");
+    create_string(
+        &db,
+        &serde_json::json!({"username": "app", "password": canary, "conn": {"port": 5432}})
+            .to_string(),
+    )
+    .await;
+    create_string(&api, &format!("token-{canary}")).await;
+    let plan_with = |s: &Scratch, template: &str| {
+        s.plan(serde_json::json!([{"name": "app", "fileMode": 0o440, "files": [{
+            "path": "conf/app.yaml", "template": template,
+            "sources": {"db": {"secretId": db}, "port": {"secretId": db, "jsonKey": "/conn/port"},
+                        "api": {"secretId": api}}
+        }]}]))
+    };
+    let s = Scratch::new();
+    let ran = s.run(
+        &plan_with(
+            &s,
+            "url: postgres://{{ db.username }}:{{ db.password }}@db:{{ port }}/app\ntoken: {{ api }}\n",
+        ),
+        &[],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        s.read("app/conf/app.yaml"),
+        format!("url: postgres://app:{canary}@db:5432/app\ntoken: token-{canary}\n").as_bytes()
+    );
+    assert!(
+        ran.stdout.contains("from 2 secret versions"),
+        "{}",
+        ran.stdout
+    );
+    ran.assert_silent_about(&[&canary]);
+
+    let s = Scratch::new();
+    let ran = s.run(&plan_with(&s, "ok: 1\nbad: {{ db.pasword }}\n"), &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    for named in ["TemplateError", "conf/app.yaml", "line 2", "undefined"] {
+        assert!(ran.stderr.contains(named), "{named}: {}", ran.stderr);
+    }
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}

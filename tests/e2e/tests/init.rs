@@ -27,6 +27,8 @@ fn file(path: Option<&str>, secret_id: &str, json_key: Option<&str>, expand: boo
         version_stage: None,
         version_id: None,
         expand,
+        template: None,
+        sources: Default::default(),
     }
 }
 

@@ -87,9 +87,9 @@ pub(super) fn plan_secret(
     if entry.region.is_none()
         && let Some(default) = default_region
         && spec
-            .files
+            .secret_refs()
             .iter()
-            .all(|f| dso_api::validate::arn_region(&f.secret_id).is_none_or(|r| r == default))
+            .all(|f| dso_api::validate::arn_region(f.secret_id).is_none_or(|r| r == default))
     {
         entry.region = Some(default.to_string());
     }

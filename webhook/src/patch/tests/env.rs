@@ -152,3 +152,43 @@ fn env_files_count_toward_the_size_check() {
     assert_eq!(e.metric_label(), "too_large");
     assert!(mutate(&one, NS, &catalog(), &tight).is_ok());
 }
+
+#[test]
+fn a_template_entry_is_planned_with_its_sources_and_can_feed_an_env_reference() {
+    let p = injected(&pod(json!({
+        "metadata": {"annotations": {"dso.dev/secrets": "tpl"}},
+        "spec": {"containers": [{"name": "app", "image": "a",
+            "env": [{"name": "DATABASE_URL", "value": "dso://tpl/url"}]}]}
+    })));
+    let plan = plan_of(&p);
+    let file = &plan.secrets[0].files[0];
+    assert_eq!(file.path.as_deref(), Some("url"));
+    assert!(
+        file.template
+            .as_deref()
+            .is_some_and(|t| t.contains("{{ db.password }}"))
+    );
+    assert_eq!(file.sources["db"].secret_id, "prod/db");
+    assert_eq!(
+        file.sources["db"].version_stage.as_deref(),
+        Some("AWSPREVIOUS")
+    );
+    assert_eq!(plan.env_files[0].vars[0].file, "url");
+}
+
+#[test]
+fn a_template_reading_an_undeclared_source_is_refused_naming_the_field() {
+    let e = mutate(
+        &pod(json!({"metadata": {"annotations": {"dso.dev/secrets": "tpl-broken"}}})),
+        NS,
+        &catalog(),
+        &cfg(),
+    )
+    .expect_err("denied");
+    assert_eq!(e.metric_label(), "invalid_dsosecret");
+    let m = e.to_string();
+    assert!(
+        m.contains("spec.files[0].template") && m.contains("\"api\""),
+        "{m}"
+    );
+}
