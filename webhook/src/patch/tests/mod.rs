@@ -4,6 +4,7 @@
 mod api_token;
 mod denials;
 mod env;
+mod examples;
 mod identity;
 mod property;
 mod shape;
