@@ -2,7 +2,8 @@
 //!
 //! Starts the release binary with `--static-objects` (no cluster needed), then sends
 //! AdmissionReviews over TLS on loopback from `--concurrency` keep-alive connections and
-//! prints throughput, p50 / p99 / max latency and the server's peak RSS (VmHWM).
+//! prints throughput, p50 / p99 / max latency, the size of the answer and the number of JSON
+//! patch operations in it, and the server's peak RSS (VmHWM).
 //!
 //! With `--apiserver` (and `KUBECONFIG`), it also measures what the apiserver sees: the
 //! latency of dry-run pod creations (which run mutating admission but store nothing) with no
@@ -199,7 +200,35 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Bytes of an AdmissionReview answer, and the JSON patch operations in it (the patch written
+/// as base64, or as an array of byte values).
+fn answer_size(answer: &[u8]) -> (usize, usize) {
+    use base64::Engine;
+    let v: Value = serde_json::from_slice(answer).expect("an AdmissionReview");
+    let patch = match &v["response"]["patch"] {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        Value::Array(bytes) => bytes
+            .iter()
+            .map(|b| b.as_u64().expect("a byte") as u8)
+            .collect(),
+        _ => b"[]".to_vec(),
+    };
+    let ops: Vec<Value> = serde_json::from_slice(&patch).expect("a JSON patch");
+    (answer.len(), ops.len())
+}
+
 async fn load(o: &Opts, tls: &tokio_rustls::TlsConnector, body: Bytes, label: &str) {
+    {
+        let mut sender = connect(o.port, tls).await;
+        let (_, answer) = send(&mut sender, "POST", "/mutate", body.clone()).await;
+        let (bytes, ops) = answer_size(&answer);
+        println!(
+            "{label:<28} request {} bytes, answer {bytes} bytes, {ops} patch operations",
+            body.len()
+        );
+    }
     let per_worker = o.requests / o.concurrency;
     let mut workers = Vec::new();
     let started = Instant::now();

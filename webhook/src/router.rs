@@ -155,7 +155,7 @@ async fn mutate_handler(
                 .inner
                 .metrics
                 .admission(Outcome::Invalid, e.metric_label(), started);
-            return Json(AdmissionResponse::invalid(e).into_review()).into_response();
+            return answer(&AdmissionResponse::invalid(e));
         }
     };
     let namespace = req
@@ -187,8 +187,57 @@ async fn mutate_handler(
     );
     let (response, outcome, reason) = span.in_scope(|| admit(&state, &req, &namespace));
     span.record("outcome", outcome.as_str());
+    let body = answer(&response);
     state.inner.metrics.admission(outcome, reason, started);
-    Json(response.into_review()).into_response()
+    body
+}
+
+/// The AdmissionReview answer. kube's `AdmissionReview` writes the patch, a Go `[]byte`, as a
+/// JSON array of numbers (up to four bytes per byte); this writes the base64 string Go itself
+/// writes and the apiserver reads, under a third of the size. The fields are kube's otherwise.
+fn answer(res: &AdmissionResponse) -> Response {
+    use base64::Engine;
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        response: Answer<'a>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a kube::core::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+        audit_annotations: &'a std::collections::HashMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    let patch = res
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    Json(Review {
+        api_version: &res.types.api_version,
+        kind: &res.types.kind,
+        response: Answer {
+            uid: &res.uid,
+            allowed: res.allowed,
+            status: &res.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &res.audit_annotations,
+            warnings: res.warnings.as_ref(),
+        },
+    })
+    .into_response()
 }
 
 /// Decides one admission. `dryRun` needs no special case: the webhook has no side effects.

@@ -141,6 +141,28 @@ async fn an_annotated_pod_gets_a_json_patch_with_the_init_container(#[case] dry_
     );
 }
 
+#[tokio::test]
+async fn the_patch_is_sent_as_base64_the_form_the_apiserver_reads() {
+    let r = post_review(
+        app(),
+        review(
+            "CREATE",
+            json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+            false,
+        ),
+    )
+    .await;
+    let patch = r["patch"]
+        .as_str()
+        .expect("a base64 string, not an array of numbers");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .expect("base64");
+    let ops: Vec<Value> = serde_json::from_slice(&bytes).expect("a JSON patch");
+    assert!(!ops.is_empty());
+    assert_eq!(r["patchType"], "JSONPatch");
+}
+
 /// The apiserver runs the ServiceAccount admission plugin before the webhooks: the pod arrives
 /// with its `kube-api-access-*` volume mounted in the app container.
 #[tokio::test]
