@@ -168,9 +168,11 @@ fn render_template(
         })
 }
 
-/// Mode of the env files: only the kubelet (root) reads them; the app gets the values through
-/// its environment, not by reading the file.
-pub const ENV_FILE_MODE: u32 = 0o400;
+/// Mode of the env files: owner and group read, like the default file mode. The kubelet may
+/// check that the consuming container's user can read the env file (KEP-3721 lists "the
+/// container's UID does not have permission to read the env file" as a start failure), and the
+/// container reaches it through the pod's fsGroup, whatever user it runs as.
+pub const ENV_FILE_MODE: u32 = 0o440;
 
 /// The env file of every container that uses `dso://` references, from the files already
 /// extracted: a variable's value is exactly the contents of the file it names.

@@ -938,7 +938,7 @@ async fn a_json_pointer_writes_a_nested_value_and_a_miss_names_the_pointer() {
     ran.assert_silent_about(&[&canary]);
 }
 
-/// Env files are what the kubelet reads for `fileKeyRef`: `NAME='value'` lines, mode 0400.
+/// Env files are what the kubelet reads for `fileKeyRef`: `NAME='value'` lines, mode 0440.
 #[tokio::test]
 async fn env_files_carry_dso_references_and_refuse_values_they_cannot_carry() {
     let canary = unique("canary-env");
@@ -969,7 +969,8 @@ async fn env_files_carry_dso_references_and_refuse_values_they_cannot_carry() {
         s.read(".dso-env/app.env"),
         format!("DB_PASSWORD='{canary}=x\ny'\n").as_bytes()
     );
-    assert_eq!(s.mode(".dso-env/app.env"), 0o400);
+    assert_eq!(s.mode(".dso-env/app.env"), 0o440);
+    assert_eq!(s.mode(".dso-env"), 0o750);
     ran.assert_silent_about(&[&canary]);
 
     let s2 = Scratch::new();
