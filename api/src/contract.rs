@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Environment variable that carries the JSON plan.
 pub const PLAN_ENV: &str = "DSO_PLAN";
@@ -69,6 +70,30 @@ pub struct InitPlan {
     pub size_limit_bytes: u64,
     /// One entry per DsoSecret the pod mounts.
     pub secrets: Vec<PlanSecret>,
+    /// One env file per container that uses `dso://` env references (see [`crate::env`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_files: Vec<PlanEnvFile>,
+}
+
+/// The env file of one container, at [`crate::env::env_file_path`] of its name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanEnvFile {
+    /// The container whose `fileKeyRef`s read it.
+    pub container: String,
+    /// Its variables, one key each.
+    pub vars: Vec<PlanEnvVar>,
+}
+
+/// One variable: its name (the key in the env file) and the file whose contents are its value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanEnvVar {
+    pub name: String,
+    /// The DsoSecret of `dso://<dsoSecret>/<file>`.
+    pub dso_secret: String,
+    /// The path of `dso://<dsoSecret>/<file>`.
+    pub file: String,
 }
 
 /// One DsoSecret, resolved.
@@ -93,6 +118,8 @@ pub struct PlanFile {
     /// Relative path under `<mount>/<name>/`; absent with `expand`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Empty for a template entry (its secrets are its `sources`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_key: Option<String>,
@@ -102,6 +129,24 @@ pub struct PlanFile {
     pub version_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expand: bool,
+    /// A template to render (see [`crate::template`]), reading `sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, PlanSource>,
+}
+
+/// One secret a template reads, under its name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSource {
+    pub secret_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
 }
 
 impl PlanSecret {
@@ -121,6 +166,23 @@ impl PlanSecret {
                     version_stage: f.version_stage.clone(),
                     version_id: f.version_id.clone(),
                     expand: f.expands(),
+                    template: f.template.clone(),
+                    sources: f
+                        .sources
+                        .iter()
+                        .flatten()
+                        .map(|(name, src)| {
+                            (
+                                name.clone(),
+                                PlanSource {
+                                    secret_id: src.secret_id.clone(),
+                                    json_key: src.json_key.clone(),
+                                    version_stage: src.version_stage.clone(),
+                                    version_id: src.version_id.clone(),
+                                },
+                            )
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -164,6 +226,16 @@ mod tests {
                     version_stage: None,
                     version_id: None,
                     expand: false,
+                    template: None,
+                    sources: BTreeMap::new(),
+                }],
+            }],
+            env_files: vec![PlanEnvFile {
+                container: "app".into(),
+                vars: vec![PlanEnvVar {
+                    name: "DB_PASSWORD".into(),
+                    dso_secret: "db".into(),
+                    file: "password".into(),
                 }],
             }],
         };

@@ -105,7 +105,13 @@ pub struct AwsSpec {
     {"rule": "!(has(self.expand) && self.expand && has(self.path))",
      "message": "expand writes one file per top-level JSON key, named after the key: leave path unset"},
     {"rule": "has(self.path) || (has(self.expand) && self.expand)",
-     "message": "path is required (unless expand is true)"}
+     "message": "path is required (unless expand is true)"},
+    {"rule": "has(self.secretId) != has(self.template)",
+     "message": "set exactly one of secretId (write one secret's value) and template (render from sources)"},
+    {"rule": "has(self.template) == has(self.sources)",
+     "message": "template and sources go together: sources names the secrets the template reads"},
+    {"rule": "!has(self.template) || !(has(self.jsonKey) || has(self.versionStage) || has(self.versionId) || (has(self.expand) && self.expand))",
+     "message": "a template entry reads its secrets through sources: set jsonKey, versionStage or versionId on a source; expand does not apply"}
 ]))]
 pub struct FileSpec {
     /// File name under `<mount-path>/<DsoSecret name>/`. Relative, made of letters, digits,
@@ -123,7 +129,9 @@ pub struct FileSpec {
 
     /// The AWS secret: its name (such as prod/shop/db) or its full ARN
     /// (arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>; a name cannot
-    /// contain ':', so anything with ':' must be such an ARN).
+    /// contain ':', so anything with ':' must be such an ARN). Required unless `template` is set
+    /// (a template names its secrets in `sources`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(
         length(min = 1, max = 2048),
         regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
@@ -134,11 +142,18 @@ pub struct FileSpec {
     ]))]
     pub secret_id: String,
 
-    /// Write only this top-level key of a JSON SecretString. A string value is written as is;
-    /// any other JSON value as its JSON text. Missing key or non-JSON secret: the pod fails to
-    /// start, with the reason in the init container's log.
+    /// Write only one value of a JSON SecretString: a top-level key (such as `password`), or,
+    /// when it starts with `/`, a JSON Pointer (RFC 6901) to a nested value (such as
+    /// `/db/primary/password`, or `/hosts/0` for an array element; write `~1` for a `/` and `~0`
+    /// for a `~` inside a key). A string value is written as is; any other JSON value as its JSON
+    /// text. Missing key or non-JSON secret: the pod fails to start, with the key or pointer (never
+    /// the value) in the init container's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.startsWith('/') || self.matches('^(/([^~/]|~[01])*)+$')",
+         "message": "a jsonKey starting with '/' is a JSON Pointer (RFC 6901): '~' must be followed by 0 or 1 (~0 for '~', ~1 for '/')"}
+    ]))]
     pub json_key: Option<String>,
 
     /// Staging label to read, such as AWSCURRENT (the default) or AWSPREVIOUS. A rotation moves
@@ -156,6 +171,78 @@ pub struct FileSpec {
     /// Requires `path` to be unset; exclusive with `jsonKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<bool>,
+
+    /// Render the file from a template instead of writing one secret's value: Jinja syntax
+    /// (the sandboxed minijinja engine: no file or network access), reading the secrets named
+    /// in `sources`, such as `postgres://{{ db.username }}:{{ db.password }}@db:5432/app`. A
+    /// source whose secret is a JSON object is that object (`{{ db.password }}`); otherwise its
+    /// text. A key a template reads but the secret lacks stops the pod, with the template's line
+    /// in the init container's log. Exclusive with `secretId`, `jsonKey`, `expand` and the
+    /// version fields (set those per source). At most 16 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub template: Option<String>,
+
+    /// The secrets a `template` reads, by the name the template uses for each (letters, digits
+    /// and `_`): `{db: {secretId: prod/shop/db}}` makes `{{ db.password }}` work. At most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
+    pub sources: Option<std::collections::BTreeMap<String, TemplateSource>>,
+}
+
+/// One secret a template reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.versionStage) && has(self.versionId))",
+     "message": "versionStage and versionId are mutually exclusive: pin a versionId or follow a stage"}
+]))]
+pub struct TemplateSource {
+    /// The AWS secret: its name (such as prod/shop/db) or its full ARN.
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[A-Za-z0-9/_+=.@:-]+$")
+    )]
+    pub secret_id: String,
+
+    /// Give the template only this value of a JSON SecretString: a top-level key, or a JSON
+    /// Pointer starting with `/` (as the entry's `jsonKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.startsWith('/') || self.matches('^(/([^~/]|~[01])*)+$')",
+         "message": "a jsonKey starting with '/' is a JSON Pointer (RFC 6901): '~' must be followed by 0 or 1 (~0 for '~', ~1 for '/')"}
+    ]))]
+    pub json_key: Option<String>,
+
+    /// Staging label to read (default AWSCURRENT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub version_stage: Option<String>,
+
+    /// Pin one version by id. Exclusive with `versionStage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 32, max = 64), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub version_id: Option<String>,
+}
+
+/// One secret version a DsoSecret reads: an entry's own secret, or a template's source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretRef<'a> {
+    pub secret_id: &'a str,
+    pub version_stage: Option<&'a str>,
+    pub version_id: Option<&'a str>,
+}
+
+impl SecretRef<'_> {
+    /// The stage followed, or `None` when a version id is pinned.
+    pub fn stage(&self) -> Option<&str> {
+        if self.version_id.is_some() {
+            None
+        } else {
+            Some(self.version_stage.unwrap_or(DEFAULT_STAGE))
+        }
+    }
 }
 
 /// How DSO notices rotations in AWS and what it does then.
@@ -262,5 +349,31 @@ impl FileSpec {
     /// True when `expand` is set.
     pub fn expands(&self) -> bool {
         self.expand.unwrap_or(false)
+    }
+
+    /// The secrets this entry reads: its own, or its template's sources.
+    pub fn secret_refs(&self) -> Vec<SecretRef<'_>> {
+        match &self.sources {
+            Some(sources) if self.template.is_some() => sources
+                .values()
+                .map(|s| SecretRef {
+                    secret_id: &s.secret_id,
+                    version_stage: s.version_stage.as_deref(),
+                    version_id: s.version_id.as_deref(),
+                })
+                .collect(),
+            _ => vec![SecretRef {
+                secret_id: &self.secret_id,
+                version_stage: self.version_stage.as_deref(),
+                version_id: self.version_id.as_deref(),
+            }],
+        }
+    }
+}
+
+impl DsoSecretSpec {
+    /// Every secret version the DsoSecret reads, entry by entry (with repeats).
+    pub fn secret_refs(&self) -> Vec<SecretRef<'_>> {
+        self.files.iter().flat_map(FileSpec::secret_refs).collect()
     }
 }

@@ -54,6 +54,46 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a `jsonKey`: a non-empty top-level key, or a JSON Pointer (RFC 6901) when it starts
+/// with `/`.
+pub fn check_json_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("must not be empty".into());
+    }
+    json_pointer_tokens(key).map(|_| ())
+}
+
+/// The path a `jsonKey` addresses, as unescaped tokens: one token (the key itself) for a
+/// top-level key, the RFC 6901 reference tokens for a pointer starting with `/`.
+pub fn json_pointer_tokens(key: &str) -> Result<Vec<String>, String> {
+    let Some(pointer) = key.strip_prefix('/') else {
+        return Ok(vec![key.to_string()]);
+    };
+    pointer
+        .split('/')
+        .map(|token| {
+            let mut out = String::with_capacity(token.len());
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                if c != '~' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('0') => out.push('~'),
+                    Some('1') => out.push('/'),
+                    _ => {
+                        return Err(format!(
+                            "{key:?} is not a valid JSON Pointer (RFC 6901): '~' must be followed by 0 or 1 (~0 for '~', ~1 for '/')"
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
 /// Parses `fileMode` ("0440", "440").
 pub fn parse_file_mode(mode: &str) -> Result<u32, String> {
     let digits = mode
@@ -211,8 +251,10 @@ fn check_file(i: usize, f: &FileSpec, region: Option<&str>, errors: &mut Vec<Fie
             "jsonKey and expand are mutually exclusive: jsonKey writes one key, expand writes every key",
         ));
     }
-    if f.json_key.as_deref() == Some("") {
-        errors.push(err(at("jsonKey"), "must not be empty"));
+    if let Some(key) = &f.json_key
+        && let Err(m) = check_json_key(key)
+    {
+        errors.push(err(at("jsonKey"), m));
     }
     if f.version_stage.is_some() && f.version_id.is_some() {
         errors.push(err(
@@ -220,14 +262,89 @@ fn check_file(i: usize, f: &FileSpec, region: Option<&str>, errors: &mut Vec<Fie
             "versionStage and versionId are mutually exclusive: pin a versionId or follow a stage",
         ));
     }
-    if let Err(m) = check_secret_id(&f.secret_id) {
-        errors.push(err(at("secretId"), m));
+    match (&f.template, &f.sources) {
+        (None, None) => {
+            if f.secret_id.is_empty() {
+                errors.push(err(at("secretId"), "is required (unless template is set)"));
+            }
+            check_secret_id_at(&at("secretId"), &f.secret_id, region, errors);
+        }
+        (Some(template), Some(sources)) => {
+            if !f.secret_id.is_empty() {
+                errors.push(err(
+                    at("secretId"),
+                    "set exactly one of secretId (write one secret's value) and template (render from sources)",
+                ));
+            }
+            if f.json_key.is_some()
+                || f.version_stage.is_some()
+                || f.version_id.is_some()
+                || f.expands()
+            {
+                errors.push(err(
+                    at("template"),
+                    "a template entry reads its secrets through sources: set jsonKey, versionStage or versionId on a source; expand does not apply",
+                ));
+            }
+            if sources.is_empty() || sources.len() > crate::template::MAX_SOURCES {
+                errors.push(err(
+                    at("sources"),
+                    format!("must name 1 to {} secrets", crate::template::MAX_SOURCES),
+                ));
+            }
+            for (name, src) in sources {
+                let field = |f: &str| at(&format!("sources.{name}.{f}"));
+                if let Err(m) = crate::template::check_source_name(name) {
+                    errors.push(err(at("sources"), m));
+                }
+                if src.secret_id.is_empty() {
+                    errors.push(err(field("secretId"), "must not be empty"));
+                }
+                check_secret_id_at(&field("secretId"), &src.secret_id, region, errors);
+                if let Some(key) = &src.json_key
+                    && let Err(m) = check_json_key(key)
+                {
+                    errors.push(err(field("jsonKey"), m));
+                }
+                if src.version_stage.is_some() && src.version_id.is_some() {
+                    errors.push(err(
+                        field("versionId"),
+                        "versionStage and versionId are mutually exclusive: pin a versionId or follow a stage",
+                    ));
+                }
+            }
+            let file = f.path.as_deref().unwrap_or("template");
+            if let Err(m) =
+                crate::template::check(file, template, sources.keys().map(String::as_str))
+            {
+                errors.push(err(at("template"), m));
+            }
+        }
+        (Some(_), None) | (None, Some(_)) => errors.push(err(
+            at(if f.template.is_some() {
+                "sources"
+            } else {
+                "template"
+            }),
+            "template and sources go together: sources names the secrets the template reads",
+        )),
     }
-    if let (Some(want), Some(got)) = (region, arn_region(&f.secret_id))
+}
+
+/// Checks a secret name or ARN (when not empty: emptiness is the caller's rule), and an ARN's
+/// region against `spec.aws.region`.
+fn check_secret_id_at(field: &str, id: &str, region: Option<&str>, errors: &mut Vec<FieldError>) {
+    if id.is_empty() {
+        return;
+    }
+    if let Err(m) = check_secret_id(id) {
+        errors.push(err(field, m));
+    }
+    if let (Some(want), Some(got)) = (region, arn_region(id))
         && want != got
     {
         errors.push(err(
-            at("secretId"),
+            field,
             format!("the ARN is in region {got} but spec.aws.region is {want}"),
         ));
     }
@@ -468,6 +585,121 @@ mod tests {
         ];
         for (s, field) in cases {
             assert_eq!(fields(&s), vec![field.to_string()], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn json_keys_are_top_level_keys_or_json_pointers() {
+        assert_eq!(json_pointer_tokens("password"), Ok(vec!["password".into()]));
+        assert_eq!(
+            json_pointer_tokens("a/b"),
+            Ok(vec!["a/b".into()]),
+            "no leading '/': one key"
+        );
+        assert_eq!(
+            json_pointer_tokens("/db/primary/password"),
+            Ok(vec!["db".into(), "primary".into(), "password".into()])
+        );
+        assert_eq!(
+            json_pointer_tokens("/a~1b/c~0d/~01"),
+            Ok(vec!["a/b".into(), "c~d".into(), "~1".into()])
+        );
+        assert_eq!(
+            json_pointer_tokens("/hosts/0"),
+            Ok(vec!["hosts".into(), "0".into()])
+        );
+        assert_eq!(json_pointer_tokens("/"), Ok(vec![String::new()]));
+        for bad in ["/a~2", "/a~", "/~x/b", ""] {
+            assert!(check_json_key(bad).is_err(), "{bad}");
+        }
+        let s = spec(vec![FileSpec {
+            json_key: Some("/db/~password".into()),
+            ..file("x", "a")
+        }]);
+        assert_eq!(fields(&s), vec!["spec.files[0].jsonKey".to_string()]);
+    }
+
+    fn templated(template: &str, sources: serde_json::Value) -> FileSpec {
+        FileSpec {
+            template: Some(template.into()),
+            sources: Some(serde_json::from_value(sources).expect("sources")),
+            ..file("conf/db-url", "")
+        }
+    }
+
+    #[test]
+    fn a_template_entry_reads_its_declared_sources() {
+        let s = spec(vec![templated(
+            "postgres://{{ db.username }}:{{ db.password }}@db:5432/{{ name }}",
+            serde_json::json!({"db": {"secretId": "prod/shop/db"},
+                               "name": {"secretId": "prod/shop/app", "jsonKey": "/db/name"}}),
+        )]);
+        assert_eq!(validate_spec(&s), Ok(()));
+        let refs: Vec<&str> = s.secret_refs().iter().map(|r| r.secret_id).collect();
+        assert_eq!(refs, ["prod/shop/db", "prod/shop/app"]);
+    }
+
+    #[test]
+    fn broken_templates_are_refused_naming_the_field() {
+        let src = || serde_json::json!({"db": {"secretId": "a"}});
+        let cases: Vec<(FileSpec, &str, &str)> = vec![
+            (
+                templated("{{ db.password", src()),
+                "spec.files[0].template",
+                "syntax error at line 1",
+            ),
+            (
+                templated("{{ api.key }}", src()),
+                "spec.files[0].template",
+                "\"api\"",
+            ),
+            (
+                templated("{{ db }}", serde_json::json!({"1db": {"secretId": "a"}})),
+                "spec.files[0].sources",
+                "1db",
+            ),
+            (
+                templated(
+                    "{{ db }}",
+                    serde_json::json!({"db": {"secretId": "a", "jsonKey": "/~x"}}),
+                ),
+                "spec.files[0].sources.db.jsonKey",
+                "JSON Pointer",
+            ),
+            (
+                FileSpec {
+                    secret_id: "a".into(),
+                    ..templated("{{ db }}", src())
+                },
+                "spec.files[0].secretId",
+                "exactly one",
+            ),
+            (
+                FileSpec {
+                    json_key: Some("k".into()),
+                    ..templated("{{ db }}", src())
+                },
+                "spec.files[0].template",
+                "through sources",
+            ),
+            (
+                FileSpec {
+                    sources: None,
+                    ..templated("{{ db }}", src())
+                },
+                "spec.files[0].sources",
+                "go together",
+            ),
+            (file("x", ""), "spec.files[0].secretId", "required"),
+        ];
+        for (f, field, message) in cases {
+            let errors = validate_spec(&spec(vec![f])).expect_err("invalid");
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == field && e.message.contains(message)),
+                "{field} / {message}: {errors:?}"
+            );
         }
     }
 

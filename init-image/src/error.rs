@@ -16,7 +16,7 @@
 //! | 2 | bad configuration: `DSO_PLAN` missing or invalid, no AWS region, bad flag |
 //! | 3 | access: AccessDenied, DecryptionFailure (KMS), no or rejected credentials |
 //! | 4 | not found: the secret or the requested version does not exist |
-//! | 5 | content: missing JSON key, value not JSON, key not usable as a file name, path collision, empty value |
+//! | 5 | content: missing JSON key or pointer, a value an env file cannot carry (`dso://`), a template that fails to render, value not JSON, key not usable as a file name, path collision, empty value |
 //! | 6 | unavailable: timeout, endpoint unreachable or not trusted (TLS), throttling or 5xx until the deadline |
 //! | 7 | volume: mount path missing, size limit exceeded, a write failed |
 //! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
@@ -105,6 +105,25 @@ pub enum Error {
     #[error("{at}: MissingJsonKey: the secret's JSON object has no top-level key {key:?}")]
     MissingJsonKey { at: Target, key: String },
 
+    #[error("{at}: MissingJsonKey: the secret's JSON has no value at jsonKey {pointer:?}: {why}")]
+    MissingJsonPointer {
+        at: Target,
+        pointer: String,
+        why: String,
+    },
+
+    #[error("container {container:?}, env {var} (dso://{dso_secret}/{file}): EnvValue: {why}")]
+    EnvValue {
+        container: String,
+        var: String,
+        dso_secret: String,
+        file: String,
+        why: String,
+    },
+
+    #[error("{at}: TemplateError: {why}")]
+    Template { at: Target, why: String },
+
     #[error("{at}: NotJson: {why}")]
     NotJson { at: Target, why: String },
 
@@ -164,6 +183,9 @@ impl Error {
             Error::Aws { failure, .. } => aws_exit_code(failure.kind),
             Error::EmptyValue { .. }
             | Error::MissingJsonKey { .. }
+            | Error::MissingJsonPointer { .. }
+            | Error::EnvValue { .. }
+            | Error::Template { .. }
             | Error::NotJson { .. }
             | Error::BadKeyName { .. }
             | Error::PathCollision { .. } => 5,
@@ -180,8 +202,10 @@ impl Error {
             Error::Config(_) => "config",
             Error::Aws { failure, .. } => failure.kind.label(),
             Error::EmptyValue { .. } => "empty_value",
-            Error::MissingJsonKey { .. } => "missing_json_key",
+            Error::MissingJsonKey { .. } | Error::MissingJsonPointer { .. } => "missing_json_key",
             Error::NotJson { .. } => "not_json",
+            Error::EnvValue { .. } => "env_value",
+            Error::Template { .. } => "template",
             Error::BadKeyName { .. } => "bad_key_name",
             Error::PathCollision { .. } => "path_collision",
             Error::SizeLimit { .. } => "size_limit",

@@ -3,9 +3,9 @@
 
 use crate::error::{Error, Result, Target};
 use crate::value::{Contents, SecretValue, WipedObject, wipe};
-use dso_api::contract::PlanFile;
+use dso_api::contract::{PlanFile, PlanSource};
 use dso_api::validate::check_path;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// One file to write, relative to the DsoSecret's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,17 +36,92 @@ pub fn files_for(at: &Target, file: &PlanFile, value: &SecretValue) -> Result<Ve
     let path = file.path.clone().unwrap_or_default();
     let contents = match (&file.json_key, value) {
         (Some(key), _) => {
-            let json = json_object(at, value, "jsonKey")?;
-            let v = json.0.get(key).ok_or_else(|| Error::MissingJsonKey {
-                at: at.clone(),
-                key: key.clone(),
-            })?;
-            render(v)
+            let mut object = json_object(at, value, "jsonKey")?;
+            let mut v = lookup(at, std::mem::take(&mut object.0), key)?;
+            let contents = render(&v);
+            wipe(&mut v);
+            contents
         }
         (None, SecretValue::Text(s)) => Contents::new(s.as_bytes().to_vec()),
         (None, SecretValue::Binary(b)) => Contents::new(b.clone()),
     };
     Ok(vec![OutFile { path, contents }])
+}
+
+/// The value a `jsonKey` (a top-level key, or a JSON Pointer starting with `/`) addresses in
+/// `object` (consumed: the value is moved out, not copied; the rest is wiped). A miss names the
+/// key or the pointer and the part of it that was not found — spec text only, never anything of
+/// the value.
+pub fn lookup(at: &Target, object: Map<String, Value>, key: &str) -> Result<Value> {
+    let tokens = dso_api::validate::json_pointer_tokens(key)
+        .map_err(|why| Error::Plan(format!("jsonKey: {why}")))?;
+    let mut object = object;
+    if !key.starts_with('/') {
+        let found = object.remove(key).ok_or_else(|| Error::MissingJsonKey {
+            at: at.clone(),
+            key: key.to_string(),
+        });
+        wipe(&mut Value::Object(object));
+        return found;
+    }
+    // The first `n` tokens of the pointer as written.
+    let prefix = |n: usize| key.split('/').take(n + 1).collect::<Vec<_>>().join("/");
+    let missing = |why: String| Error::MissingJsonPointer {
+        at: at.clone(),
+        pointer: key.to_string(),
+        why,
+    };
+    let mut current = Value::Object(object);
+    for (depth, token) in tokens.iter().enumerate() {
+        let next = match &mut current {
+            Value::Object(m) => m.remove(token),
+            Value::Array(items) => array_index(token)
+                .filter(|&i| i < items.len())
+                .map(|i| items.swap_remove(i)),
+            other => {
+                return Err(missing(format!(
+                    "{:?} holds a JSON {}, which has no members",
+                    prefix(depth),
+                    kind(other)
+                )));
+            }
+        };
+        let found = next.ok_or_else(|| missing(format!("nothing at {:?}", prefix(depth + 1))));
+        // What the pointer passed over holds other parts of the secret: wipe them.
+        wipe(&mut current);
+        current = found?;
+    }
+    Ok(current)
+}
+
+/// An RFC 6901 array index: `0`, or digits without a leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    (digits && (token == "0" || !token.starts_with('0')))
+        .then(|| token.parse().ok())
+        .flatten()
+}
+
+/// What a template sees of one source: the `jsonKey`'s value, else the whole secret — its JSON
+/// when the SecretString is JSON, else its text. A binary secret must be UTF-8 text.
+pub fn source_value(at: &Target, src: &PlanSource, value: &SecretValue) -> Result<Value> {
+    if let Some(key) = &src.json_key {
+        let mut object = json_object(at, value, "jsonKey")?;
+        return lookup(at, std::mem::take(&mut object.0), key);
+    }
+    match value {
+        SecretValue::Text(s) => {
+            Ok(serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.clone())))
+        }
+        SecretValue::Binary(b) => String::from_utf8(b.clone())
+            .map(Value::String)
+            .map_err(|_| Error::NotJson {
+                at: at.clone(),
+                why:
+                    "a template reads text, but this secret holds a SecretBinary that is not UTF-8"
+                        .into(),
+            }),
+    }
 }
 
 /// A key becomes a file name: one path segment of the same characters as a `path`.
@@ -131,6 +206,8 @@ mod tests {
             version_stage: None,
             version_id: None,
             expand,
+            template: None,
+            sources: Default::default(),
         }
     }
 
@@ -211,6 +288,45 @@ mod tests {
         let line = err.line();
         assert!(line.contains(r#""user""#), "{line}");
         assert!(!line.contains(CANARY), "{line}");
+    }
+
+    #[test]
+    fn a_json_pointer_reaches_nested_values_and_array_elements() {
+        let v = text(&format!(
+            r#"{{"db":{{"primary":{{"password":"{CANARY}","port":5432}}}},"hosts":["a","b"],"a/b":{{"~k":"t"}}}}"#
+        ));
+        let get = |p: &str| one(&entry(Some("f"), Some(p), false), &v);
+        assert_eq!(get("/db/primary/password"), CANARY.as_bytes());
+        assert_eq!(get("/db/primary/port"), b"5432");
+        assert_eq!(get("/hosts/1"), b"b");
+        assert_eq!(get("/a~1b/~0k"), b"t");
+        assert_eq!(
+            get("/db/primary"),
+            format!(r#"{{"password":"{CANARY}","port":5432}}"#).as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_missing_pointer_fails_closed_naming_the_pointer_and_never_the_value() {
+        let v = text(&format!(
+            r#"{{"db":{{"primary":{{"password":"{CANARY}"}}}},"hosts":["a"]}}"#
+        ));
+        for (pointer, named) in [
+            ("/db/replica/password", r#""/db/replica""#),
+            ("/db/primary/password/x", r#""/db/primary/password""#),
+            ("/hosts/5", r#""/hosts/5""#),
+            ("/hosts/01", r#""/hosts/01""#),
+            ("/nope", r#""/nope""#),
+        ] {
+            let err =
+                files_for(&at(), &entry(Some("f"), Some(pointer), false), &v).expect_err(pointer);
+            assert_eq!(err.label(), "missing_json_key", "{pointer}");
+            let line = err.line();
+            assert!(line.contains(&format!("{pointer:?}")), "{line}");
+            assert!(line.contains(named), "{line}");
+            assert!(!line.contains(CANARY), "{line}");
+            assert_eq!(err.exit_code(), 5);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`fetch`]: AWS clients from the default chain, concurrent fetches, retries, deadline, and
 //!   the one classifier of SDK errors.
 //! - [`extract`]: whole value, one JSON key, or one file per key (`expand`).
+//! - [`envfile`]: the env files the kubelet reads for `dso://` env references.
 //! - [`write`]: layout and size checks, then atomic writes with tight modes.
 //! - [`report`]: the termination message (version ids per secret id; never a value or a key
 //!   name that came from one).
@@ -17,6 +18,7 @@
 //!   when dropped.
 //! - [`error`]: the error type, exit codes and labels.
 
+pub mod envfile;
 pub mod error;
 pub mod extract;
 pub mod fetch;
@@ -51,9 +53,9 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     let mut calls: BTreeMap<FetchKey, Target> = BTreeMap::new();
     for s in &plan.secrets {
         for f in &s.files {
-            calls
-                .entry(plan::fetch_key(s, f))
-                .or_insert_with(|| plan::target(s, f));
+            for (key, at) in plan::fetches(s, f) {
+                calls.entry(key).or_insert(at);
+            }
         }
     }
     let deadline = settings.deadline;
@@ -78,6 +80,17 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     for s in &plan.secrets {
         for f in &s.files {
             let at = plan::target(s, f);
+            if let Some(template) = &f.template {
+                pending.push(write::Pending {
+                    contents: render_template(s, f, template, &fetched)?,
+                    at,
+                    dso_secret: s.name.clone(),
+                    path: f.path.clone().unwrap_or_default(),
+                    mode: s.file_mode,
+                    named_by_secret: false,
+                });
+                continue;
+            }
             let Some(got) = fetched.get(&plan::fetch_key(s, f)) else {
                 return Err(Error::Aws {
                     at,
@@ -115,6 +128,8 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     // since the files' contents are all in `pending`; those once they are written (or when an
     // error returns early).
     drop(fetched);
+    let env_files = env_files(plan, &pending)?;
+    pending.extend(env_files);
     write::check_layout(&pending)?;
     write::check_size(&pending, plan.size_limit_bytes)?;
     write::write_all(Path::new(&plan.mount_path), &pending)?;
@@ -128,6 +143,96 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
         files,
         fetched: fetched_count,
     })
+}
+
+/// Renders a template entry from its sources' fetched values.
+fn render_template(
+    s: &dso_api::contract::PlanSecret,
+    f: &dso_api::contract::PlanFile,
+    template: &str,
+    fetched: &BTreeMap<FetchKey, fetch::Fetched>,
+) -> Result<value::Contents> {
+    let mut sources = BTreeMap::new();
+    for (name, src) in &f.sources {
+        let key = plan::source_key(s, src);
+        let mut at = plan::target(s, f);
+        at.secret_id = src.secret_id.clone();
+        let Some(got) = fetched.get(&key) else {
+            return Err(Error::Aws {
+                at,
+                failure: AwsFailure::new(AwsErrorKind::Other, "internal: no fetch result"),
+            });
+        };
+        let Some(value) = &got.value else {
+            return Err(Error::EmptyValue {
+                at,
+                version: key.version.to_string(),
+            });
+        };
+        sources.insert(name.clone(), extract::source_value(&at, src, value)?);
+    }
+    let file = f.path.as_deref().unwrap_or_default();
+    dso_api::template::render(file, template, &sources)
+        .map(|text| value::Contents::new(text.into_bytes()))
+        .map_err(|e| Error::Template {
+            at: plan::target(s, f),
+            why: e.to_string(),
+        })
+}
+
+/// Mode of the env files: owner and group read, like the default file mode. The kubelet may
+/// check that the consuming container's user can read the env file (KEP-3721 lists "the
+/// container's UID does not have permission to read the env file" as a start failure), and the
+/// container reaches it through the pod's fsGroup, whatever user it runs as.
+pub const ENV_FILE_MODE: u32 = 0o440;
+
+/// The env file of every container that uses `dso://` references, from the files already
+/// extracted: a variable's value is exactly the contents of the file it names.
+fn env_files(plan: &InitPlan, files: &[write::Pending]) -> Result<Vec<write::Pending>> {
+    let by_path: BTreeMap<(&str, &str), &write::Pending> = files
+        .iter()
+        .map(|f| ((f.dso_secret.as_str(), f.path.as_str()), f))
+        .collect();
+    let mut out = Vec::with_capacity(plan.env_files.len());
+    for env in &plan.env_files {
+        let path = dso_api::env::env_file_path(&env.container);
+        let fail = |var: &dso_api::contract::PlanEnvVar, why: String| Error::EnvValue {
+            container: env.container.clone(),
+            var: var.name.clone(),
+            dso_secret: var.dso_secret.clone(),
+            file: var.file.clone(),
+            why,
+        };
+        let mut values = Vec::with_capacity(env.vars.len());
+        for var in &env.vars {
+            let Some(f) = by_path.get(&(var.dso_secret.as_str(), var.file.as_str())) else {
+                return Err(fail(
+                    var,
+                    "the DsoSecret wrote no such file (an expand entry's secret has no such key?)"
+                        .into(),
+                ));
+            };
+            values.push((var.name.as_str(), f.contents.as_bytes()));
+        }
+        let contents =
+            envfile::render(&values).map_err(|(i, why)| fail(&env.vars[i], why.to_string()))?;
+        let (dir, name) = path
+            .split_once('/')
+            .unwrap_or((dso_api::env::ENV_DIR, &path));
+        out.push(write::Pending {
+            at: Target {
+                dso_secret: dir.to_string(),
+                file: name.to_string(),
+                secret_id: String::new(),
+            },
+            dso_secret: dir.to_string(),
+            path: name.to_string(),
+            contents: value::Contents::new(contents),
+            mode: ENV_FILE_MODE,
+            named_by_secret: false,
+        });
+    }
+    Ok(out)
 }
 
 const SAFETY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);

@@ -6,7 +6,7 @@
 //! `<mountPath>/<DsoSecret name>/`.
 
 use crate::error::{Error, Result, Target};
-use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret};
+use dso_api::contract::{InitPlan, PLAN_VERSION, PlanFile, PlanSecret, PlanSource};
 use dso_api::validate::{arn_region, check_path, check_region, check_secret_id};
 use std::collections::BTreeSet;
 
@@ -74,6 +74,9 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
         if s.name.contains('/') {
             return bad(at("name"), "must be a single path segment");
         }
+        if s.name == dso_api::env::ENV_DIR {
+            return bad(at("name"), "is reserved for the env files");
+        }
         if !names.insert(s.name.as_str()) {
             return bad(at("name"), "names the same DsoSecret twice");
         }
@@ -107,31 +110,151 @@ pub fn validate(plan: &InitPlan) -> Result<()> {
             if f.expand && f.json_key.is_some() {
                 return bad(at("jsonKey"), "and expand are mutually exclusive");
             }
-            if f.json_key.as_deref() == Some("") {
-                return bad(at("jsonKey"), "must not be empty");
+            if let Some(key) = &f.json_key
+                && let Err(why) = dso_api::validate::check_json_key(key)
+            {
+                return bad(at("jsonKey"), &why);
             }
             if f.version_id.is_some() && f.version_stage.is_some() {
                 return bad(at("versionId"), "and versionStage are mutually exclusive");
             }
-            // A secret ARN names the region, and the region the endpoint's host: only a
-            // well-formed ARN passes, whatever the AWS SDK would accept.
-            if let Err(why) = check_secret_id(&f.secret_id) {
-                return bad(at("secretId"), &why);
+            match &f.template {
+                None => {
+                    if f.secret_id.is_empty() {
+                        return bad(at("secretId"), "must not be empty");
+                    }
+                    // A secret ARN names the region, and the region the endpoint's host: only a
+                    // well-formed ARN passes, whatever the AWS SDK would accept.
+                    if let Err(why) = check_secret_id(&f.secret_id) {
+                        return bad(at("secretId"), &why);
+                    }
+                    if !f.sources.is_empty() {
+                        return bad(at("sources"), "needs a template");
+                    }
+                }
+                Some(template) => {
+                    if !f.secret_id.is_empty() || f.json_key.is_some() || f.expand {
+                        return bad(at("template"), "excludes secretId, jsonKey and expand");
+                    }
+                    if f.sources.is_empty() {
+                        return bad(at("sources"), "lists no secret");
+                    }
+                    for (name, src) in &f.sources {
+                        let at =
+                            |field: &str| format!("secrets[{i}].files[{j}].sources.{name}.{field}");
+                        if let Err(why) = dso_api::template::check_source_name(name) {
+                            return bad(at("name"), &why);
+                        }
+                        if src.secret_id.is_empty() {
+                            return bad(at("secretId"), "must not be empty");
+                        }
+                        if let Err(why) = check_secret_id(&src.secret_id) {
+                            return bad(at("secretId"), &why);
+                        }
+                        if let Some(key) = &src.json_key
+                            && let Err(why) = dso_api::validate::check_json_key(key)
+                        {
+                            return bad(at("jsonKey"), &why);
+                        }
+                        if src.version_id.is_some() && src.version_stage.is_some() {
+                            return bad(at("versionId"), "and versionStage are mutually exclusive");
+                        }
+                    }
+                    let file = f.path.as_deref().unwrap_or_default();
+                    if let Err(why) = dso_api::template::check(
+                        file,
+                        template,
+                        f.sources.keys().map(String::as_str),
+                    ) {
+                        return bad(at("template"), &why);
+                    }
+                }
+            }
+        }
+    }
+    validate_env_files(plan)
+}
+
+/// Env files: one per container, keys an env file can carry, references to planned DsoSecrets.
+fn validate_env_files(plan: &InitPlan) -> Result<()> {
+    let bad = |field: String, why: &str| Err(Error::Plan(format!("{field}: {why}")));
+    let mut containers = BTreeSet::new();
+    for (i, env) in plan.env_files.iter().enumerate() {
+        let at = |f: &str| format!("envFiles[{i}].{f}");
+        if check_path(&env.container).is_err() || env.container.contains('/') {
+            return bad(at("container"), "must be a container name");
+        }
+        if !containers.insert(env.container.as_str()) {
+            return bad(at("container"), "has two env files");
+        }
+        if env.vars.is_empty() {
+            return bad(at("vars"), "lists no variable");
+        }
+        for (j, var) in env.vars.iter().enumerate() {
+            let at = |f: &str| format!("envFiles[{i}].vars[{j}].{f}");
+            if let Err(why) = dso_api::env::check_env_name(&var.name) {
+                return bad(at("name"), &why);
+            }
+            if !plan.secrets.iter().any(|s| s.name == var.dso_secret) {
+                return bad(at("dsoSecret"), "is not a DsoSecret of the plan");
+            }
+            if let Err(why) = check_path(&var.file) {
+                return bad(at("file"), &why);
             }
         }
     }
     Ok(())
 }
 
-/// The call that serves a file.
+/// The call that serves a file (a file that is not a template).
 pub fn fetch_key(secret: &PlanSecret, file: &PlanFile) -> FetchKey {
+    key_for(
+        secret,
+        &file.secret_id,
+        file.version_id.as_ref(),
+        file.version_stage.as_ref(),
+    )
+}
+
+/// The call that serves one source of a template.
+pub fn source_key(secret: &PlanSecret, source: &PlanSource) -> FetchKey {
+    key_for(
+        secret,
+        &source.secret_id,
+        source.version_id.as_ref(),
+        source.version_stage.as_ref(),
+    )
+}
+
+/// Every call a file needs, with how each is named in messages: its own secret, or one per
+/// template source.
+pub fn fetches(secret: &PlanSecret, file: &PlanFile) -> Vec<(FetchKey, Target)> {
+    if file.template.is_none() {
+        return vec![(fetch_key(secret, file), target(secret, file))];
+    }
+    file.sources
+        .values()
+        .map(|src| {
+            let mut at = target(secret, file);
+            at.secret_id = src.secret_id.clone();
+            (source_key(secret, src), at)
+        })
+        .collect()
+}
+
+fn key_for(
+    secret: &PlanSecret,
+    secret_id: &str,
+    version_id: Option<&String>,
+    version_stage: Option<&String>,
+) -> FetchKey {
     FetchKey {
         region: secret
             .region
             .clone()
-            .or_else(|| arn_region(&file.secret_id).map(str::to_string)),
-        secret_id: file.secret_id.clone(),
-        version: match (&file.version_id, &file.version_stage) {
+            .or_else(|| arn_region(secret_id).map(str::to_string)),
+        secret_id: secret_id.to_string(),
+        version: match (version_id, version_stage) {
             (Some(id), _) => VersionSel::Id(id.clone()),
             (None, Some(stage)) => VersionSel::Stage(stage.clone()),
             (None, None) => VersionSel::Stage(DEFAULT_STAGE.into()),
@@ -144,7 +267,11 @@ pub fn target(secret: &PlanSecret, file: &PlanFile) -> Target {
     Target {
         dso_secret: secret.name.clone(),
         file: file.path.clone().unwrap_or_else(|| "(expand)".into()),
-        secret_id: file.secret_id.clone(),
+        secret_id: if file.template.is_some() {
+            "(template)".into()
+        } else {
+            file.secret_id.clone()
+        },
     }
 }
 
@@ -185,6 +312,10 @@ mod tests {
         "files[0].jsonKey"
     )]
     #[case::empty_key(r#"[{"path":"x","secretId":"a","jsonKey":""}]"#, "files[0].jsonKey")]
+    #[case::bad_pointer(
+        r#"[{"path":"x","secretId":"a","jsonKey":"/a~2"}]"#,
+        "files[0].jsonKey"
+    )]
     #[case::id_and_stage(
         r#"[{"path":"x","secretId":"a","versionId":"v","versionStage":"AWSCURRENT"}]"#,
         "files[0].versionId"
@@ -199,6 +330,19 @@ mod tests {
         "files[0].secretId"
     )]
     #[case::bad_character(r#"[{"path":"x","secretId":"a b"}]"#, "files[0].secretId")]
+    #[case::broken_template(
+        r#"[{"path":"x","template":"{{ db","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].template"
+    )]
+    #[case::template_reads_an_undeclared_source(
+        r#"[{"path":"x","template":"{{ api }}","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].template"
+    )]
+    #[case::template_without_sources(r#"[{"path":"x","template":"x"}]"#, "files[0].sources")]
+    #[case::sources_without_template(
+        r#"[{"path":"x","secretId":"a","sources":{"db":{"secretId":"a"}}}]"#,
+        "files[0].sources"
+    )]
     #[case::no_files("[]", "files")]
     fn a_bad_plan_entry_is_refused_naming_its_field(#[case] files: &str, #[case] field: &str) {
         let err = parse(&plan_json(files)).expect_err("invalid");
@@ -232,6 +376,47 @@ mod tests {
     #[case::not_json("{")]
     fn a_bad_plan_is_refused(#[case] json: &str) {
         assert_eq!(parse(json).expect_err("invalid").label(), "plan");
+    }
+
+    fn env_plan(env_files: &str) -> String {
+        format!(
+            r#"{{"version":1,"mountPath":"/m","sizeLimitBytes":1,
+                "secrets":[{{"name":"db","fileMode":288,"files":[{{"path":"password","secretId":"a"}}]}}],
+                "envFiles":{env_files}}}"#
+        )
+    }
+
+    #[test]
+    fn env_files_are_read() {
+        let plan = parse(&env_plan(
+            r#"[{"container":"app","vars":[{"name":"DB_PASSWORD","dsoSecret":"db","file":"password"}]}]"#,
+        ))
+        .expect("valid");
+        assert_eq!(plan.env_files[0].vars[0].name, "DB_PASSWORD");
+    }
+
+    #[rstest]
+    #[case::bad_name(
+        r#"[{"container":"app","vars":[{"name":"A-B","dsoSecret":"db","file":"password"}]}]"#,
+        "vars[0].name"
+    )]
+    #[case::unknown_secret(
+        r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"api","file":"password"}]}]"#,
+        "vars[0].dsoSecret"
+    )]
+    #[case::escaping_file(
+        r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"db","file":"../x"}]}]"#,
+        "vars[0].file"
+    )]
+    #[case::escaping_container(
+        r#"[{"container":"../x","vars":[{"name":"A","dsoSecret":"db","file":"password"}]}]"#,
+        "envFiles[0].container"
+    )]
+    #[case::twice(r#"[{"container":"app","vars":[{"name":"A","dsoSecret":"db","file":"password"}]},{"container":"app","vars":[{"name":"B","dsoSecret":"db","file":"password"}]}]"#, "envFiles[1].container")]
+    #[case::no_vars(r#"[{"container":"app","vars":[]}]"#, "envFiles[0].vars")]
+    fn a_bad_env_file_is_refused_naming_its_field(#[case] env: &str, #[case] field: &str) {
+        let err = parse(&env_plan(env)).expect_err("invalid");
+        assert!(err.to_string().contains(field), "{err}");
     }
 
     #[test]

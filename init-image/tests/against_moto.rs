@@ -1153,3 +1153,142 @@ async fn static_keys_still_work_when_the_pod_is_named_but_has_no_web_identity() 
     assert_eq!(s.read("app/value"), canary.as_bytes());
     ran.assert_silent_about(&[&canary, "env-secret"]);
 }
+
+#[tokio::test]
+async fn a_json_pointer_writes_a_nested_value_and_a_miss_names_the_pointer() {
+    let canary = unique("canary-nested");
+    let id = unique("it/nested");
+    create_string(
+        &id,
+        &serde_json::json!({"db": {"primary": {"password": canary}}}).to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            &id,
+            serde_json::json!({"jsonKey": "/db/primary/password"}),
+        )),
+        &[],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file(
+            &id,
+            serde_json::json!({"jsonKey": "/db/replica/password"}),
+        )),
+        &[],
+    );
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(r#""/db/replica/password""#),
+        "{}",
+        ran.stderr
+    );
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}
+
+/// Env files are what the kubelet reads for `fileKeyRef`: `NAME='value'` lines, mode 0440.
+#[tokio::test]
+async fn env_files_carry_dso_references_and_refuse_values_they_cannot_carry() {
+    let canary = unique("canary-env");
+    let id = unique("it/env");
+    create_string(
+        &id,
+        &serde_json::json!({"password": format!("{canary}=x\ny"), "quoted": format!("it's {canary}")})
+            .to_string(),
+    )
+    .await;
+    let s = Scratch::new();
+    let with_env = |var_file: &str| {
+        let mut plan: serde_json::Value = serde_json::from_str(&s.plan(serde_json::json!([
+            {"name": "db", "fileMode": 0o440, "files": [
+                {"path": "password", "secretId": id, "jsonKey": "password"},
+                {"path": "quoted", "secretId": id, "jsonKey": "quoted"},
+            ]}
+        ])))
+        .expect("plan");
+        plan["envFiles"] = serde_json::json!([{"container": "app", "vars": [
+            {"name": "DB_PASSWORD", "dsoSecret": "db", "file": var_file}
+        ]}]);
+        plan.to_string()
+    };
+    let ran = s.run(&with_env("password"), &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        s.read(".dso-env/app.env"),
+        format!("DB_PASSWORD='{canary}=x\ny'\n").as_bytes()
+    );
+    assert_eq!(s.mode(".dso-env/app.env"), 0o440);
+    assert_eq!(s.mode(".dso-env"), 0o750);
+    ran.assert_silent_about(&[&canary]);
+
+    let s2 = Scratch::new();
+    let plan = with_env("quoted").replace(
+        &s.mount().display().to_string(),
+        &s2.mount().display().to_string(),
+    );
+    let ran = s2.run(&plan, &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    for named in ["DB_PASSWORD", "dso://db/quoted", "\"app\"", "single quote"] {
+        assert!(ran.stderr.contains(named), "{named}: {}", ran.stderr);
+    }
+    assert!(
+        s2.is_empty(),
+        "nothing is written when a value cannot be carried"
+    );
+    ran.assert_silent_about(&[&canary]);
+}
+
+#[tokio::test]
+async fn a_template_renders_several_secrets_and_a_render_error_names_its_line_not_a_value() {
+    let canary = unique("canary-tpl");
+    let db = unique("it/tpl-db");
+    let api = unique("it/tpl-api");
+    create_string(
+        &db,
+        &serde_json::json!({"username": "app", "password": canary, "conn": {"port": 5432}})
+            .to_string(),
+    )
+    .await;
+    create_string(&api, &format!("token-{canary}")).await;
+    let plan_with = |s: &Scratch, template: &str| {
+        s.plan(serde_json::json!([{"name": "app", "fileMode": 0o440, "files": [{
+            "path": "conf/app.yaml", "template": template,
+            "sources": {"db": {"secretId": db}, "port": {"secretId": db, "jsonKey": "/conn/port"},
+                        "api": {"secretId": api}}
+        }]}]))
+    };
+    let s = Scratch::new();
+    let ran = s.run(
+        &plan_with(
+            &s,
+            "url: postgres://{{ db.username }}:{{ db.password }}@db:{{ port }}/app\ntoken: {{ api }}\n",
+        ),
+        &[],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        s.read("app/conf/app.yaml"),
+        format!("url: postgres://app:{canary}@db:5432/app\ntoken: token-{canary}\n").as_bytes()
+    );
+    assert!(
+        ran.stdout.contains("from 2 secret versions"),
+        "{}",
+        ran.stdout
+    );
+    ran.assert_silent_about(&[&canary]);
+
+    let s = Scratch::new();
+    let ran = s.run(&plan_with(&s, "ok: 1\nbad: {{ db.pasword }}\n"), &[]);
+    assert_eq!(ran.code, Some(5), "{}", ran.stderr);
+    for named in ["TemplateError", "conf/app.yaml", "line 2", "undefined"] {
+        assert!(ran.stderr.contains(named), "{named}: {}", ran.stderr);
+    }
+    assert!(s.is_empty());
+    ran.assert_silent_about(&[&canary]);
+}

@@ -30,7 +30,7 @@
 
 use crate::aws::AwsProblem;
 use dso_api::contract::ReportedVersion;
-use dso_api::{DsoSecretSpec, FileSpec, SecretVersionStatus};
+use dso_api::{DsoSecretSpec, SecretVersionStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -123,23 +123,23 @@ pub fn invalid_spec(spec: &DsoSecretSpec) -> Option<Resolution> {
     })
 }
 
-/// The lookup key of an entry: the ARN's region, else `spec.aws.region`, else the default.
-pub fn secret_key(spec: &DsoSecretSpec, file: &FileSpec, default_region: &str) -> SecretKey {
-    let region = dso_api::validate::arn_region(&file.secret_id)
+/// The lookup key of a secret: the ARN's region, else `spec.aws.region`, else the default.
+pub fn secret_key(spec: &DsoSecretSpec, secret_id: &str, default_region: &str) -> SecretKey {
+    let region = dso_api::validate::arn_region(secret_id)
         .map(str::to_string)
         .or_else(|| spec.aws.as_ref().and_then(|a| a.region.clone()))
         .unwrap_or_else(|| default_region.to_string());
     SecretKey {
         region,
-        secret_id: file.secret_id.clone(),
+        secret_id: secret_id.to_string(),
     }
 }
 
-/// The distinct secrets a DsoSecret needs looked up.
+/// The distinct secrets a DsoSecret needs looked up (template sources included).
 pub fn secret_keys(spec: &DsoSecretSpec, default_region: &str) -> BTreeSet<SecretKey> {
-    spec.files
+    spec.secret_refs()
         .iter()
-        .map(|f| secret_key(spec, f, default_region))
+        .map(|r| secret_key(spec, r.secret_id, default_region))
         .collect()
 }
 
@@ -194,16 +194,16 @@ pub fn resolve<'a>(
     let mut seen = BTreeSet::new();
     let mut problems: Vec<(Reason, String)> = Vec::new();
     let mut failed_secrets = BTreeSet::new();
-    for file in &spec.files {
+    for file in spec.secret_refs() {
         let stage = file.stage().map(str::to_string);
         if !seen.insert((
-            file.secret_id.clone(),
+            file.secret_id.to_string(),
             stage.clone(),
-            file.version_id.clone(),
+            file.version_id.map(str::to_string),
         )) {
             continue;
         }
-        let key = secret_key(spec, file, default_region);
+        let key = secret_key(spec, file.secret_id, default_region);
         let meta = match lookup(&key) {
             Some(Ok(meta)) => Some(meta),
             Some(Err(p)) => {
@@ -225,9 +225,9 @@ pub fn resolve<'a>(
             }
         };
         let mut entry = SecretVersionStatus {
-            secret_id: file.secret_id.clone(),
+            secret_id: file.secret_id.to_string(),
             version_stage: stage.clone(),
-            version_id: file.version_id.clone(),
+            version_id: file.version_id.map(str::to_string),
             last_changed_date: meta.and_then(|m| m.last_changed).map(Time),
         };
         if let (Some(stage), Some(meta)) = (&stage, meta) {
@@ -239,9 +239,9 @@ pub fn resolve<'a>(
                 Some((id, _)) => {
                     entry.version_id = Some(id.clone());
                     out.following.insert(
-                        version_key(name, &file.secret_id, stage),
+                        version_key(name, file.secret_id, stage),
                         Consumed {
-                            secret_id: file.secret_id.clone(),
+                            secret_id: file.secret_id.to_string(),
                             version_id: id.clone(),
                         },
                     );

@@ -33,6 +33,14 @@ pub enum Error {
         mount_path: String,
     },
 
+    #[error("container {container:?}, env {var}: {reference}: {problem}")]
+    EnvReference {
+        container: String,
+        var: String,
+        reference: String,
+        problem: String,
+    },
+
     #[error("the pod already has {what}: DSO reserves that name for what it injects; rename it")]
     ReservedName { what: String },
 
@@ -108,6 +116,7 @@ impl Error {
             Error::UnknownContainer { .. } => "unknown_container",
             Error::MountCollision { .. } => "mount_collision",
             Error::ReservedName { .. } => "reserved_name",
+            Error::EnvReference { .. } => "env_reference",
             Error::PartlyInjected { .. } => "partly_injected",
             Error::TooLarge { .. } => "too_large",
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",

@@ -18,6 +18,8 @@ pub enum Outcome {
     Unchanged,
     /// Not opted in, or not a pod CREATE: allowed, no patch.
     Skipped,
+    /// A valid DsoSecret (`/validate`): allowed.
+    Valid,
     /// Refused with a message.
     Denied,
     /// Not a readable AdmissionReview.
@@ -30,6 +32,7 @@ impl Outcome {
             Outcome::Injected => "injected",
             Outcome::Unchanged => "unchanged",
             Outcome::Skipped => "skipped",
+            Outcome::Valid => "valid",
             Outcome::Denied => "denied",
             Outcome::Invalid => "invalid",
         }

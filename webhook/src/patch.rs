@@ -20,6 +20,9 @@
 //!   gave the app containers (volume `kube-api-access-*`), which the plugin would otherwise add
 //!   after DSO's patch, making the apiserver call DSO a second time;
 //! - `securityContext.fsGroup` when the pod has none (see below);
+//! - each container env entry whose value is `dso://<DsoSecret>/<path>` replaced by a
+//!   `valueFrom.fileKeyRef` on the volume's env file of that container (`env`), which dso-init
+//!   writes;
 //! - the `dso.dev/injected` annotation listing the mounted DsoSecrets.
 //!
 //! File access: dso-init runs as a non-root user (65532 unless the pod sets a non-root
@@ -32,7 +35,7 @@
 //! management.
 //!
 //! Steps, one module each: `previous` (a previous injection), `annotations`, `secrets` (the
-//! DsoSecrets, their size), `identity`, `init` (the init container), `ops` (the JSON patch);
+//! DsoSecrets, their size), `env` (`dso://` references), `identity`, `init` (the init container), `ops` (the JSON patch);
 //! `settings` holds what they read from the command line.
 //!
 //! Idempotent: a pod carrying `dso.dev/injected`, the volume and the init container gets no
@@ -41,6 +44,7 @@
 //! alone is refused as a collision.
 
 mod annotations;
+mod env;
 mod identity;
 mod init;
 mod ops;
@@ -120,7 +124,9 @@ pub fn mutate(
         return Ok(Mutation::AlreadyInjected);
     }
     let wanted = annotations::wanted(spec, &annotations, &cfg.default_mount_path)?;
-    let secrets = secrets::resolve(catalog, namespace, &wanted.names, cfg)?;
+    let secrets = secrets::resolve(catalog, namespace, &wanted.names)?;
+    let env = env::plan(spec, &wanted.selected, &secrets)?;
+    secrets::check_size(&secrets, env.files.len(), cfg)?;
     let (identity, credentials) = identity::credentials(spec, namespace, &secrets, catalog, cfg)?;
 
     let plan = InitPlan {
@@ -131,6 +137,7 @@ pub fn mutate(
             .iter()
             .map(|(name, s)| secrets::plan_secret(name, &s.spec, cfg.default_region.as_deref()))
             .collect(),
+        env_files: env.files,
     };
     let mut volumes = vec![secrets_volume(cfg)];
     volumes.extend(credentials.volumes.iter().cloned());
@@ -148,6 +155,7 @@ pub fn mutate(
                 ..Default::default()
             },
             selected: &wanted.selected,
+            env: &env.rewrites,
             fs_group: cfg.fs_group,
         },
     );

@@ -1,5 +1,6 @@
-//! The HTTP surface: `POST /mutate` (AdmissionReview v1), `GET /healthz`, `GET /readyz`,
-//! `GET /metrics`. Every error, including a body that is not JSON, is answered with a JSON
+//! The HTTP surface: `POST /mutate` (AdmissionReview v1 of pods), `POST /validate`
+//! (AdmissionReview v1 of DsoSecrets: the rules a schema cannot say, such as a template's syntax),
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`. Every error, including a body that is not JSON, is answered with a JSON
 //! body rather than axum's plain-text default.
 
 use crate::config::InjectConfig;
@@ -11,7 +12,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use dso_api::DsoSecretSpec;
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::json;
 use std::sync::Arc;
@@ -95,6 +98,7 @@ pub fn router(state: AppState) -> Router {
     admin_router(state.clone()).merge(
         Router::new()
             .route("/mutate", post(mutate_handler))
+            .route("/validate", post(validate_handler))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(state),
     )
@@ -109,7 +113,7 @@ pub fn admin_router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
-                message: "no such path: the webhook serves /mutate, /healthz, /readyz and /metrics"
+                message: "no such path: the webhook serves /mutate, /validate, /healthz, /readyz and /metrics"
                     .into(),
             }
         })
@@ -190,6 +194,85 @@ async fn mutate_handler(
     let body = answer(&response);
     state.inner.metrics.admission(outcome, reason, started);
     body
+}
+
+/// `POST /validate`: a DsoSecret CREATE or UPDATE judged by [`dso_api::validate::validate_spec`],
+/// the rules the CRD's schema cannot express (a template's syntax and sources, an ARN's region).
+/// The schema stays the authority on shape: a spec this webhook cannot read (a newer CRD) is
+/// allowed with a warning, and pods mounting it are still checked when they are created.
+async fn validate_handler(
+    State(state): State<AppState>,
+    JsonBody(review): JsonBody<AdmissionReview<DynamicObject>>,
+) -> Response {
+    let started = Instant::now();
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(req) => req,
+        Err(e) => {
+            let e = Error::InvalidReview(e.to_string());
+            tracing::warn!(error = %e, "not an AdmissionReview request");
+            state
+                .inner
+                .metrics
+                .admission(Outcome::Invalid, e.metric_label(), started);
+            return answer(&AdmissionResponse::invalid(e));
+        }
+    };
+    let name = req
+        .object
+        .as_ref()
+        .and_then(|o| o.metadata.name.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "validation",
+        uid = %req.uid,
+        namespace = %req.namespace.as_deref().unwrap_or_default(),
+        dsosecret = %name,
+        outcome = tracing::field::Empty,
+    );
+    let (response, outcome, reason) = span.in_scope(|| judge(&req, &name));
+    span.record("outcome", outcome.as_str());
+    state.inner.metrics.admission(outcome, reason, started);
+    answer(&response)
+}
+
+fn judge(
+    req: &AdmissionRequest<DynamicObject>,
+    name: &str,
+) -> (AdmissionResponse, Outcome, &'static str) {
+    let res = AdmissionResponse::from(req);
+    let is_dso_secret = req.kind.group == "dso.dev" && req.kind.kind == "DsoSecret";
+    let (true, Operation::Create | Operation::Update, Some(obj)) =
+        (is_dso_secret, &req.operation, req.object.as_ref())
+    else {
+        return (res, Outcome::Skipped, "none");
+    };
+    let spec = obj.data.get("spec").cloned().unwrap_or_default();
+    let spec: DsoSecretSpec = match serde_json::from_value(spec) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the spec: left to the schema");
+            let mut res = res;
+            res.warnings = Some(vec![format!(
+                "the DSO webhook cannot read this spec ({e}); it checks it again when a pod mounts it"
+            )]);
+            return (res, Outcome::Skipped, "none");
+        }
+    };
+    match dso_api::validate::validate_spec(&spec) {
+        Ok(()) => (res, Outcome::Valid, "none"),
+        Err(errors) => {
+            let e = Error::InvalidDsoSecret {
+                name: name.to_string(),
+                problems: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            tracing::info!(reason = e.metric_label(), message = %e, "denied");
+            (res.deny(e.to_string()), Outcome::Denied, e.metric_label())
+        }
+    }
 }
 
 /// The AdmissionReview answer. kube's `AdmissionReview` writes the patch, a Go `[]byte`, as a

@@ -351,3 +351,122 @@ async fn an_unknown_path_gets_a_json_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["code"], 404);
 }
+
+/// `dso://` env references over HTTP: replaced in the patch, or refused naming the reference.
+#[rstest]
+#[case::rewritten("dso://db/password", None)]
+#[case::unknown_path(
+    "dso://db/nope",
+    Some(
+        "container \"app\", env DB_PASSWORD: dso://db/nope: DsoSecret \"db\" does not write \"nope\""
+    )
+)]
+#[case::unmounted(
+    "dso://api/token",
+    Some(
+        "container \"app\", env DB_PASSWORD: dso://api/token: the pod does not mount DsoSecret \"api\""
+    )
+)]
+#[tokio::test]
+async fn a_dso_env_reference_is_rewritten_or_denied(
+    #[case] reference: &str,
+    #[case] denial: Option<&str>,
+) {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "DB_PASSWORD", "value": reference}]);
+    let r = post_review(app(), body).await;
+    match denial {
+        Some(message) => {
+            assert_eq!(r["allowed"], false);
+            let got = r["status"]["message"].as_str().expect("message");
+            assert!(got.contains(message), "{got}");
+        }
+        None => {
+            assert_eq!(r["allowed"], true);
+            let ops = patch_of(&r);
+            let replace = ops
+                .iter()
+                .find(|o| o["path"] == "/spec/containers/0/env/0")
+                .expect("env op");
+            assert_eq!(replace["op"], "replace");
+            assert_eq!(
+                replace["value"],
+                json!({"name": "DB_PASSWORD", "valueFrom": {"fileKeyRef": {
+                    "volumeName": "dso-secrets", "path": ".dso-env/app.env", "key": "DB_PASSWORD"}}})
+            );
+        }
+    }
+}
+
+fn dso_secret_review(operation: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "6a1d3e2c-0000-4000-8000-000000000002",
+            "kind": {"group": "dso.dev", "version": "v1alpha1", "kind": "DsoSecret"},
+            "resource": {"group": "dso.dev", "version": "v1alpha1", "resource": "dsosecrets"},
+            "namespace": "shop", "operation": operation,
+            "userInfo": {"username": "dev"},
+            "object": {"apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret",
+                "metadata": {"name": "db", "namespace": "shop"}, "spec": spec},
+            "oldObject": null, "dryRun": false
+        }
+    })
+}
+
+/// `kubectl apply` of a DsoSecret whose template is broken is refused with the field named.
+#[rstest]
+#[case::valid_template("CREATE", json!({"files": [{"path": "url", "template": "{{ db.password }}", "sources": {"db": {"secretId": "prod/db"}}}]}), None)]
+#[case::syntax_error("CREATE", json!({"files": [{"path": "url", "template": "{{ db.password", "sources": {"db": {"secretId": "prod/db"}}}]}), Some("DsoSecret \"db\" is invalid: spec.files[0].template: syntax error at line 1"))]
+#[case::undeclared_source("UPDATE", json!({"files": [{"path": "url", "template": "{{ api.key }}", "sources": {"db": {"secretId": "prod/db"}}}]}), Some("spec.files[0].template: reads \"api\" not declared in sources (declared: db)"))]
+#[case::arn_region("CREATE", json!({"aws": {"region": "us-east-1"}, "files": [{"path": "p", "secretId": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}]}), Some("spec.files[0].secretId: the ARN is in region eu-west-1"))]
+#[tokio::test]
+async fn a_dso_secret_is_validated_beyond_its_schema(
+    #[case] operation: &str,
+    #[case] spec: Value,
+    #[case] denial: Option<&str>,
+) {
+    let (status, v, text) = call(
+        app(),
+        "POST",
+        "/validate",
+        Body::from(dso_secret_review(operation, spec).to_string()),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let r = &v["response"];
+    assert_eq!(r["uid"], "6a1d3e2c-0000-4000-8000-000000000002");
+    match denial {
+        None => assert_eq!(r["allowed"], true, "{r}"),
+        Some(message) => {
+            assert_eq!(r["allowed"], false);
+            let got = r["status"]["message"].as_str().expect("message");
+            assert!(got.contains(message), "{got}");
+        }
+    }
+    assert!(r.get("patch").is_none(), "validation never patches");
+}
+
+#[tokio::test]
+async fn a_spec_the_webhook_cannot_read_is_left_to_the_schema_with_a_warning() {
+    let (_, v, _) = call(
+        app(),
+        "POST",
+        "/validate",
+        Body::from(dso_secret_review("CREATE", json!({"files": [], "newField": 1})).to_string()),
+        true,
+    )
+    .await;
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(
+        v["response"]["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("cannot read"))
+    );
+}

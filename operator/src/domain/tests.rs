@@ -1,4 +1,5 @@
 use super::*;
+use dso_api::FileSpec;
 use dso_api::{AwsSpec, RefreshSpec};
 use proptest::prelude::*;
 use rstest::rstest;
@@ -126,6 +127,35 @@ fn entries_of_one_secret_share_one_lookup_and_one_status_line() {
 }
 
 #[test]
+fn a_templates_sources_are_looked_up_and_followed_like_entries() {
+    let templated: FileSpec = serde_json::from_value(serde_json::json!({
+        "path": "url", "template": "{{ db.password }}{{ api }}",
+        "sources": {"db": {"secretId": "prod/db"}, "api": {"secretId": "prod/api", "versionStage": "BLUE"}}
+    }))
+    .expect("template entry");
+    let s = spec(vec![templated]);
+    let ids: Vec<String> = secret_keys(&s, "us-east-1")
+        .into_iter()
+        .map(|k| k.secret_id)
+        .collect();
+    assert_eq!(ids, ["prod/api", "prod/db"]);
+    let r = resolve_with(
+        &s,
+        &BTreeMap::from([
+            (key("prod/db"), meta(&[("v1", &["AWSCURRENT"])])),
+            (key("prod/api"), meta(&[("v7", &["BLUE"])])),
+        ]),
+    );
+    assert_eq!(r.reason(), Reason::Synced);
+    assert_eq!(r.secrets.len(), 2);
+    assert_eq!(
+        r.following.len(),
+        2,
+        "a source rotation rolls like an entry's"
+    );
+}
+
+#[test]
 fn the_region_comes_from_the_arn_then_the_spec_then_the_default() {
     let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf";
     let mut s = spec(vec![file(arn), file("plain")]);
@@ -133,10 +163,16 @@ fn the_region_comes_from_the_arn_then_the_spec_then_the_default() {
         region: Some("us-west-2".into()),
         role_arn: None,
     });
-    assert_eq!(secret_key(&s, &s.files[0], "x").region, "eu-west-1");
-    assert_eq!(secret_key(&s, &s.files[1], "x").region, "us-west-2");
+    assert_eq!(
+        secret_key(&s, &s.files[0].secret_id, "x").region,
+        "eu-west-1"
+    );
+    assert_eq!(
+        secret_key(&s, &s.files[1].secret_id, "x").region,
+        "us-west-2"
+    );
     s.aws = None;
-    assert_eq!(secret_key(&s, &s.files[1], "x").region, "x");
+    assert_eq!(secret_key(&s, &s.files[1].secret_id, "x").region, "x");
 }
 
 #[test]
@@ -377,6 +413,9 @@ fn a_secret_arn_with_a_host_for_a_region_is_an_invalid_spec_and_names_no_lookup(
     assert!(message.contains("region"), "{message}");
     assert!(r.secrets.is_empty() && r.following.is_empty());
     // Were it looked up anyway, the malformed region would not be used as one.
-    assert_eq!(secret_key(&s, &s.files[0], "us-east-1").region, "us-east-1");
+    assert_eq!(
+        secret_key(&s, &s.files[0].secret_id, "us-east-1").region,
+        "us-east-1"
+    );
     assert_eq!(invalid_spec(&spec(vec![file("prod/db")])), None);
 }

@@ -27,6 +27,8 @@ fn file(path: Option<&str>, secret_id: &str, json_key: Option<&str>, expand: boo
         version_stage: None,
         version_id: None,
         expand,
+        template: None,
+        sources: Default::default(),
     }
 }
 
@@ -174,6 +176,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
     )
     .await;
     let plan = InitPlan {
+        env_files: Vec::new(),
         version: PLAN_VERSION,
         mount_path: MOUNT.into(),
         size_limit_bytes: 1 << 20,
@@ -278,6 +281,7 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
     let (c, ns) = setup("e2e-init-missing").await;
     let missing = unique("e2e/missing");
     let plan = InitPlan {
+        env_files: Vec::new(),
         version: PLAN_VERSION,
         mount_path: MOUNT.into(),
         size_limit_bytes: 1 << 20,

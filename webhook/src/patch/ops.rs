@@ -3,7 +3,7 @@
 //! Patch adds one value per operation).
 
 use dso_api::annotations as ann;
-use json_patch::{AddOperation, PatchOperation};
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume, VolumeMount};
 use serde_json::{Value, json};
@@ -18,6 +18,8 @@ pub(super) struct Additions<'a> {
     pub mount: VolumeMount,
     /// Indexes of the regular containers that get `mount`.
     pub selected: &'a [usize],
+    /// Env entries to replace (`dso://` references).
+    pub env: &'a [super::env::Rewrite],
     pub fs_group: Option<i64>,
 }
 
@@ -50,6 +52,12 @@ pub(super) fn operations(spec: &PodSpec, a: &Additions<'_>) -> Vec<PatchOperatio
             spec.containers[i].volume_mounts.is_some(),
             vec![mount.clone()],
         );
+    }
+    for (i, j, var) in a.env {
+        ops.push(PatchOperation::Replace(ReplaceOperation {
+            path: ptr(["spec", "containers", &i.to_string(), "env", &j.to_string()]),
+            value: to_value(var),
+        }));
     }
     if let Some(group) = a.fs_group {
         match &spec.security_context {

@@ -9,12 +9,11 @@ use dso_api::contract::PlanSecret;
 use std::sync::Arc;
 
 /// The DsoSecrets `names` of `namespace`, in order, each valid; refused when one is missing or
-/// invalid, or when together they may not fit the volume.
+/// invalid.
 pub(super) fn resolve(
     catalog: &(impl Catalog + ?Sized),
     namespace: &str,
     names: &[String],
-    cfg: &InjectConfig,
 ) -> Result<Vec<(String, Arc<DsoSecret>)>> {
     let mut secrets = Vec::with_capacity(names.len());
     for name in names {
@@ -40,13 +39,21 @@ pub(super) fn resolve(
         })?;
         secrets.push((name.clone(), secret));
     }
-    check_size(&secrets, cfg)?;
     Ok(secrets)
 }
 
-/// Refuses DsoSecrets whose files may not fit `--size-limit` at [`FILE_CEILING_BYTES`] each.
-fn check_size(secrets: &[(String, Arc<DsoSecret>)], cfg: &InjectConfig) -> Result<()> {
-    let files: u64 = secrets.iter().map(|(_, s)| s.spec.files.len() as u64).sum();
+/// Refuses DsoSecrets whose files, plus `env_files` env files, may not fit `--size-limit` at
+/// [`FILE_CEILING_BYTES`] each (an env file holds at most 64 KiB too).
+pub(super) fn check_size(
+    secrets: &[(String, Arc<DsoSecret>)],
+    env_files: usize,
+    cfg: &InjectConfig,
+) -> Result<()> {
+    let files: u64 = secrets
+        .iter()
+        .map(|(_, s)| s.spec.files.len() as u64)
+        .sum::<u64>()
+        + env_files as u64;
     let needed = files.saturating_mul(FILE_CEILING_BYTES);
     if needed > cfg.size_limit_bytes {
         return Err(Error::TooLarge {
@@ -80,9 +87,9 @@ pub(super) fn plan_secret(
     if entry.region.is_none()
         && let Some(default) = default_region
         && spec
-            .files
+            .secret_refs()
             .iter()
-            .all(|f| dso_api::validate::arn_region(&f.secret_id).is_none_or(|r| r == default))
+            .all(|f| dso_api::validate::arn_region(f.secret_id).is_none_or(|r| r == default))
     {
         entry.region = Some(default.to_string());
     }

@@ -3,6 +3,8 @@
 
 mod api_token;
 mod denials;
+mod env;
+mod examples;
 mod identity;
 mod property;
 mod shape;
@@ -64,6 +66,10 @@ fn catalog() -> Fake {
         .with_secret(NS, "broken", json!({"files": [{"path": "../escape", "secretId": "x"}]}))
         .with_secret(NS, "big", json!({"files": (0..64).map(|i| json!({"path": format!("f{i}"), "secretId": "s"})).collect::<Vec<_>>()}))
         .with_secret("other", "db", json!({"files": [{"path": "p", "secretId": "x"}]}))
+        .with_secret(NS, "tpl", json!({"files": [{"path": "url", "template": "postgres://{{ db.username }}:{{ db.password }}@db/app",
+            "sources": {"db": {"secretId": "prod/db", "versionStage": "AWSPREVIOUS"}}}]}))
+        .with_secret(NS, "tpl-broken", json!({"files": [{"path": "url", "template": "{{ db.password }}{{ api }}",
+            "sources": {"db": {"secretId": "prod/db"}}}]}))
 }
 
 fn cfg() -> InjectConfig {
