@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dso_webhook::config::{Args, InjectConfig, LogFormat};
+use dso_webhook::config::{Args, InjectConfig, Limits, LogFormat};
 use dso_webhook::store::Store;
 use dso_webhook::tls::CertReloader;
-use dso_webhook::{AppState, router, server, tls};
+use dso_webhook::{AppState, router_with, server, tls};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     tls::install_crypto_provider();
 
     let config = InjectConfig::from_args(&args)?;
+    let limits = Limits::from_args(&args)?;
     let certs = CertReloader::load(&args.tls_cert, &args.tls_key)
         .context("cannot load the serving certificate")?;
     let store = match &args.static_objects {
@@ -67,9 +68,10 @@ async fn main() -> anyhow::Result<()> {
     server::serve_tls(
         listener,
         certs.server_config(),
-        router(state),
+        router_with(state, &limits),
         server::shutdown_signal(),
         args.shutdown_grace,
+        limits,
     )
     .await;
     Ok(())

@@ -1,10 +1,13 @@
 //! Serving the router over TLS with graceful shutdown: on the shutdown signal the listener
 //! closes (no new connections), idle keep-alive connections are closed, and requests in
-//! flight finish, within a grace period.
+//! flight finish, within a grace period. Slow or many clients are bounded: a TLS handshake
+//! timeout, hyper's header read timeout (HTTP/1.1) and keep-alive pings (HTTP/2), and a cap
+//! on open connections (see [`Limits`]).
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -16,6 +19,10 @@ use tokio_rustls::TlsAcceptor;
 
 /// Longest a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2: a ping after this much silence, and the connection closed when its answer takes
+/// longer than [`H2_KEEP_ALIVE_TIMEOUT`] (a peer that vanished frees its connection).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr`.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
@@ -25,16 +32,26 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains for at most
-/// `grace`.
+/// `grace`. Of `limits`, reads the header read timeout and the connection cap.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -48,11 +65,19 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // Over the cap: closed at once rather than queued, so the backlog does not grow.
+        let Ok(place) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "too many connections: closing a new one");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let http = http.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _place = place;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -64,7 +89,7 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let conn = auto::Builder::new(TokioExecutor::new())
+            let conn = http
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {

@@ -24,7 +24,14 @@ spec:
 ---
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: default, namespace: shop}
+metadata:
+  name: default
+  namespace: shop
+  annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::123456789012:role/shop"}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: no-role, namespace: shop}
 "#;
 
 fn state(ready: Arc<AtomicBool>) -> AppState {
@@ -350,4 +357,78 @@ async fn an_unknown_path_gets_a_json_404() {
     let (status, v, _) = call(app(), "GET", "/nope", Body::empty(), false).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["code"], 404);
+}
+
+#[rstest]
+#[case::token_in_the_app(json!([{"name": "app", "image": "busybox",
+    "volumeMounts": [{"name": "dso-aws-iam-token", "mountPath": "/t"}]}]), "container \"app\" mounts volume \"dso-aws-iam-token\"")]
+#[case::secrets_writable_in_a_sidecar(json!([{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox",
+    "volumeMounts": [{"name": "dso-secrets", "mountPath": "/s"}]}]), "container \"side\" mounts volume \"dso-secrets\"")]
+#[tokio::test]
+async fn a_pod_mounting_a_dso_volume_itself_is_denied_naming_the_container_and_volume(
+    #[case] containers: Value,
+    #[case] message: &str,
+) {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["containers"] = containers;
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], false);
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(got.contains(message), "{got}");
+}
+
+#[tokio::test]
+async fn a_pod_without_an_aws_identity_is_denied_with_what_to_add() {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["serviceAccountName"] = json!("no-role");
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], false);
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(
+        got.contains("no AWS identity") && got.contains("eks.amazonaws.com/role-arn"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_a_json_413() {
+    let limits = dso_webhook::limits::Limits {
+        max_body_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let app = dso_webhook::router_with(state(Arc::new(AtomicBool::new(true))), &limits);
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db", "big": "x".repeat(100 << 10)}),
+        false,
+    );
+    body["request"]["uid"] = json!("big");
+    let (status, v, text) = call(app, "POST", "/mutate", Body::from(body.to_string()), true).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-body-size")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_review_is_parsed_and_answered_like_a_small_one() {
+    let body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db", "big": "x".repeat(1 << 20)}),
+        false,
+    );
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r["patchType"], "JSONPatch");
 }
