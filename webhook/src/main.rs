@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-            let (store, watches) = Store::watch(client);
+            let (store, watches) = Store::watch(client, args.cache_stale_after);
             tokio::spawn(watches);
             store
         }

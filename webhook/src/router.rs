@@ -178,7 +178,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "watch caches of DsoSecrets and ServiceAccounts are not synced yet".into(),
+            message: "watch caches of DsoSecrets and ServiceAccounts are not synced (not yet, or a watch has been failing for longer than --cache-stale-after)".into(),
         }
         .into_response()
     }
