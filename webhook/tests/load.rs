@@ -319,3 +319,51 @@ impl Drop for Load {
         }
     }
 }
+
+async fn closed_within(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), tls.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A client that completes the TLS handshake and then sends nothing, or keeps a connection idle
+/// after a request, is cut off by the header read timeout (2s here) and frees its connection.
+#[tokio::test]
+async fn a_silent_or_idle_connection_is_closed_after_the_header_read_timeout() {
+    dso_webhook::tls::install_crypto_provider();
+    let webhook = Webhook::start();
+    let started = Instant::now();
+    while webhook.tls().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "dso-webhook never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut silent = webhook.tls().await.expect("TLS");
+    let closed = closed_within(&mut silent, Duration::from_secs(6)).await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(1500)),
+        "a connection that sent nothing after the handshake: closed after {closed:?}"
+    );
+    let mut idle = webhook.tls().await.expect("TLS");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    let closed = closed_within(&mut idle, Duration::from_secs(6)).await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(1500)),
+        "an idle keep-alive connection: closed after {closed:?}"
+    );
+}
