@@ -9,7 +9,7 @@
 //! multi-megabyte bodies neither holds more than a few bodies in memory nor delays the small
 //! reviews behind it. Every review is answered within `request_timeout`, waiting included.
 
-use crate::router::ApiError;
+use crate::router::{ApiError, AppState};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -59,11 +59,13 @@ pub(crate) struct Lanes {
     small: Arc<Semaphore>,
     large: Arc<Semaphore>,
     timeout: Duration,
+    state: AppState,
 }
 
 impl Lanes {
-    pub(crate) fn new(l: &Limits) -> Self {
+    pub(crate) fn new(l: &Limits, state: AppState) -> Self {
         Lanes {
+            state,
             small: Arc::new(Semaphore::new(l.max_concurrent_reviews.max(1))),
             large: Arc::new(Semaphore::new(l.max_concurrent_large_reviews.max(1))),
             timeout: l.request_timeout,
@@ -87,6 +89,7 @@ fn unavailable(message: String) -> Response {
 /// request timeout.
 pub(crate) async fn limit(State(lanes): State<Lanes>, req: Request, next: Next) -> Response {
     let timeout = lanes.timeout;
+    let state = lanes.state.clone();
     let work = async move {
         let _place = if is_large(&req) {
             match lanes.large.acquire_owned().await {
@@ -98,6 +101,7 @@ pub(crate) async fn limit(State(lanes): State<Lanes>, req: Request, next: Next) 
                 Ok(p) => p,
                 Err(_) => {
                     tracing::warn!("too many reviews in flight: shedding one");
+                    lanes.state.metrics().refused("overloaded");
                     return unavailable(
                         "the webhook has too many reviews in flight (--max-concurrent-reviews): retry"
                             .into(),
@@ -111,6 +115,7 @@ pub(crate) async fn limit(State(lanes): State<Lanes>, req: Request, next: Next) 
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(?timeout, "review timed out");
+            state.metrics().refused("timeout");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(

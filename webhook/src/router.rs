@@ -147,7 +147,7 @@ pub fn router_with(state: AppState, limits: &Limits) -> Router {
             .route("/mutate", post(mutate_handler))
             .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(
-                crate::limits::Lanes::new(limits),
+                crate::limits::Lanes::new(limits, state.clone()),
                 crate::limits::limit,
             ))
             .with_state(state),

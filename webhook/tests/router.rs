@@ -432,3 +432,66 @@ async fn a_large_review_is_parsed_and_answered_like_a_small_one() {
     assert_eq!(r["allowed"], true, "{r}");
     assert_eq!(r["patchType"], "JSONPatch");
 }
+
+#[tokio::test]
+async fn past_the_cap_a_small_review_is_shed_and_a_stuck_one_times_out_both_counted() {
+    let limits = dso_webhook::limits::Limits {
+        max_concurrent_reviews: 1,
+        request_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let app = dso_webhook::router_with(state(Arc::new(AtomicBool::new(true))), &limits);
+    let small = |body: Body| {
+        Request::post("/mutate")
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(body)
+            .expect("request")
+    };
+    // A client that announces 100 bytes and never sends them holds the only place.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    let stuck = tokio::spawn(app.clone().oneshot(small(Body::from_stream(rx))));
+    let body = review("CREATE", json!({}), false).to_string();
+    let mut shed = None;
+    for _ in 0..1000 {
+        let resp = app
+            .clone()
+            .oneshot(small(Body::from(body.clone())))
+            .await
+            .expect("response");
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(resp.into_body().collect().await.expect("body").to_bytes());
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shed = shed.expect("a second small review is shed while the first holds the place");
+    let v: Value = serde_json::from_slice(&shed).expect("JSON");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-concurrent-reviews")),
+        "{v}"
+    );
+
+    let resp = stuck.await.expect("join").expect("response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("JSON");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--request-timeout")),
+        "{v}"
+    );
+    drop(tx);
+
+    let (_, _, text) = call(app, "GET", "/metrics", Body::empty(), false).await;
+    for line in [
+        r#"dso_webhook_requests_refused_total{reason="overloaded"} 1"#,
+        r#"dso_webhook_requests_refused_total{reason="timeout"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
