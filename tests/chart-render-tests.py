@@ -178,6 +178,58 @@ meta = find(objs, "Deployment", "dso-operator")[0]["spec"]["template"]["metadata
 check("pod label example.com/team", meta["labels"].get("example.com/team") == "platform", meta["labels"])
 check("pod annotation prometheus.io/port", meta["annotations"].get("prometheus.io/port") == "8080", meta["annotations"])
 
+test("webhook NetworkPolicy: off by default; on, only the listed peers reach each port")
+objs, err = render()
+check("none by default", find(objs, "NetworkPolicy") == [], find(objs, "NetworkPolicy"))
+netpol = """
+webhook:
+  networkPolicy:
+    enabled: true
+    from: [{ipBlock: {cidr: 10.0.0.0/16}}, {ipBlock: {cidr: 10.1.0.0/16}}]
+    metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+"""
+objs, err = render(values=netpol)
+check("rendered", objs is not None, err)
+[np] = find(objs or [], "NetworkPolicy", "dso-webhook") or [None]
+check("NetworkPolicy dso-webhook", np is not None, objs)
+if np:
+    spec = np["spec"]
+    selector = find(objs, "Deployment", "dso-webhook")[0]["spec"]["selector"]["matchLabels"]
+    check("selects the webhook's pods", spec["podSelector"]["matchLabels"] == selector, spec["podSelector"])
+    check("isolates ingress only", spec["policyTypes"] == ["Ingress"], spec["policyTypes"])
+    rules = {tuple(p["port"] for p in r["ports"]): r["from"] for r in spec["ingress"]}
+    check("the control-plane CIDRs to port 8443", rules.get((8443,)) == [{"ipBlock": {"cidr": "10.0.0.0/16"}}, {"ipBlock": {"cidr": "10.1.0.0/16"}}], rules)
+    check("the monitoring namespace to port 8081", rules.get((8081,)) == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}], rules)
+    check("no other rule", len(spec["ingress"]) == 2, spec["ingress"])
+objs, err = render("--set", "webhook.networkPolicy.enabled=true", "--set", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16")
+np = find(objs or [], "NetworkPolicy")
+check("without metricsFrom: one rule, the webhook port", np and [r["ports"][0]["port"] for r in np[0]["spec"]["ingress"]] == [8443], np)
+objs, err = render("--set", "webhook.networkPolicy.enabled=true")
+check("enabled without peers: refused (an empty from admits everyone)", objs is None and "webhook.networkPolicy.from" in err, err)
+objs, err = render("--set", "webhook.networkPolicy.enabled=true", "--set", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16", "--set", "hostNetwork=true", "--set", "webhook.url=https://127.0.0.1:8443/mutate", "--set", "webhook.replicas=1")
+check("on the host network: refused", objs is None and "host network" in err, err)
+
+test("webhook limits, staleness, identity and token lifetime reach the command line")
+def webhook_args(*args):
+    objs, err = render(*args)
+    check("rendered", objs is not None, err)
+    return pod(objs, "dso-webhook")["containers"][0]["args"] if objs else []
+got = webhook_args()
+for flag in ("--header-read-timeout=5s", "--request-timeout=10s", "--max-connections=512",
+             "--max-concurrent-reviews=64", "--max-concurrent-large-reviews=2", "--max-body-size=3Mi",
+             "--cache-stale-after=2m", "--token-expiration-seconds=3600"):
+    check(f"default {flag}", flag in got, got)
+check("default credentials refused by default", "--allow-default-credentials" not in got, got)
+got = webhook_args("--set", "init.allowDefaultCredentials=true", "--set", "webhook.limits.maxBodySize=1Mi")
+check("allowDefaultCredentials=true", "--allow-default-credentials" in got, got)
+check("maxBodySize=1Mi", "--max-body-size=1Mi" in got, got)
+for bad, field in (("init.tokenExpirationSeconds=86400", "tokenExpirationSeconds"),
+                   ("init.tokenExpirationSeconds=599", "tokenExpirationSeconds"),
+                   ("webhook.limits.requestTimeout=10", "requestTimeout"),
+                   ("webhook.limits.maxConnections=0", "maxConnections")):
+    objs, err = render("--set", bad)
+    check(f"{bad} refused", objs is None and field in err, err)
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)

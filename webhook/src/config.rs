@@ -3,6 +3,7 @@
 //! depend on this module).
 
 use crate::error::Error;
+pub use crate::limits::Limits;
 pub use crate::patch::InjectConfig;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -100,13 +101,65 @@ pub struct Args {
     #[arg(long, env = "DSO_WEBHOOK_INIT_RUN_AS_USER", default_value_t = 65532)]
     pub init_run_as_user: i64,
 
-    /// expirationSeconds of the projected IRSA token the webhook adds.
+    /// expirationSeconds of the projected IRSA token the webhook adds, 600 (the Kubernetes
+    /// minimum) to 3600: dso-init reads it once at start-up, so a short life limits what a
+    /// copied token is worth.
     #[arg(
         long,
         env = "DSO_WEBHOOK_TOKEN_EXPIRATION_SECONDS",
-        default_value_t = 86400
+        default_value_t = 3600
     )]
     pub token_expiration_seconds: i64,
+
+    /// Inject pods for which no identity is found (no IAM role on the DsoSecrets or the
+    /// ServiceAccount, no EKS-injected IRSA token or Pod Identity): dso-init then uses the AWS
+    /// default chain, on EKS the node's role through IMDS, shared by every pod of the node.
+    /// Off: such pods are refused with a message saying what to add.
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_ALLOW_DEFAULT_CREDENTIALS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_default_credentials: bool,
+
+    /// How long the watch caches may fail to resync (watch errors without recovery) before
+    /// /readyz reports not ready, such as 2m: a stale cache would admit pods against old
+    /// DsoSecrets and ServiceAccounts.
+    #[arg(long, env = "DSO_WEBHOOK_CACHE_STALE_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub cache_stale_after: Duration,
+
+    /// Longest a client may take to send a request's headers (HTTP/1.1), such as 5s.
+    #[arg(long, env = "DSO_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest a review may take, from its headers to the answer, such as 10s.
+    #[arg(long, env = "DSO_WEBHOOK_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Open connections at most; further ones are closed at once.
+    #[arg(long, env = "DSO_WEBHOOK_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Reviews of at most 256 KiB (every real pod) in flight at most; further ones are
+    /// answered 503 at once.
+    #[arg(long, env = "DSO_WEBHOOK_MAX_CONCURRENT_REVIEWS", default_value_t = 64)]
+    pub max_concurrent_reviews: usize,
+
+    /// Reviews over 256 KiB in flight at most; further ones wait (within --request-timeout).
+    /// Bounds the memory held by large bodies.
+    #[arg(
+        long,
+        env = "DSO_WEBHOOK_MAX_CONCURRENT_LARGE_REVIEWS",
+        default_value_t = 2
+    )]
+    pub max_concurrent_large_reviews: usize,
+
+    /// Largest request body, a quantity of at most 3Mi (the API server's own request limit).
+    #[arg(long, env = "DSO_WEBHOOK_MAX_BODY_SIZE", default_value = "3Mi")]
+    pub max_body_size: String,
 
     /// Development and benchmarks only: read DsoSecrets and ServiceAccounts from this YAML file
     /// (documents separated by ---) instead of watching the cluster.
@@ -206,10 +259,13 @@ impl InjectConfig {
         if a.init_run_as_user <= 0 {
             return Err(bad("init-run-as-user", "must be a non-root uid".into()));
         }
-        if !(600..=(1 << 32)).contains(&a.token_expiration_seconds) {
+        if !TOKEN_EXPIRATION_SECONDS.contains(&a.token_expiration_seconds) {
             return Err(bad(
                 "token-expiration-seconds",
-                "must be at least 600 (the kubelet's minimum)".into(),
+                format!(
+                    "{} is outside 600 (the Kubernetes minimum) to 3600",
+                    a.token_expiration_seconds
+                ),
             ));
         }
         let pair = |cpu: &str, mem: &str| {
@@ -234,6 +290,55 @@ impl InjectConfig {
             fs_group: (a.fs_group >= 0).then_some(a.fs_group),
             run_as_user: a.init_run_as_user,
             token_expiration_seconds: a.token_expiration_seconds,
+            allow_default_credentials: a.allow_default_credentials,
+        })
+    }
+}
+
+/// The lifetimes `--token-expiration-seconds` accepts.
+pub const TOKEN_EXPIRATION_SECONDS: std::ops::RangeInclusive<i64> = 600..=3600;
+
+/// The largest `--max-body-size`.
+pub const MAX_BODY_BYTES: u64 = 3 << 20;
+
+impl Limits {
+    /// Builds and checks the server's limits from the command line.
+    pub fn from_args(a: &Args) -> Result<Self, Error> {
+        let bad = |flag: &str, m: String| Error::Config(format!("--{flag}: {m}"));
+        let body = parse_bytes(&a.max_body_size).map_err(|m| bad("max-body-size", m))?;
+        if !(1024..=MAX_BODY_BYTES).contains(&body) {
+            return Err(bad(
+                "max-body-size",
+                format!("{:?} is outside 1Ki to 3Mi", a.max_body_size),
+            ));
+        }
+        for (flag, n) in [
+            ("max-connections", a.max_connections),
+            ("max-concurrent-reviews", a.max_concurrent_reviews),
+            (
+                "max-concurrent-large-reviews",
+                a.max_concurrent_large_reviews,
+            ),
+        ] {
+            if n == 0 {
+                return Err(bad(flag, "must be at least 1".into()));
+            }
+        }
+        for (flag, d) in [
+            ("header-read-timeout", a.header_read_timeout),
+            ("request-timeout", a.request_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(flag, "must be longer than 0s".into()));
+            }
+        }
+        Ok(Limits {
+            header_read_timeout: a.header_read_timeout,
+            request_timeout: a.request_timeout,
+            max_connections: a.max_connections,
+            max_concurrent_reviews: a.max_concurrent_reviews,
+            max_concurrent_large_reviews: a.max_concurrent_large_reviews,
+            max_body_bytes: usize::try_from(body).unwrap_or(usize::MAX),
         })
     }
 }
@@ -364,6 +469,63 @@ mod tests {
         assert_eq!(a.log_format, LogFormat::Json);
         let e = args(&["--log-format", "yaml"]).expect_err("refused");
         assert!(e.to_string().contains("plain, json"), "{e}");
+    }
+
+    #[test]
+    fn the_default_limits_fit_real_pods_and_the_chart_memory_limit() {
+        let l = Limits::from_args(&args(&[]).expect("parse")).expect("limits");
+        assert_eq!(l, Limits::default());
+        assert_eq!(l.max_body_bytes, 3 << 20);
+        assert_eq!(l.header_read_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_at_start() {
+        for (flag, value) in [
+            ("--max-body-size", "8Mi"),
+            ("--max-body-size", "12"),
+            ("--max-connections", "0"),
+            ("--max-concurrent-reviews", "0"),
+            ("--max-concurrent-large-reviews", "0"),
+            ("--request-timeout", "0s"),
+            ("--header-read-timeout", "0s"),
+        ] {
+            let a = args(&[flag, value]).expect("parse");
+            let e = Limits::from_args(&a).expect_err(flag).to_string();
+            assert!(e.contains(&flag[2..]), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_token_lifetime_defaults_to_an_hour_within_600_to_3600_seconds() {
+        let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
+        assert_eq!(c.token_expiration_seconds, 3600);
+        for ok in ["600", "3600"] {
+            let a = args(&["--token-expiration-seconds", ok]).expect("parse");
+            assert!(InjectConfig::from_args(&a).is_ok(), "{ok}");
+        }
+        for refused in ["599", "3601", "86400"] {
+            let a = args(&["--token-expiration-seconds", refused]).expect("parse");
+            let e = InjectConfig::from_args(&a).expect_err(refused).to_string();
+            assert!(e.contains("token-expiration-seconds"), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_credentials_are_refused_unless_allowed() {
+        let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
+        assert!(!c.allow_default_credentials);
+        for flags in [
+            &["--allow-default-credentials"][..],
+            &["--allow-default-credentials=true"],
+        ] {
+            let c = InjectConfig::from_args(&args(flags).expect("parse")).expect("config");
+            assert!(c.allow_default_credentials, "{flags:?}");
+        }
+        assert_eq!(
+            args(&[]).expect("parse").cache_stale_after,
+            Duration::from_secs(120)
+        );
     }
 
     #[test]

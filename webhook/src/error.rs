@@ -45,6 +45,15 @@ pub enum Error {
     ReservedName { what: String },
 
     #[error(
+        "{kind} {container:?} mounts volume {volume:?}, which DSO reserves for what it injects: remove that volumeMount (the containers named in dso.dev/containers get the secrets read-only)"
+    )]
+    ReservedMount {
+        container: String,
+        kind: &'static str,
+        volume: String,
+    },
+
+    #[error(
         "the pod has {present} but not {missing}, as if copied from an already injected pod: remove DSO's annotation, volume and init container from the pod template and let DSO inject them"
     )]
     PartlyInjected { present: String, missing: String },
@@ -78,6 +87,14 @@ pub enum Error {
         "ServiceAccount {name:?} of namespace {namespace} is not in the webhook's cache yet (just created?): retry; if this persists, check that the webhook may list and watch serviceaccounts"
     )]
     UnknownServiceAccount { namespace: String, name: String },
+
+    #[error(
+        "no AWS identity for dso-init: ServiceAccount {service_account:?} of namespace {namespace} has no eks.amazonaws.com/role-arn annotation, no DsoSecret of the pod sets spec.aws.roleArn, and the pod has no EKS Pod Identity: annotate the ServiceAccount with its IAM role, set spec.aws.roleArn, or create an EKS Pod Identity association (the node's role, which every pod of the node shares, is used only when the webhook runs with --allow-default-credentials)"
+    )]
+    NoIdentity {
+        namespace: String,
+        service_account: String,
+    },
 
     #[error(
         "the pod has no namespace, neither in the admission request nor in its metadata: DSO looks its DsoSecrets up in the pod's namespace"
@@ -117,11 +134,13 @@ impl Error {
             Error::MountCollision { .. } => "mount_collision",
             Error::ReservedName { .. } => "reserved_name",
             Error::EnvReference { .. } => "env_reference",
+            Error::ReservedMount { .. } => "reserved_mount",
             Error::PartlyInjected { .. } => "partly_injected",
             Error::TooLarge { .. } => "too_large",
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
             Error::ConflictingRoles { .. } => "conflicting_roles",
             Error::UnknownServiceAccount { .. } => "unknown_serviceaccount",
+            Error::NoIdentity { .. } => "no_identity",
             Error::NoNamespace => "no_namespace",
             Error::InvalidReview(_) => "invalid",
             Error::Patch(_) => "patch",

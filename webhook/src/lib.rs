@@ -10,11 +10,13 @@
 //! - [`router`]: axum routes `/mutate`, `/healthz`, `/readyz`, `/metrics` ([`router::router`]).
 //! - [`tls`]: rustls configuration from PEM files, reloaded when they change.
 //! - [`server`]: TLS serving with graceful shutdown.
+//! - [`limits`]: timeouts, connection and concurrency caps, body size limit.
 //! - [`metrics`]: Prometheus metrics, prefix `dso_webhook`.
 //! - [`error`]: the crate's error type.
 
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod patch;
 pub mod router;
@@ -23,4 +25,4 @@ pub mod store;
 pub mod tls;
 
 pub use error::{Error, Result};
-pub use router::{AppState, router};
+pub use router::{AppState, router, router_with};

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dso_webhook::config::{Args, InjectConfig, LogFormat};
+use dso_webhook::config::{Args, InjectConfig, Limits, LogFormat};
 use dso_webhook::store::Store;
 use dso_webhook::tls::CertReloader;
-use dso_webhook::{AppState, router, server, tls};
+use dso_webhook::{AppState, router_with, server, tls};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
     tls::install_crypto_provider();
 
     let config = InjectConfig::from_args(&args)?;
+    let limits = Limits::from_args(&args)?;
     let certs = CertReloader::load(&args.tls_cert, &args.tls_key)
         .context("cannot load the serving certificate")?;
     let store = match &args.static_objects {
@@ -23,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-            let (store, watches) = Store::watch(client);
+            let (store, watches) = Store::watch(client, args.cache_stale_after);
             tokio::spawn(watches);
             store
         }
@@ -61,9 +62,10 @@ async fn main() -> anyhow::Result<()> {
     server::serve_tls(
         listener,
         certs.server_config(),
-        router(state),
+        router_with(state, &limits),
         server::shutdown_signal(),
         args.shutdown_grace,
+        limits,
     )
     .await;
     Ok(())

@@ -40,6 +40,11 @@ impl Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AdmissionLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -52,6 +57,7 @@ pub struct Metrics {
     admissions: Family<AdmissionLabels, Counter>,
     duration: Histogram,
     ready: Gauge,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,11 +79,18 @@ impl Default for Metrics {
         );
         let ready = Gauge::default();
         registry.register("ready", "1 when the watch caches are synced", ready.clone());
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Reviews answered 503 by the limits: overloaded (--max-concurrent-reviews) or timeout (--request-timeout)",
+            refused.clone(),
+        );
         Metrics {
             registry,
             admissions,
             duration,
             ready,
+            refused,
         }
     }
 }
@@ -92,6 +105,11 @@ impl Metrics {
             })
             .inc();
         self.duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records a review refused by the limits (`overloaded` or `timeout`).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
 
     /// Publishes readiness.

@@ -34,14 +34,16 @@
 //! default). Note that `fsGroup` applies to every volume of the pod that supports ownership
 //! management.
 //!
-//! Steps, one module each: `previous` (a previous injection), `annotations`, `secrets` (the
-//! DsoSecrets, their size), `env` (`dso://` references), `identity`, `init` (the init container), `ops` (the JSON patch);
+//! Steps, one module each: `previous` (a previous injection), `reserved` (mounts of DSO's
+//! volumes), `annotations`, `secrets` (the DsoSecrets, their size), `env` (`dso://`
+//! references), `identity`, `init` (the init container), `ops` (the JSON patch);
 //! `settings` holds what they read from the command line.
 //!
 //! Idempotent: a pod carrying `dso.dev/injected`, the volume and the init container gets no
 //! patch. A pod with only the annotation (copied from a live pod) is injected anew; one with
 //! two of the three is refused as a copied, incomplete injection; one using a reserved name
-//! alone is refused as a collision.
+//! alone is refused as a collision, and so is a container mounting a reserved volume that DSO
+//! did not add (`reserved`).
 
 mod annotations;
 mod env;
@@ -49,6 +51,7 @@ mod identity;
 mod init;
 mod ops;
 mod previous;
+mod reserved;
 mod secrets;
 mod settings;
 
@@ -58,6 +61,7 @@ pub use identity::{
     TOKEN_FILE_NAME,
 };
 pub use init::{API_TOKEN_MOUNT_PATH, API_TOKEN_VOLUME_PREFIX};
+pub use reserved::RESERVED_VOLUMES;
 pub use settings::{FILE_CEILING_BYTES, InjectConfig};
 
 use crate::error::Result;
@@ -120,7 +124,9 @@ pub fn mutate(
     let default_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
 
-    if previous::already_injected(spec, &annotations)? {
+    let injected = previous::already_injected(spec, &annotations)?;
+    reserved::check_mounts(spec, injected)?;
+    if injected {
         return Ok(Mutation::AlreadyInjected);
     }
     let wanted = annotations::wanted(spec, &annotations, &cfg.default_mount_path)?;

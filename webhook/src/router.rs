@@ -5,6 +5,7 @@
 
 use crate::config::InjectConfig;
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::metrics::{Metrics, Outcome};
 use crate::patch::{Catalog, Mutation, mutate};
 use axum::extract::{FromRequest, Request, State};
@@ -19,9 +20,6 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Largest request body accepted (the apiserver caps objects at ~3 MiB).
-pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -65,6 +63,12 @@ pub struct ApiError {
     message: String,
 }
 
+impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        ApiError { status, message }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"code": self.status.as_u16(), "message": self.message});
@@ -72,34 +76,84 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose rejection is an [`ApiError`].
+/// A JSON body whose rejection is an [`ApiError`]. Bodies above
+/// [`LARGE_BODY_BYTES`](crate::limits::LARGE_BODY_BYTES) are parsed on the blocking pool, so
+/// that parsing megabytes does not hold up the runtime's workers serving other reviews.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
-    T: serde::de::DeserializeOwned,
+    T: serde::de::DeserializeOwned + Send + 'static,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is larger than the webhook's --max-body-size".into(),
+                ));
+            }
+            Err(rejection) => {
+                return Err(ApiError::new(rejection.status(), rejection.body_text()));
+            }
+        };
+        let large = bytes_len_is_large(&bytes);
+        let parse = move || match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => Err(ApiError {
-                status: rejection.status(),
-                message: rejection.body_text(),
-            }),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        };
+        if large {
+            tokio::task::spawn_blocking(parse).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("parsing the body failed: {e}"),
+                )
+            })?
+        } else {
+            parse()
         }
     }
 }
 
-/// All routes, TLS-agnostic (tests call it with `oneshot`).
+fn bytes_len_is_large(b: &axum::body::Bytes) -> bool {
+    u64::try_from(b.len()).is_ok_and(|n| n > crate::limits::LARGE_BODY_BYTES)
+}
+
+/// All routes, TLS-agnostic (tests call it with `oneshot`), with the default [`Limits`].
 pub fn router(state: AppState) -> Router {
+    router_with(state, &Limits::default())
+}
+
+/// All routes; `/mutate` bounded by `limits` (body size, lanes, request timeout).
+pub fn router_with(state: AppState, limits: &Limits) -> Router {
     admin_router(state.clone()).merge(
         Router::new()
             .route("/mutate", post(mutate_handler))
             .route("/validate", post(validate_handler))
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                crate::limits::Lanes::new(limits, state.clone()),
+                crate::limits::limit,
+            ))
             .with_state(state),
     )
 }
@@ -128,7 +182,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "watch caches of DsoSecrets and ServiceAccounts are not synced yet".into(),
+            message: "watch caches of DsoSecrets and ServiceAccounts are not synced (not yet, or a watch has been failing for longer than --cache-stale-after)".into(),
         }
         .into_response()
     }

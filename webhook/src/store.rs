@@ -1,5 +1,8 @@
 //! Watch caches of DsoSecrets and ServiceAccounts (kube-runtime reflectors), so an admission
-//! makes no Kubernetes API call. Ready once both have listed everything once.
+//! makes no Kubernetes API call. Ready once both have listed everything once, and no longer
+//! while a watch has been failing (erroring without a successful relist) for longer than
+//! `--cache-stale-after`: a stale cache would admit pods against old DsoSecrets and
+//! ServiceAccounts, so the Service should send reviews to a replica that is in sync.
 //!
 //! DsoSecrets are cached untyped and read on lookup: an object this webhook cannot parse
 //! (written for a newer CRD) yields a denial naming it instead of breaking the whole watch.
@@ -18,7 +21,10 @@ use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
 
 type SaMeta = PartialObjectMeta<ServiceAccount>;
 
@@ -29,7 +35,45 @@ pub struct Store {
     accounts: reflector::Store<SaMeta>,
     resource: ApiResource,
     ready: Arc<AtomicBool>,
+    health: Arc<WatchHealth>,
 }
+
+/// Since when each watch (DsoSecrets, ServiceAccounts) has been failing, if it is.
+#[derive(Debug)]
+struct WatchHealth {
+    failing_since: [Mutex<Option<Instant>>; 2],
+    stale_after: Duration,
+}
+
+impl WatchHealth {
+    fn set(&self, watch: usize, failing: bool) {
+        let mut since = self.failing_since[watch]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (failing, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// The name of a watch failing for longer than `stale_after`, if any.
+    fn stale(&self) -> Option<&'static str> {
+        self.failing_since
+            .iter()
+            .zip(WATCHES)
+            .find_map(|(f, name)| {
+                let since = *f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                since
+                    .is_some_and(|t| t.elapsed() >= self.stale_after)
+                    .then_some(name)
+            })
+    }
+}
+
+const WATCHES: [&str; 2] = ["dsosecrets", "serviceaccounts"];
+/// Readiness never drops for a file of objects, which has no watch.
+const NEVER: Duration = Duration::from_secs(u32::MAX as u64);
 
 /// Write side, fed by watches or by a file.
 pub struct Writers {
@@ -38,8 +82,8 @@ pub struct Writers {
 }
 
 impl Store {
-    /// Empty caches and their writers.
-    pub fn new() -> (Store, Writers) {
+    /// Empty caches and their writers; not ready once a watch has failed for `stale_after`.
+    pub fn new(stale_after: Duration) -> (Store, Writers) {
         let resource = ApiResource::erase::<DsoSecret>(&());
         let secrets = Writer::new(resource.clone());
         let accounts = Writer::default();
@@ -48,13 +92,23 @@ impl Store {
             accounts: accounts.as_reader(),
             resource,
             ready: Arc::new(AtomicBool::new(false)),
+            health: Arc::new(WatchHealth {
+                failing_since: Default::default(),
+                stale_after,
+            }),
         };
         (store, Writers { secrets, accounts })
     }
 
-    /// True once both caches hold a full list.
+    /// True once both caches hold a full list, unless a watch has been failing for longer
+    /// than the allowed staleness since.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.stale_watch().is_none()
+    }
+
+    /// The watch (`dsosecrets` or `serviceaccounts`) failing for too long, if any.
+    pub fn stale_watch(&self) -> Option<&'static str> {
+        self.health.stale()
     }
 
     /// Resolves once both caches are synced, and marks the store ready.
@@ -74,19 +128,23 @@ impl Store {
         (self.secrets.len(), self.accounts.len())
     }
 
-    /// Starts the watches; the returned future runs them until the process ends.
-    pub fn watch(client: kube::Client) -> (Store, impl Future<Output = ()> + Send + 'static) {
-        let (store, Writers { secrets, accounts }) = Store::new();
+    /// Starts the watches; the returned future runs them until the process ends. Readiness
+    /// drops while one has been failing for `stale_after`.
+    pub fn watch(
+        client: kube::Client,
+        stale_after: Duration,
+    ) -> (Store, impl Future<Output = ()> + Send + 'static) {
+        let (store, Writers { secrets, accounts }) = Store::new(stale_after);
         let secret_api: Api<DynamicObject> = Api::all_with(client.clone(), &store.resource);
-        let secret_stream = watcher(secret_api).reflect(secrets).applied_objects();
+        let secret_stream = watcher(secret_api).reflect(secrets);
         let sa_stream = watcher::watcher(Api::<SaMeta>::all(client), watcher::Config::default())
             .default_backoff()
-            .reflect(accounts)
-            .applied_objects();
+            .reflect(accounts);
+        let health = store.health.clone();
         let run = async move {
             futures::future::join(
-                drain("dsosecrets", secret_stream),
-                drain("serviceaccounts", sa_stream),
+                drain(&health, 0, secret_stream),
+                drain(&health, 1, sa_stream),
             )
             .await;
         };
@@ -104,7 +162,7 @@ impl Store {
                 mut secrets,
                 mut accounts,
             },
-        ) = Store::new();
+        ) = Store::new(NEVER);
         secrets.apply_watcher_event(&Event::Init);
         accounts.apply_watcher_event(&Event::Init);
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
@@ -147,12 +205,17 @@ fn watcher(
     watcher::watcher(api, watcher::Config::default()).default_backoff()
 }
 
-async fn drain<K, S>(what: &'static str, stream: S)
+/// Runs watch number `watch` (of [`WATCHES`]), recording in `health` whether it fails: an
+/// error starts the clock, any event (a relist included) stops it.
+async fn drain<K, E, S>(health: &WatchHealth, watch: usize, stream: S)
 where
-    S: Stream<Item = Result<K, watcher::Error>>,
+    E: std::fmt::Display,
+    S: Stream<Item = Result<K, E>>,
 {
+    let what = WATCHES[watch];
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
+        health.set(watch, item.is_err());
         if let Err(e) = item {
             let hint = if what == "dsosecrets" {
                 " (is the DsoSecret CRD installed? kubectl apply --server-side -f crds/dso.dev_dsosecrets.yaml)"
@@ -197,6 +260,45 @@ impl Catalog for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_drops_while_a_watch_keeps_failing_and_returns_when_it_relists() {
+        let (store, _writers) = Store::new(Duration::from_secs(120));
+        store.ready.store(true, Ordering::Relaxed);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<(), String>>();
+        let health = store.health.clone();
+        let watch = tokio::spawn(async move { drain(&health, 1, rx).await });
+        let settle = || tokio::task::yield_now();
+
+        tx.unbounded_send(Err("connection refused".into()))
+            .expect("send");
+        settle().await;
+        tokio::time::advance(Duration::from_secs(119)).await;
+        tx.unbounded_send(Err("connection refused".into()))
+            .expect("send");
+        settle().await;
+        assert!(store.is_ready(), "a failure shorter than 2m is tolerated");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!store.is_ready(), "failing for 2m: not ready");
+        assert_eq!(store.stale_watch(), Some("serviceaccounts"));
+
+        // The watcher relists: any event means the cache is current again.
+        tx.unbounded_send(Ok(())).expect("send");
+        settle().await;
+        assert!(store.is_ready());
+        tx.unbounded_send(Err("again".into())).expect("send");
+        settle().await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(store.is_ready(), "the clock restarts with the new failure");
+        drop(tx);
+        watch.await.expect("the watch ends with its stream");
+    }
+
+    #[test]
+    fn a_store_that_never_synced_is_not_ready() {
+        let (store, _writers) = Store::new(Duration::from_secs(1));
+        assert!(!store.is_ready());
+    }
 
     #[test]
     fn a_file_of_objects_fills_the_caches_and_marks_them_ready() {

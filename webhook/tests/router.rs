@@ -24,7 +24,14 @@ spec:
 ---
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: default, namespace: shop}
+metadata:
+  name: default
+  namespace: shop
+  annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::123456789012:role/shop"}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: no-role, namespace: shop}
 "#;
 
 fn state(ready: Arc<AtomicBool>) -> AppState {
@@ -469,4 +476,141 @@ async fn a_spec_the_webhook_cannot_read_is_left_to_the_schema_with_a_warning() {
             .as_str()
             .is_some_and(|w| w.contains("cannot read"))
     );
+}
+
+#[rstest]
+#[case::token_in_the_app(json!([{"name": "app", "image": "busybox",
+    "volumeMounts": [{"name": "dso-aws-iam-token", "mountPath": "/t"}]}]), "container \"app\" mounts volume \"dso-aws-iam-token\"")]
+#[case::secrets_writable_in_a_sidecar(json!([{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox",
+    "volumeMounts": [{"name": "dso-secrets", "mountPath": "/s"}]}]), "container \"side\" mounts volume \"dso-secrets\"")]
+#[tokio::test]
+async fn a_pod_mounting_a_dso_volume_itself_is_denied_naming_the_container_and_volume(
+    #[case] containers: Value,
+    #[case] message: &str,
+) {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["containers"] = containers;
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], false);
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(got.contains(message), "{got}");
+}
+
+#[tokio::test]
+async fn a_pod_without_an_aws_identity_is_denied_with_what_to_add() {
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"}),
+        false,
+    );
+    body["request"]["object"]["spec"]["serviceAccountName"] = json!("no-role");
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], false);
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(
+        got.contains("no AWS identity") && got.contains("eks.amazonaws.com/role-arn"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_a_json_413() {
+    let limits = dso_webhook::limits::Limits {
+        max_body_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let app = dso_webhook::router_with(state(Arc::new(AtomicBool::new(true))), &limits);
+    let mut body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db", "big": "x".repeat(100 << 10)}),
+        false,
+    );
+    body["request"]["uid"] = json!("big");
+    let (status, v, text) = call(app, "POST", "/mutate", Body::from(body.to_string()), true).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-body-size")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_review_is_parsed_and_answered_like_a_small_one() {
+    let body = review(
+        "CREATE",
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": "db", "big": "x".repeat(1 << 20)}),
+        false,
+    );
+    let r = post_review(app(), body).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(r["patchType"], "JSONPatch");
+}
+
+#[tokio::test]
+async fn past_the_cap_a_small_review_is_shed_and_a_stuck_one_times_out_both_counted() {
+    let limits = dso_webhook::limits::Limits {
+        max_concurrent_reviews: 1,
+        request_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let app = dso_webhook::router_with(state(Arc::new(AtomicBool::new(true))), &limits);
+    let small = |body: Body| {
+        Request::post("/mutate")
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(body)
+            .expect("request")
+    };
+    // A client that announces 100 bytes and never sends them holds the only place.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    let stuck = tokio::spawn(app.clone().oneshot(small(Body::from_stream(rx))));
+    let body = review("CREATE", json!({}), false).to_string();
+    let mut shed = None;
+    for _ in 0..1000 {
+        let resp = app
+            .clone()
+            .oneshot(small(Body::from(body.clone())))
+            .await
+            .expect("response");
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(resp.into_body().collect().await.expect("body").to_bytes());
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shed = shed.expect("a second small review is shed while the first holds the place");
+    let v: Value = serde_json::from_slice(&shed).expect("JSON");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-concurrent-reviews")),
+        "{v}"
+    );
+
+    let resp = stuck.await.expect("join").expect("response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("JSON");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--request-timeout")),
+        "{v}"
+    );
+    drop(tx);
+
+    let (_, _, text) = call(app, "GET", "/metrics", Body::empty(), false).await;
+    for line in [
+        r#"dso_webhook_requests_refused_total{reason="overloaded"} 1"#,
+        r#"dso_webhook_requests_refused_total{reason="timeout"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }

@@ -89,6 +89,7 @@ async fn start(
             let _ = stopped.await;
         },
         Duration::from_secs(5),
+        dso_webhook::limits::Limits::default(),
     ));
     (addr, stop, server)
 }

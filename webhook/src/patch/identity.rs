@@ -2,7 +2,8 @@
 //! ServiceAccount's `eks.amazonaws.com/role-arn`): IRSA, through the token the EKS pod identity
 //! webhook already put in the pod, else a projected token the webhook adds. Without one: EKS
 //! Pod Identity copied from an app container when the EKS webhook set it up before DSO, else
-//! the default credential chain.
+//! the default credential chain, only when `--allow-default-credentials` allows it (on EKS it
+//! is the node's role, shared by every pod of the node): otherwise the pod is refused.
 
 use super::Catalog;
 use super::settings::InjectConfig;
@@ -140,6 +141,15 @@ pub(super) fn credentials(
         }
         (None, None) => out.pod_identity_or_default(pod_identity),
     };
+    if identity == Identity::DefaultChain && !cfg.allow_default_credentials {
+        return Err(Error::NoIdentity {
+            namespace: namespace.to_string(),
+            service_account: spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        });
+    }
     Ok((identity, out))
 }
 

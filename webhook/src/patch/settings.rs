@@ -23,4 +23,6 @@ pub struct InjectConfig {
     pub fs_group: Option<i64>,
     pub run_as_user: i64,
     pub token_expiration_seconds: i64,
+    /// Inject pods without an identity (dso-init then uses the AWS default chain).
+    pub allow_default_credentials: bool,
 }

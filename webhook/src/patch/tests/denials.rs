@@ -201,3 +201,51 @@ fn bad_input_is_denied_with_a_message_naming_the_problem(
         "{e:?} should contain {message:?}"
     );
 }
+
+#[rstest]
+#[case::the_token_in_an_app_container(json!({"spec": {"containers": [{"name": "app", "image": "a",
+    "volumeMounts": [{"name": "dso-aws-iam-token", "mountPath": "/token"}]}]}}), "container \"app\"", "dso-aws-iam-token")]
+#[case::the_secrets_read_write_in_an_app_container(json!({"spec": {"containers": [{"name": "app", "image": "a",
+    "volumeMounts": [{"name": "dso-secrets", "mountPath": "/elsewhere"}]}]}}), "container \"app\"", "dso-secrets")]
+#[case::the_secrets_in_an_init_container(json!({"spec": {"initContainers": [{"name": "setup", "image": "a",
+    "volumeMounts": [{"name": "dso-secrets", "mountPath": "/s", "readOnly": true}]}]}}), "init container \"setup\"", "dso-secrets")]
+#[case::the_token_in_an_ephemeral_container(json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "a",
+    "volumeMounts": [{"name": "dso-aws-iam-token", "mountPath": "/t"}]}]}}), "ephemeral container \"debug\"", "dso-aws-iam-token")]
+fn a_pod_mounting_a_reserved_volume_itself_is_refused(
+    #[case] extra: Value,
+    #[case] container: &str,
+    #[case] volume: &str,
+) {
+    let e = mutate(&pod(extra), NS, &catalog(), &cfg()).expect_err("denied");
+    assert_eq!(e.metric_label(), "reserved_mount");
+    let m = e.to_string();
+    assert!(m.starts_with(container), "{m}");
+    assert!(m.contains(&format!("{volume:?}")), "{m}");
+}
+
+#[test]
+fn a_reserved_mount_added_to_an_injected_pod_is_refused_but_dsos_own_mounts_are_not() {
+    // IRSA: dso-init gets the secrets read-write and the token; the app the secrets read-only.
+    let cat = catalog().with_sa_role(NS, "default", ROLE_SA);
+    let p0 = pod(json!({}));
+    let once = apply(&p0, &inject(&p0, &cat).patch);
+    assert_eq!(
+        mutate(&once, NS, &cat, &cfg()).expect("ok"),
+        Mutation::AlreadyInjected
+    );
+    let mut v = serde_json::to_value(&once).expect("json");
+    v["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .expect("the app's mounts")
+        .push(json!({"name": "dso-aws-iam-token", "mountPath": "/stolen"}));
+    let tampered: Pod = serde_json::from_value(v).expect("pod");
+    let e = mutate(&tampered, NS, &cat, &cfg()).expect_err("denied");
+    assert_eq!(e.metric_label(), "reserved_mount");
+    assert!(e.to_string().contains("\"app\""), "{e}");
+
+    let mut v = serde_json::to_value(&once).expect("json");
+    v["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] = json!(false);
+    let writable: Pod = serde_json::from_value(v).expect("pod");
+    let e = mutate(&writable, NS, &cat, &cfg()).expect_err("denied");
+    assert!(e.to_string().contains("\"dso-secrets\""), "{e}");
+}

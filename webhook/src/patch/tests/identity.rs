@@ -179,7 +179,7 @@ fn a_service_account_role_adds_a_projected_token_for_sts() {
         .and_then(|s| s[0].service_account_token.as_ref())
         .expect("token");
     assert_eq!(tok.audience.as_deref(), Some("sts.amazonaws.com"));
-    assert_eq!(tok.expiration_seconds, Some(86400));
+    assert_eq!(tok.expiration_seconds, Some(3600));
     let i = init(&p);
     assert_eq!(env(i, "AWS_ROLE_ARN"), Some(ROLE_SA));
     assert_eq!(
@@ -308,4 +308,81 @@ fn dso_init_learns_its_pod_from_the_downward_api_for_the_role_session_name() {
         field(dso_api::contract::POD_NAME_ENV).as_deref(),
         Some("metadata.name")
     );
+}
+
+#[test]
+fn a_pod_without_any_identity_is_refused_unless_default_credentials_are_allowed() {
+    let strict = InjectConfig {
+        allow_default_credentials: false,
+        ..cfg()
+    };
+    let p = pod(json!({}));
+    let e = mutate(&p, NS, &catalog(), &strict).expect_err("denied");
+    assert_eq!(e.metric_label(), "no_identity");
+    let m = e.to_string();
+    for hint in [
+        "ServiceAccount \"default\"",
+        "eks.amazonaws.com/role-arn",
+        "spec.aws.roleArn",
+        "Pod Identity",
+        "--allow-default-credentials",
+    ] {
+        assert!(m.contains(hint), "{hint}: {m}");
+    }
+    assert!(matches!(
+        mutate(&p, NS, &catalog(), &cfg()).expect("allowed"),
+        Mutation::Inject(Injection {
+            identity: Identity::DefaultChain,
+            ..
+        })
+    ));
+}
+
+#[rstest]
+#[case::a_dsosecret_role("db-role", "default", Value::Null)]
+#[case::a_service_account_role("db", "with-role", Value::Null)]
+#[case::eks_pod_identity("db", "default", eks_pod_identity(true))]
+fn a_pod_with_an_identity_is_injected_without_default_credentials(
+    #[case] secrets: &str,
+    #[case] service_account: &str,
+    #[case] extra: Value,
+) {
+    let strict = InjectConfig {
+        allow_default_credentials: false,
+        ..cfg()
+    };
+    let cat = catalog().with_sa_role(NS, "with-role", ROLE_SA);
+    let extra = if extra.is_null() { json!({}) } else { extra };
+    let p = pod(merge_into(
+        extra,
+        json!({"metadata": {"annotations": {"dso.dev/secrets": secrets}},
+               "spec": {"serviceAccountName": service_account}}),
+    ));
+    match mutate(&p, NS, &cat, &strict).expect("admitted") {
+        Mutation::Inject(i) => assert_ne!(i.identity, Identity::DefaultChain),
+        other => panic!("expected an injection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_token_reused_from_the_eks_webhook_is_an_identity() {
+    let strict = InjectConfig {
+        allow_default_credentials: false,
+        ..cfg()
+    };
+    let p = pod(json!({"spec": {
+        "containers": [{"name": "app", "image": "a",
+            "env": [{"name": "AWS_ROLE_ARN", "value": ROLE_A},
+                    {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}],
+            "volumeMounts": [{"name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount", "readOnly": true}]}],
+        "volumes": [{"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"}}]}}]
+    }}));
+    match mutate(&p, NS, &catalog(), &strict).expect("admitted") {
+        Mutation::Inject(i) => assert!(
+            matches!(i.identity, Identity::IrsaReused { .. }),
+            "{:?}",
+            i.identity
+        ),
+        other => panic!("expected an injection, got {other:?}"),
+    }
 }
