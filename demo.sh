@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Shows DSO working end to end on this machine: a real single-node Kubernetes on 127.0.0.1
-# (built from upstream components, cached in /var/cache/dso), moto as AWS Secrets Manager, DSO's
+# Shows DSO working end to end on this machine: a real single-node Kubernetes shaped like a kind
+# node (built from upstream components, cached in /var/cache/dso; pod network, Services, DNS, all
+# in its own network namespace), moto as AWS Secrets Manager inside it, DSO's
 # images built from this tree, the Helm chart installed, and an app that reads its secret from a
 # file, then gets the new value after a rotation in "AWS".
 #   ./demo.sh        start and show;   ./demo.sh down   stop and clean up
 set -euo pipefail
 cd "$(dirname "$0")"
 . tests/cluster/common.sh
-MOTO_PORT=${DSO_MOTO_PORT:-5055}
-MOTO="http://127.0.0.1:$MOTO_PORT"
+# moto runs inside the cluster (pods reach it as moto.aws.svc.cluster.local); the host reaches
+# it through the cluster's forward.
+MOTO="http://127.0.0.1:$MOTO_HOST_PORT"
 RELEASE=dso RELEASE_NS=dso-system APP_NS=shop SECRET_ID=demo/shop/db
-if [ "${1:-}" = down ]; then tests/cluster/down.sh; tests/moto.sh stop "$MOTO_PORT"; exit 0; fi
+if [ "${1:-}" = down ]; then tests/cluster/down.sh; exit 0; fi
 t0=$SECONDS
 step() { printf '\n==> [+%ss] %s\n' "$((SECONDS - t0))" "$*"; }
 say() { printf '    %s\n' "$*"; }
@@ -19,14 +21,12 @@ aws_() {
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
     aws --endpoint-url "$MOTO" secretsmanager "$@"
 }
-# The app's output, read from the node's pod log directory (kubectl logs cannot reach a
-# loopback-only node). Waits until the app has printed its line.
+# The app's output (kubectl logs). Waits until the app has printed its line.
 app_line() { # pod
-  local f
+  local out
   for _ in $(seq 1 150); do
-    for f in "$STATE/pod-logs/${APP_NS}_$1"_*/app/*.log; do
-      if [ -s "$f" ]; then cut -d' ' -f4- "$f" | tail -n 1; return 0; fi
-    done
+    out=$(kubectl -n "$APP_NS" logs "$1" -c app 2>/dev/null | tail -n 1)
+    if [ -n "$out" ]; then echo "$out"; return 0; fi
     sleep 0.2
   done
   echo "(no output from pod $1: kubectl -n $APP_NS describe pod $1)" >&2; return 1
@@ -49,8 +49,8 @@ else
 fi
 export KUBECONFIG="$KUBECONFIG_OUT"
 
-step "3/8 moto (AWS emulator) on $MOTO"
-tests/moto.sh start "$MOTO_PORT" >/dev/null
+step "3/8 moto (AWS emulator): $MOTO_POD_ENDPOINT for pods, $MOTO from here"
+curl -fs -o /dev/null "$MOTO/moto-api/" || { echo "moto does not answer on $MOTO" >&2; exit 1; }
 
 step "4/8 DSO images: static release builds of dso-webhook, dso-operator, dso-init (first run: a few minutes)"
 tests/images.sh --import >/dev/null
@@ -60,7 +60,7 @@ kubectl create namespace "$APP_NS" --dry-run=client -o yaml | kubectl apply -f -
 # The local values' webhook handles only namespaces labelled for injection.
 kubectl label namespace "$APP_NS" dso.dev/injection=enabled --overwrite >/dev/null
 helm upgrade --install "$RELEASE" charts/dso -n "$RELEASE_NS" --create-namespace \
-  -f charts/dso/values-local.yaml --set "aws.endpointUrl=$MOTO" --wait --timeout 180s >/dev/null
+  -f charts/dso/values-local.yaml --wait --timeout 180s >/dev/null
 kubectl -n "$RELEASE_NS" get deployments
 
 step "6/8 a secret in AWS Secrets Manager (moto): $SECRET_ID"
@@ -116,6 +116,6 @@ DSO works here: done in $((SECONDS - t0))s. Try next:
   kubectl -n $APP_NS get pod -l app=web -o yaml     # the injected init container and tmpfs: no value
   kubectl explain dsosecret.spec.files
   helm -n $RELEASE_NS status $RELEASE                  # what the chart installed, and what to do next
-  ls $STATE/pod-logs/    # container logs (kubectl logs cannot reach this node)
+  kubectl -n $APP_NS logs deploy/web -c dso-init    # what dso-init did (ids, never values)
   ./demo.sh down                                    # stop the cluster and remove everything it created
 TXT

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of DSO: formatting and lints, unit tests, integration tests against moto
-# over HTTP, and the end-to-end suite on a real local Kubernetes (started and torn down here).
+# over HTTP, and the end-to-end suite on a real local Kubernetes shaped like a kind node (pod
+# network, kube-proxy, CoreDNS, all in its own network namespace; started and torn down here).
 # Installs what it needs first (tests/cluster/deps.sh; cached in /var/cache/dso).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,9 +33,10 @@ export DSO_MOTO_ENDPOINT
 step "unit and integration tests (moto over HTTP)"
 cargo test --workspace --locked --exclude dso-e2e
 
-step "static binaries and images"
+step "static binaries and images (init-image/recipe.env), compared with init-image/Dockerfile"
 DSO_BIN_DIR=$(tests/images.sh)
 export DSO_BIN_DIR
+python3 tests/check-image-recipe.py "$DSO_BIN_DIR/images"
 
 step "local Kubernetes $K8S_VERSION"
 [ -d "$STATE" ] && tests/cluster/down.sh
@@ -44,8 +46,13 @@ export KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs"
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
 kubectl version
 
-step "end-to-end suite"
-cargo test -p dso-e2e --locked
+step "end-to-end suite (run inside the cluster's network namespace $NETNS)"
+# The suite runs where the node runs, as a kind user's tools would on the node: the API server at
+# 127.0.0.1:$API_PORT, moto at 127.0.0.1:$MOTO_NS_PORT, and webhooks it starts as processes on
+# 127.0.0.1 reachable by the API server. Pods reach moto by name.
+cargo test -p dso-e2e --locked --no-run
+DSO_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_NS_PORT" DSO_POD_AWS_ENDPOINT="$MOTO_POD_ENDPOINT" \
+  DSO_NETNS="$NETNS" in_ns cargo test -p dso-e2e --locked
 
 step "teardown leaves nothing behind"
 tests/cluster/verify-teardown.sh

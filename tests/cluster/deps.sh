@@ -4,8 +4,10 @@
 # skipped when its output for the pinned version is already there.
 #
 #   apt:  etcd-server containerd runc containernetworking-plugins busybox-static openssl
+#         iptables (kube-proxy) socat (the host forwards into the cluster's network namespace)
 #   pip:  moto[server] awscli boto3
-#   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl (+ helm)
+#   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
+#         CoreDNS, helm
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -25,6 +27,9 @@ command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx wget && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ctr >/dev/null || need_apt+=(containerd)
+command -v iptables-restore >/dev/null || need_apt+=(iptables)
+command -v socat >/dev/null || need_apt+=(socat)
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to apt-get install ${need_apt[*]} (or install them yourself)"
   log "apt-get install ${need_apt[*]}"
@@ -47,7 +52,7 @@ esac
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}"
 ldflags="${ldflags%.*}"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
-components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 missing=()
 for c in "${components[@]}"; do [ -x "$BIN/$c" ] || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -74,6 +79,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c") \
       && mv "$BIN/$c.tmp" "$BIN/$c"
   done
+fi
+
+coredns_dir="$CACHE/coredns-$COREDNS_VERSION"
+if [ ! -x "$coredns_dir/coredns" ]; then
+  log "building CoreDNS $COREDNS_VERSION"
+  mkdir -p "$coredns_dir"
+  GOBIN="$coredns_dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
 fi
 
 if [ ! -x "$CACHE/helm-$HELM_VERSION/helm" ]; then

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Stops the local cluster started by up.sh and removes every process and host path it created:
-# containers (through containerd, by id), then the recorded PIDs, mounts under $STATE, the
-# kubepods cgroups, the paths listed in $STATE/created, and $STATE itself. Never kills by name.
+# containers (through containerd, by id), then the recorded PIDs, the pods' network namespaces
+# (the paths containerd recorded for each sandbox), the cluster's network namespace (named in
+# $STATE/netns: with it go the node interface, the pod bridge, the veths and every iptables
+# chain kube-proxy made), mounts under $STATE, the kubepods cgroups, the paths listed in
+# $STATE/created, and $STATE itself (CNI address state included). Never kills or deletes by
+# name pattern.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -16,9 +20,28 @@ stop_pid() { # name
   kill -KILL "$pid" 2>/dev/null; sleep 0.1
 }
 
+stop_group() { # name: a forward (socat forks a child per connection: end the whole group)
+  local pid; pid=$(pid_of "$1") || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null; sleep 0.1
+}
+
 log "stopping kubelet"
 stop_pid kubelet
+pod_netns=()
 if [ -S "$CTR_SOCK" ] && kill -0 "$(pid_of containerd)" 2>/dev/null; then
+  # The network namespace of every pod sandbox, as containerd recorded it.
+  for id in $(ctr_ containers ls -q 2>/dev/null); do
+    ns=$(ctr_ containers info "$id" 2>/dev/null | python3 -c '
+import json, sys
+spec = json.load(sys.stdin).get("Spec") or {}
+for n in (spec.get("linux") or {}).get("namespaces") or []:
+    if n.get("type") == "network" and n.get("path", "").startswith("/var/run/netns/"):
+        print(n["path"])' 2>/dev/null)
+    [ -n "$ns" ] && pod_netns+=("$ns")
+  done
   log "removing containers"
   for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
   for _ in $(seq 1 30); do
@@ -33,6 +56,10 @@ for procs in $(kubepods_dirs | xargs -r -I@ find @ -name cgroup.procs 2>/dev/nul
   while read -r p; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done < "$procs"
 done
 # containerd shims are children of containerd's session; they exit once their tasks are gone.
+for name in kube-proxy coredns moto; do
+  log "stopping $name"; stop_pid "$name"
+done
+for name in apiserver-host apiserver-ns moto-host moto-ns; do stop_group "$name"; done
 for name in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do
   log "stopping $name"; stop_pid "$name"
 done
@@ -40,6 +67,17 @@ done
 for p in $(grep -l -a -- "$CTR_SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
   [ "$p" != "$$" ] && kill -KILL "$p" 2>/dev/null
 done
+
+for ns in $(printf '%s\n' "${pod_netns[@]:-}" | sort -u); do
+  [ -e "$ns" ] || continue
+  umount "$ns" 2>/dev/null || umount -l "$ns" 2>/dev/null
+  rm -f "$ns"
+done
+if [ -f "$STATE/netns" ]; then
+  netns=$(cat "$STATE/netns")
+  log "removing network namespace $netns"
+  ip netns del "$netns" 2>/dev/null
+fi
 
 log "unmounting"
 awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/self/mounts | sort -r | while read -r m; do

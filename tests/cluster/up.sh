@@ -1,33 +1,82 @@
 #!/usr/bin/env bash
-# Starts a real single-node Kubernetes on 127.0.0.1 from pinned upstream components:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and a node (kubelet +
-# containerd + runc). Writes $DSO_CLUSTER_DIR/kubeconfig (default /tmp/dso-cluster) and waits
-# until the node is Ready. Stop it with tests/cluster/down.sh.
+# Starts a real single-node Kubernetes from pinned upstream components, shaped like a kind node:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a node (kubelet + containerd +
+# runc) with a pod network (CNI bridge + host-local), kube-proxy (iptables mode) for Services,
+# CoreDNS for cluster.local, and moto (the AWS emulator) behind the Service moto.aws.
+#
+# All of it runs in one network namespace ($NETNS) with no route out of the machine; the host
+# reaches the API server through a forward on 127.0.0.1:$API_PORT and moto on
+# 127.0.0.1:$MOTO_HOST_PORT. Writes $DSO_CLUSTER_DIR/kubeconfig (default /tmp/dso-cluster),
+# valid on the host and inside the namespace, and waits until the node is Ready, Services
+# route and CoreDNS answers. Stop it with tests/cluster/down.sh.
 #
 # Every process it starts is recorded by PID in $STATE/pids; every host path it creates lives
-# under $STATE, except those the kubelet insists on, which are recorded in $STATE/created.
+# under $STATE, except those the kubelet insists on, which are recorded in $STATE/created; the
+# network namespace's name is recorded in $STATE/netns.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-[ "$(id -u)" = 0 ] || die "the local node needs root (kubelet, containerd, runc)"
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+[ "$(id -u)" = 0 ] || die "the local node needs root (kubelet, containerd, runc, network namespace)"
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
   [ -x "$BIN/$c" ] || die "$BIN/$c is missing: run tests/cluster/deps.sh first"
 done
-for c in etcd containerd runc ctr openssl python3 cc; do
+[ -x "$COREDNS_BIN" ] || die "$COREDNS_BIN is missing: run tests/cluster/deps.sh first"
+for c in etcd containerd runc ctr openssl python3 cc ip nsenter iptables-restore socat moto_server; do
   command -v "$c" >/dev/null || die "$c is missing: run tests/cluster/deps.sh first"
 done
 [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static (tests/cluster/deps.sh does)"
 if [ -f "$STATE/pids/kube-apiserver" ] && kill -0 "$(cat "$STATE/pids/kube-apiserver")" 2>/dev/null; then
   die "a local cluster is already running in $STATE: run tests/cluster/down.sh first"
 fi
+[ -e "$NETNS_PATH" ] && die "network namespace $NETNS exists (a cluster in $STATE was not torn down): run tests/cluster/down.sh"
 t0=$(date +%s.%N)
 rm -rf "$STATE"
-mkdir -p "$STATE"/{pids,logs,pki,etcd,kubelet,pod-logs,images,cni/net.d,containerd}
+mkdir -p "$STATE"/{pids,logs,pki,etcd,kubelet,pod-logs,images,cni/net.d,cni/ipam,containerd,fwd}
 chmod 700 "$STATE"
 # Host paths outside $STATE that the node may create: recorded now if absent, removed by down.sh.
-for p in /var/log/containers /etc/cni /opt/cni; do
+for p in /var/log/containers /etc/cni /opt/cni /run/netns; do
   [ -e "$p" ] || echo "$p" >> "$STATE/created"
 done
+
+start() { # name cmd... : runs in the cluster's network namespace (nsenter execs: same PID)
+  local name=$1; shift
+  setsid nsenter --net="$NETNS_PATH" "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/pids/$name"
+}
+start_host() { # name cmd... : runs on the host (the forwards)
+  local name=$1; shift
+  setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/pids/$name"
+}
+wait_for() { # description seconds command...
+  local what=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || fail_with_log "$what not ready after ${secs}s" "${WAIT_LOG:-}"
+    sleep 0.2
+  done
+}
+fail_with_log() { # message [component]: dies with the component's log tail
+  if [ -n "${2:-}" ] && [ -f "$STATE/logs/$2.log" ]; then
+    printf '[cluster] last lines of %s:\n' "$STATE/logs/$2.log" >&2
+    tail -n 25 "$STATE/logs/$2.log" >&2
+  fi
+  die "$1 (logs in $STATE/logs; tests/cluster/down.sh cleans up)"
+}
+alive() { kill -0 "$(cat "$STATE/pids/$1")" 2>/dev/null || fail_with_log "$1 exited" "$1"; }
+
+log "network namespace $NETNS (node $NODE_IP, pods $POD_CIDR, services $SERVICE_CIDR)"
+ip netns add "$NETNS"
+echo "$NETNS" > "$STATE/netns"
+# The node's address sits on the namespace's loopback device (these kernels have no dummy
+# interfaces and no modprobe): local to the node, reachable from pods through their gateway.
+in_ns ip link set lo up
+in_ns ip addr add "$NODE_IP/32" dev lo
+# Service IPs are only ever DNAT targets of kube-proxy; a route lets local clients (the API
+# server calling a webhook Service) send to them. There is no default route: nothing leaves.
+in_ns ip route add "$SERVICE_CIDR" dev lo src "$NODE_IP"
+in_ns sysctl -qw net.ipv4.ip_forward=1
+in_ns sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
 # The kubelet's cgroup root must exist before it starts.
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
@@ -46,20 +95,6 @@ else
   fi
 fi
 
-start() { # name logfile cmd...
-  local name=$1; shift
-  setsid "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$STATE/pids/$name"
-}
-wait_for() { # description seconds command...
-  local what=$1 secs=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || die "$what not ready after ${secs}s (logs in $STATE/logs)"
-    sleep 0.2
-  done
-}
-
 log "PKI"
 pki="$STATE/pki"
 (
@@ -72,10 +107,11 @@ pki="$STATE/pki"
     if [ -n "${3:-}" ]; then printf 'subjectAltName=%s\n' "$3" >> "$1.ext"; fi
     openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3 -extfile "$1.ext" 2>/dev/null
   }
-  cert apiserver "/CN=kube-apiserver" "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+  cert apiserver "/CN=kube-apiserver" "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$CLUSTER_DOMAIN,IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,IP:$NODE_IP"
   cert admin "/O=system:masters/CN=dso-admin"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
+  cert kube-proxy "/CN=system:kube-proxy"
   cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl genrsa -out sa.key 2048 2>/dev/null
@@ -102,10 +138,9 @@ contexts:
 current-context: dso-local
 KC
 }
+# The same file works on the host (through the forward) and inside the namespace (directly).
 kubeconfig "$KUBECONFIG_OUT" admin
-kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
-kubeconfig "$STATE/scheduler.kubeconfig" scheduler
-kubeconfig "$STATE/kubelet.kubeconfig" kubelet
+for c in controller-manager scheduler kubelet kube-proxy; do kubeconfig "$STATE/$c.kubeconfig" "$c"; done
 
 log "etcd"
 start etcd etcd --name dso --data-dir "$STATE/etcd" \
@@ -140,23 +175,41 @@ state = "$STATE/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 TOML
-cat > "$STATE/cni/net.d/10-loopback.conflist" <<'CNI'
-{"cniVersion": "1.0.0", "name": "dso-loopback", "plugins": [{"type": "loopback"}]}
+# The pod network: a bridge inside the namespace, addresses from host-local (its state under
+# $STATE), the bridge as the pods' gateway, no masquerade (there is nowhere to masquerade to).
+cat > "$STATE/cni/net.d/10-dso-pods.conflist" <<CNI
+{"cniVersion": "1.0.0", "name": "dso-pods", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$STATE/cni/ipam",
+            "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}
+]}
 CNI
 start containerd containerd --config "$STATE/containerd/config.toml"
 
 log "kube-apiserver $K8S_VERSION"
 start kube-apiserver "$BIN/kube-apiserver" \
-  --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 0.0.0.0 --advertise-address "$NODE_IP" \
   --secure-port "$API_PORT" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --api-audiences https://kubernetes.default.svc,sts.amazonaws.com \
-  --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --allow-privileged=true \
-  --enable-admission-plugins NodeRestriction --endpoint-reconciler-type none \
+  --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC --allow-privileged=true \
+  --enable-admission-plugins NodeRestriction \
   --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
   --kubelet-preferred-address-types InternalIP,Hostname \
   --profiling=false --v=1
+
+log "moto (AWS emulator) on $NODE_IP:$MOTO_NS_PORT"
+start moto moto_server -H 0.0.0.0 -p "$MOTO_NS_PORT"
+
+log "forwards: host 127.0.0.1:$API_PORT -> API server, 127.0.0.1:$MOTO_HOST_PORT -> moto"
+forward() { # name host-port ns-port
+  start "$1-ns" socat "UNIX-LISTEN:$STATE/fwd/$1.sock,fork,unlink-early,mode=600" "TCP:127.0.0.1:$3"
+  start_host "$1-host" socat "TCP-LISTEN:$2,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$STATE/fwd/$1.sock"
+}
+forward apiserver "$API_PORT" "$API_PORT"
+forward moto "$MOTO_HOST_PORT" "$MOTO_NS_PORT"
 
 # Images for the node, built offline from static binaries: the sandbox and a busybox shell.
 python3 "$here/mkimage.py" -t dso.local/pause:1 -o "$STATE/images/pause.tar" \
@@ -164,14 +217,15 @@ python3 "$here/mkimage.py" -t dso.local/pause:1 -o "$STATE/images/pause.tar" \
 python3 "$here/mkimage.py" -t dso.local/busybox:1 -o "$STATE/images/busybox.tar" \
   --file /bin/busybox:/bin/busybox:755 --dir /tmp:1777 --cmd /bin/sh \
   $(/bin/busybox --list | grep -vx busybox | sed 's|.*|--link /bin/&:busybox|')
-wait_for containerd 30 ctr_ version
+WAIT_LOG=containerd wait_for containerd 30 ctr_ version
 for img in pause busybox; do ctr_ images import --no-unpack "$STATE/images/$img.tar" >/dev/null; done
 for extra in "${DSO_NODE_IMAGES[@]:-}"; do
   [ -n "$extra" ] && ctr_ images import "$extra" >/dev/null
 done
 
 export KUBECONFIG="$KUBECONFIG_OUT"
-wait_for kube-apiserver 60 "$BIN/kubectl" get --raw /readyz
+k() { in_ns "$BIN/kubectl" "$@"; }
+WAIT_LOG=kube-apiserver wait_for kube-apiserver 60 k get --raw /readyz
 log "kube-apiserver ready"
 
 start kube-controller-manager "$BIN/kube-controller-manager" \
@@ -180,16 +234,18 @@ start kube-controller-manager "$BIN/kube-controller-manager" \
   --bind-address 127.0.0.1 --secure-port "$CM_PORT" --controllers '*' --leader-elect=false \
   --use-service-account-credentials=true --service-account-private-key-file "$pki/sa.key" \
   --root-ca-file "$pki/ca.crt" --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-  --service-cluster-ip-range 10.0.0.0/24 --v=1
+  --service-cluster-ip-range "$SERVICE_CIDR" --v=1
 start kube-scheduler "$BIN/kube-scheduler" \
   --kubeconfig "$STATE/scheduler.kubeconfig" --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
   --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --v=1
 
+# An empty resolv.conf: pods get only cluster DNS, never the host's resolvers.
+: > "$STATE/resolv.conf"
 cat > "$STATE/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -200,8 +256,9 @@ failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://$CTR_SOCK
 podLogsDir: $STATE/pod-logs
-clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
+clusterDomain: $CLUSTER_DOMAIN
+clusterDNS: [$DNS_SVC_IP]
+resolvConf: $STATE/resolv.conf
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}
@@ -215,10 +272,89 @@ localStorageCapacityIsolation: true
 YAML
 log "kubelet"
 start kubelet "$BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
-  --root-dir "$STATE/kubelet" --hostname-override "$NODE_NAME" --node-ip 127.0.0.1 --v=1
+  --root-dir "$STATE/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
 
-wait_for "node $NODE_NAME" 90 sh -c "\"$BIN/kubectl\" get node \"$NODE_NAME\" -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
-wait_for "default ServiceAccount" 30 "$BIN/kubectl" -n default get serviceaccount default
+log "kube-proxy (iptables mode)"
+cat > "$STATE/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+mode: iptables
+clusterCIDR: $POD_CIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:$PROXY_HEALTHZ_PORT
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["$NODE_IP/32"]
+iptables: {localhostNodePorts: false, masqueradeAll: false}
+# The namespace cannot change the host's conntrack table size: leave it alone.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+start kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --v=1
+
+log "CoreDNS $COREDNS_VERSION for $CLUSTER_DOMAIN"
+kubeconfig "$STATE/coredns.kubeconfig" admin
+cat > "$STATE/Corefile" <<COREFILE
+.:53 {
+    bind $NODE_IP
+    errors
+    ready 127.0.0.1:$DNS_READY_PORT
+    kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+        kubeconfig $STATE/coredns.kubeconfig dso-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }
+    cache 5
+}
+COREFILE
+start coredns "$COREDNS_BIN" -conf "$STATE/Corefile"
+
+# Services the node's host processes serve: cluster DNS and moto (selectorless, with an
+# EndpointSlice on the node address, as an external service would be modelled).
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: aws}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: $DNS_SVC_IP
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: kube-dns-node, namespace: kube-system, labels: {kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: dso-local-cluster}}
+addressType: IPv4
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: moto, namespace: aws}
+spec:
+  ports: [{name: http, port: $MOTO_NS_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: moto-node, namespace: aws, labels: {kubernetes.io/service-name: moto, endpointslice.kubernetes.io/managed-by: dso-local-cluster}}
+addressType: IPv4
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+ports: [{name: http, port: $MOTO_NS_PORT, protocol: TCP}]
+YAML
+
+WAIT_LOG=kubelet wait_for "node $NODE_NAME" 90 sh -c "nsenter --net=$NETNS_PATH \"$BIN/kubectl\" get node \"$NODE_NAME\" -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+for c in kube-proxy coredns moto; do alive "$c"; done
+WAIT_LOG=kube-proxy wait_for kube-proxy 30 in_ns curl -fs "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
+WAIT_LOG=coredns wait_for CoreDNS 30 in_ns curl -fs "http://127.0.0.1:$DNS_READY_PORT/ready"
+# Through the Service IP (kube-proxy's rules) and by name (CoreDNS): what pods will do.
+WAIT_LOG=kube-proxy wait_for "the kubernetes Service" 60 in_ns curl -ks "https://$KUBERNETES_SVC_IP/readyz"
+WAIT_LOG=coredns wait_for "cluster DNS" 60 sh -c "nsenter --net=$NETNS_PATH python3 '$here/dnsquery.py' $DNS_SVC_IP moto.aws.svc.$CLUSTER_DOMAIN | grep -q ."
+WAIT_LOG=moto wait_for "moto through its Service" 30 in_ns curl -fs -o /dev/null "http://$(in_ns python3 "$here/dnsquery.py" "$DNS_SVC_IP" "moto.aws.svc.$CLUSTER_DOMAIN"):$MOTO_NS_PORT/moto-api/"
+WAIT_LOG=apiserver-host wait_for "the host forward to the API server" 15 "$BIN/kubectl" get --raw /readyz
+WAIT_LOG=kube-controller-manager wait_for "default ServiceAccount" 30 k -n default get serviceaccount default
 t1=$(date +%s.%N)
-log "node $NODE_NAME Ready in $(python3 -c "print(f'{$t1-$t0:.1f}')")s"
+log "node $NODE_NAME Ready, Services and DNS answering in $(python3 -c "print(f'{$t1-$t0:.1f}')")s"
 echo "export KUBECONFIG=$KUBECONFIG_OUT PATH=$BIN:\$PATH"
