@@ -1,21 +1,28 @@
 //! DSO against the Vault agent injector, through the real API server (a program, not a test).
 //!
 //! Times dry-run pod creations (`POST /api/v1/namespaces/NS/pods?dryRun=All`: all of
-//! admission, nothing stored) from the client, sequentially, for five cases interleaved request
+//! admission, nothing stored) from the client, sequentially, for these cases interleaved request
 //! by request, so that a change of machine load hits every case alike:
 //!
-//! | case         | namespace         | webhooks that match                        | pod                    |
-//! |--------------|-------------------|--------------------------------------------|------------------------|
-//! | `none`       | `versus-none`     | none                                       | plain                  |
-//! | `noop`       | `versus-noop`     | DSO, registered *without* matchConditions  | plain (DSO skips it)   |
-//! | `dso`        | `versus-dso`      | DSO as the chart registers it              | `dso.dev/inject: true` |
-//! | `dso-skip`   | `versus-dso`      | DSO as the chart registers it              | plain (never called)   |
-//! | `vault`      | `versus-vault`    | vault-k8s as vault-helm registers it       | `vault.hashicorp.com/agent-inject: true` |
+//! | case         | namespace          | webhooks that match                        | pod                    |
+//! |--------------|--------------------|--------------------------------------------|------------------------|
+//! | `none`       | `versus-none`      | none                                       | plain                  |
+//! | `noop`       | `versus-noop`      | DSO, registered *without* matchConditions  | plain (DSO skips it)   |
+//! | `dso`        | `versus-dso`       | DSO as the chart registers it              | `dso.dev/inject: true` |
+//! | `dso-skip`   | `versus-dso`       | DSO as the chart registers it              | plain (never called)   |
+//! | `dso-never`  | `versus-dso-never` | DSO, chart's registration but `reinvocationPolicy: Never` | `dso.dev/inject: true` |
+//! | `minimal`    | `versus-minimal`   | a trivial webhook adding one annotation    | plain                  |
+//! | `replay`     | `versus-replay`    | a trivial webhook answering DSO's patch for this pod, base64 | `dso.dev/inject: true` |
+//! | `replay-array` | `versus-replay-array` | the same, the patch as kube-core writes it (an array of numbers) | `dso.dev/inject: true` |
+//! | `vault`      | `versus-vault`     | vault-k8s as vault-helm registers it       | `vault.hashicorp.com/agent-inject: true` |
 //!
 //! The no-op webhook is DSO's own release binary answering a pod that is not opted in (it is
-//! called because that registration has no matchConditions). Both webhooks run as processes of
-//! this program, on 127.0.0.1 in the cluster's network namespace, registered by URL with their
-//! own self-signed TLS pair as caBundle:
+//! called because that registration has no matchConditions). `dso-never`, `minimal` and
+//! `replay*` are diagnostics: what reinvocation costs, what any mutation costs, and what DSO's
+//! patch costs without DSO, in either encoding (the trivial webhook is this program started
+//! again with `--trivial-webhook DIR`, a process of its own on 127.0.0.1:18462).
+//! The two real webhooks run as processes of this program, on 127.0.0.1 in the cluster's
+//! network namespace, registered by URL with their own self-signed TLS pair as caBundle:
 //!
 //! - `dso-webhook` with the chart's defaults (watching DsoSecrets and ServiceAccounts through
 //!   `KUBECONFIG`; `RUST_LOG=info`, JSON logs), and the chart's registration:
@@ -76,6 +83,7 @@ use tokio::net::TcpStream;
 
 const DSO_PORT: u16 = 18460;
 const VAULT_PORT: u16 = 18461;
+const TRIVIAL_PORT: u16 = 18462;
 const MANAGER: &str = "dso-versus";
 const VAULT_SA_NS: &str = "versus-vault";
 const VAULT_SA: &str = "vault-agent-injector";
@@ -129,6 +137,9 @@ enum Case {
     Dso,
     DsoSkip,
     DsoNever,
+    Minimal,
+    Replay,
+    ReplayArray,
     Vault,
 }
 
@@ -140,6 +151,9 @@ impl Case {
             Case::Dso => "dso",
             Case::DsoSkip => "dso-skip",
             Case::DsoNever => "dso-never",
+            Case::Minimal => "minimal",
+            Case::Replay => "replay",
+            Case::ReplayArray => "replay-array",
             Case::Vault => "vault",
         }
     }
@@ -150,6 +164,9 @@ impl Case {
             Case::Dso => "DSO injecting",
             Case::DsoSkip => "DSO, pod not opted in (matchConditions)",
             Case::DsoNever => "DSO injecting, reinvocationPolicy Never",
+            Case::Minimal => "trivial webhook, 1-operation patch",
+            Case::Replay => "trivial webhook replaying DSO's patch (base64)",
+            Case::ReplayArray => "trivial webhook replaying DSO's patch (array of numbers)",
             Case::Vault => "vault-k8s v1.7.6 injecting",
         }
     }
@@ -159,15 +176,21 @@ impl Case {
             Case::Noop => "versus-noop",
             Case::Dso | Case::DsoSkip => "versus-dso",
             Case::DsoNever => "versus-dso-never",
+            Case::Minimal => "versus-minimal",
+            Case::Replay => "versus-replay",
+            Case::ReplayArray => "versus-replay-array",
             Case::Vault => VAULT_SA_NS,
         }
     }
     fn injects(self) -> bool {
-        matches!(self, Case::Dso | Case::DsoNever | Case::Vault)
+        matches!(
+            self,
+            Case::Dso | Case::DsoNever | Case::Replay | Case::ReplayArray | Case::Vault
+        )
     }
     fn annotations(self) -> Value {
         match self {
-            Case::Dso | Case::DsoNever => {
+            Case::Dso | Case::DsoNever | Case::Replay | Case::ReplayArray => {
                 json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"})
             }
             Case::Vault => json!({
@@ -513,17 +536,23 @@ fn vault_registration(ca: &str) -> Value {
     }]})
 }
 
-const WEBHOOK_CONFIGS: [&str; 4] = [
+const WEBHOOK_CONFIGS: [&str; 7] = [
     "versus-dso",
     "versus-dso-never",
     "versus-noop",
+    "versus-minimal",
+    "versus-replay",
+    "versus-replay-array",
     "versus-vault",
 ];
-const NAMESPACES: [(&str, &str); 5] = [
+const NAMESPACES: [(&str, &str); 8] = [
     ("versus-none", "none"),
     ("versus-noop", "noop"),
     ("versus-dso", "dso"),
     ("versus-dso-never", "dso-never"),
+    ("versus-minimal", "minimal"),
+    ("versus-replay", "replay"),
+    ("versus-replay-array", "replay-array"),
     (VAULT_SA_NS, "vault"),
 ];
 const DSO_NAMESPACES: [&str; 2] = ["versus-dso", "versus-dso-never"];
@@ -672,6 +701,164 @@ async fn vault_service_account(client: &kube::Client, run_dir: &Path, ca_crt: &[
     std::fs::write(sa_dir.join("namespace"), VAULT_SA_NS).expect("namespace");
 }
 
+// ---- a trivial webhook, to split the cost of a mutation ----
+
+/// Registration of the trivial webhook at `path`: like the no-op one, without reinvocation.
+fn trivial_registration(name: &str, case: &str, path: &str, ca: &str) -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+    "metadata": {"name": name},
+    "webhooks": [{
+        "name": "trivial.versus.dso.dev",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+        "matchPolicy": "Equivalent",
+        "clientConfig": {"url": format!("https://127.0.0.1:{TRIVIAL_PORT}{path}"), "caBundle": ca_bundle(ca)},
+        "rules": rules(),
+        "namespaceSelector": {"matchLabels": {"dso-versus": case}}
+    }]})
+}
+
+/// Writes what the trivial webhook serves into `dir`: its TLS pair (DER) and one JSON patch per
+/// path (`dir/patches/NAME.json` is served at `/NAME`). Returns its caBundle.
+fn prepare_trivial_webhook(dir: &Path, patches: &[(&str, &[u8])]) -> String {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    std::fs::create_dir_all(dir.join("patches")).expect("dir");
+    std::fs::write(dir.join("cert.der"), ck.cert.der()).expect("cert");
+    std::fs::write(dir.join("key.der"), ck.signing_key.serialize_der()).expect("key");
+    for (name, patch) in patches {
+        std::fs::write(dir.join(format!("patches/{name}.json")), patch).expect("patch");
+    }
+    ck.cert.pem()
+}
+
+/// The trivial webhook, a process of its own like the real ones (this program run with
+/// `--trivial-webhook DIR`): answers every review on `/NAME` with the fixed JSON patch
+/// `DIR/patches/NAME.json`, base64-encoded as the API defines `patch` (or, on a path ending in
+/// `-array`, as an array of numbers); other paths get a plain allow. HTTP/2 or 1.1 over TLS.
+/// The one thing that differs between pods, the name of the ServiceAccount token volume
+/// (`kube-api-access-xxxxx`, which DSO mounts in dso-init), is replaced by the reviewed pod's.
+async fn trivial_webhook(dir: &Path) {
+    let cert = rustls::pki_types::CertificateDer::from(
+        std::fs::read(dir.join("cert.der")).expect("cert.der"),
+    );
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+        std::fs::read(dir.join("key.der")).expect("key.der").into(),
+    );
+    let mut patches = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.join("patches")).expect("patches") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("a name")
+            .to_string();
+        patches.insert(format!("/{name}"), std::fs::read(&path).expect("patch"));
+    }
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("server TLS");
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", TRIVIAL_PORT))
+        .await
+        .expect("bind the trivial webhook");
+    let token_volume = |text: &str| -> Option<String> {
+        let start = text.find("kube-api-access-")?;
+        let len = text[start..].find('"')?;
+        Some(text[start..start + len].to_string())
+    };
+    let patches: Arc<BTreeMap<String, (String, Option<String>)>> = Arc::new(
+        patches
+            .into_iter()
+            .map(|(k, v)| {
+                let text = String::from_utf8(v).expect("a JSON patch");
+                let volume = token_volume(&text);
+                (k, (text, volume))
+            })
+            .collect(),
+    );
+    {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, patches) = (acceptor.clone(), patches.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let patches = patches.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let mut response =
+                                json!({"uid": review["request"]["uid"], "allowed": true});
+                            if let Some((text, volume)) = patches.get(&path) {
+                                let pod_volume = review["request"]["object"]["spec"]["volumes"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|v| v["name"].as_str())
+                                    .find(|n| n.starts_with("kube-api-access-"));
+                                let patch = match (volume, pod_volume) {
+                                    (Some(old), Some(new)) => text.replace(old.as_str(), new),
+                                    _ => text.clone(),
+                                };
+                                response["patchType"] = json!("JSONPatch");
+                                response["patch"] = if path.ends_with("-array") {
+                                    json!(patch.as_bytes())
+                                } else {
+                                    json!(base64::engine::general_purpose::STANDARD.encode(patch))
+                                };
+                            }
+                            let out = json!({"apiVersion": "admission.k8s.io/v1",
+                                             "kind": "AdmissionReview", "response": response});
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from(out.to_string())));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    }
+}
+
+/// A TLS client trusting only `pem`.
+fn tls_trivial(pem: &str) -> tokio_rustls::TlsConnector {
+    let ck = rustls::pki_types::CertificateDer::from(
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .expect("PEM"),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck).expect("root");
+    tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
 // ---- measurement ----
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -707,7 +894,7 @@ fn check(case: Case, text: &str) {
         .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
         .unwrap_or_default();
     let want = match case {
-        Case::Dso | Case::DsoNever => Some("dso-init"),
+        Case::Dso | Case::DsoNever | Case::Replay | Case::ReplayArray => Some("dso-init"),
         Case::Vault => Some("vault-agent-init"),
         _ => None,
     };
@@ -720,6 +907,7 @@ fn check(case: Case, text: &str) {
 }
 
 struct Direct {
+    patch: Vec<u8>,
     bytes: usize,
     patch_bytes: usize,
     ops: usize,
@@ -790,6 +978,7 @@ async fn direct(
         .map(|v| v.len())
         .unwrap_or(0);
     Direct {
+        patch: patch.clone(),
         bytes: body.len(),
         patch_bytes: patch.len(),
         ops,
@@ -811,6 +1000,12 @@ fn self_signed(dir: &Path, name: &str) -> (String, rustls::pki_types::Certificat
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--trivial-webhook") {
+        let dir = std::env::args().nth(2).expect("--trivial-webhook DIR");
+        dso_webhook::tls::install_crypto_provider();
+        trivial_webhook(Path::new(&dir)).await;
+        return;
+    }
     let o = opts();
     dso_webhook::tls::install_crypto_provider();
     kill_children_on_panic();
@@ -945,7 +1140,62 @@ async fn main() {
     };
     let with_vault = vault.is_some();
 
+    // DSO's answer for the injected pod, replayed by the trivial webhook; and a one-annotation
+    // patch: what any mutation costs, whatever its size.
+    let dso_direct = direct(&client, &tls, Case::Dso, DSO_PORT).await;
+    let trivial_dir = dir.path().join("trivial");
+    let minimal = br#"[{"op":"add","path":"/metadata/annotations/versus~1mutated","value":"yes"}]"#;
+    let trivial_ca = prepare_trivial_webhook(
+        &trivial_dir,
+        &[
+            ("minimal", minimal),
+            ("replay", &dso_direct.patch),
+            ("replay-array", &dso_direct.patch),
+        ],
+    );
+    let trivial_log = dir.path().join("trivial.log");
+    let mut trivial = spawn(
+        "trivial webhook",
+        Command::new(std::env::current_exe().expect("this program"))
+            .arg("--trivial-webhook")
+            .arg(&trivial_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&trivial_log).expect("log")),
+        trivial_log,
+    )
+    .expect("start the trivial webhook");
+    wait_ready(
+        &mut trivial,
+        TRIVIAL_PORT,
+        "/ready",
+        &tls_trivial(&trivial_ca),
+    )
+    .await;
+
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    apply(
+        &configs,
+        "versus-minimal",
+        trivial_registration("versus-minimal", "minimal", "/minimal", &trivial_ca),
+    )
+    .await;
+    apply(
+        &configs,
+        "versus-replay",
+        trivial_registration("versus-replay", "replay", "/replay", &trivial_ca),
+    )
+    .await;
+    apply(
+        &configs,
+        "versus-replay-array",
+        trivial_registration(
+            "versus-replay-array",
+            "replay-array",
+            "/replay-array",
+            &trivial_ca,
+        ),
+    )
+    .await;
     apply(
         &configs,
         "versus-dso",
@@ -973,6 +1223,9 @@ async fn main() {
         Case::Dso,
         Case::DsoSkip,
         Case::DsoNever,
+        Case::Minimal,
+        Case::Replay,
+        Case::ReplayArray,
     ];
     if with_vault {
         cases.push(Case::Vault);
@@ -1148,6 +1401,7 @@ async fn main() {
     println!("\nload average at end: {}", loadavg());
 
     teardown_cluster(&client).await;
+    drop(trivial);
     drop(vault);
     drop(dso);
 }
