@@ -25,7 +25,8 @@
 //! network namespace, registered by URL with their own self-signed TLS pair as caBundle:
 //!
 //! - `dso-webhook` with the chart's defaults (watching DsoSecrets and ServiceAccounts through
-//!   `KUBECONFIG`; `RUST_LOG=info`, JSON logs), and the chart's registration:
+//!   `KUBECONFIG`; `RUST_LOG=info` unless `DSO_BENCH_DSO_RUST_LOG` says otherwise, JSON logs),
+//!   and the chart's registration:
 //!   `reinvocationPolicy: IfNeeded`, `failurePolicy: Fail`, `timeoutSeconds: 5`, the
 //!   `dso-inject-requested` matchCondition;
 //! - `vault-k8s agent-inject` (hashicorp/vault-k8s, binary from `DSO_BENCH_VAULT_K8S_BIN`),
@@ -1068,7 +1069,10 @@ async fn main() {
             .args(["--tls-cert", &p("dso.crt"), "--tls-key", &p("dso.key")])
             .args(["--init-image", "dso.local/dso-init:dev"])
             .args(["--log-format", "json"])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DSO_BENCH_DSO_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&dso_log).expect("log")),
         dso_log.clone(),
