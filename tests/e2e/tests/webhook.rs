@@ -55,7 +55,7 @@ fn dso_mounts(p: &Pod, container: &str) -> Vec<(String, Option<bool>)> {
 #[tokio::test]
 async fn a_deployment_with_the_annotations_gets_pods_with_the_init_container_the_tmpfs_and_the_mounts()
  {
-    let mut wh = Webhook::start(18401, &[]).await;
+    let mut wh = Webhook::start(18401, &["--allow-default-credentials"]).await;
     let ns = wh.namespace(&[]).await;
     apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
     let mut annotations = annotated("db");
@@ -357,7 +357,11 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
 
 #[tokio::test]
 async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fails_meanwhile() {
-    let mut wh = Webhook::start(18407, &["--tls-reload-interval", "1s"]).await;
+    let mut wh = Webhook::start(
+        18407,
+        &["--tls-reload-interval", "1s", "--allow-default-credentials"],
+    )
+    .await;
     let ns = wh.namespace(&[]).await;
     apply(&ns, &dso_secret("db", "prod/e2e/db", json!({})));
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
@@ -397,7 +401,15 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
 #[tokio::test]
 async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_values_and_per_secret_regions()
  {
-    let mut wh = Webhook::start(18408, &["--init-env", "NO_PROXY=a,b,c"]).await;
+    let mut wh = Webhook::start(
+        18408,
+        &[
+            "--init-env",
+            "NO_PROXY=a,b,c",
+            "--allow-default-credentials",
+        ],
+    )
+    .await;
     let ns = wh.namespace(&[]).await;
     apply(
         &ns,
@@ -491,7 +503,14 @@ async fn each_opted_in_pod_costs_exactly_one_review() {
     const PORT: u16 = 18412;
     let mut wh = Webhook::start(PORT, &[]).await;
     let ns = wh.namespace(&[]).await;
-    apply(&ns, &dso_secret("db", "prod/e2e/one-review", json!({})));
+    apply(
+        &ns,
+        &dso_secret(
+            "db",
+            "prod/e2e/one-review",
+            json!({"aws": {"roleArn": "arn:aws:iam::123456789012:role/e2e-one-review"}}),
+        ),
+    );
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
     // The pods' ServiceAccount must exist for the plugin (and DSO) to see its token volume.
     wait_for("the default ServiceAccount", TIMEOUT, || async {
