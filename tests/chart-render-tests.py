@@ -230,6 +230,48 @@ for bad, field in (("init.tokenExpirationSeconds=86400", "tokenExpirationSeconds
     objs, err = render("--set", bad)
     check(f"{bad} refused", objs is None and field in err, err)
 
+test("the operator's fence: a ValidatingAdmissionPolicy for its ServiceAccount, bound with Deny")
+def fence(objs):
+    vaps = find(objs, "ValidatingAdmissionPolicy")
+    bindings = find(objs, "ValidatingAdmissionPolicyBinding")
+    return (vaps[0] if len(vaps) == 1 else None), (bindings[0] if len(bindings) == 1 else None)
+objs, err = render()
+check("rendered", objs is not None, err)
+vap, binding = fence(objs or [])
+check("one policy dso-operator-fence", vap is not None and vap["metadata"]["name"] == "dso-operator-fence", vap)
+check("one binding of it, Deny, no narrowing", binding is not None and binding["spec"] == {"policyName": "dso-operator-fence", "validationActions": ["Deny"]}, binding)
+if vap:
+    [cond] = vap["spec"]["matchConditions"]
+    check("applies to the operator's ServiceAccount only", cond["expression"] == "request.userInfo.username == 'system:serviceaccount:dso-system:dso-operator'", cond)
+    rules = vap["spec"]["matchConstraints"]["resourceRules"]
+    resources = sorted(r for rule in rules for r in rule["resources"])
+    check("matches the three workload kinds and their subresources", resources == sorted(["deployments", "deployments/*", "statefulsets", "statefulsets/*", "daemonsets", "daemonsets/*"]), resources)
+    check("on every write", all({"CREATE", "UPDATE", "DELETE"} <= set(rule["operations"]) for rule in rules), rules)
+    text = yaml.safe_dump(vap["spec"]["validations"])
+    check("names the two annotations", "dso.dev/versions-hash" in text and "dso.dev/recorded-versions" in text, text)
+    check("refuses kube-system and the release namespace", "['kube-system', 'dso-system']" in vap["spec"]["validations"][0]["expression"], vap["spec"]["validations"][0])
+    check("fails closed", vap["spec"]["failurePolicy"] == "Fail", vap["spec"])
+objs, err = render("--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=dso-irsa")
+vap, _ = fence(objs or [])
+check("an existing ServiceAccount is the one fenced", vap is not None and "system:serviceaccount:dso-system:dso-irsa'" in vap["spec"]["matchConditions"][0]["expression"], vap)
+objs, err = render("--set", "operator.admissionPolicy.enabled=false")
+check("admissionPolicy.enabled=false: none", objs is not None and fence(objs) == (None, None), err)
+objs, err = render("--set", "operator.watchNamespace=dso-system")
+check("watching the release namespace with the fence: refused", objs is None and "operator.watchNamespace" in err, err)
+
+test("operator RBAC: a ClusterRole for all namespaces, a Role in watchNamespace otherwise")
+OPERATOR_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+def operator_rbac(objs):
+    return sorted((o["kind"], o["metadata"].get("namespace", "")) for o in objs if o["kind"] in OPERATOR_KINDS and o["metadata"]["name"] == "dso-operator")
+objs, err = render()
+check("defaults: ClusterRole and ClusterRoleBinding", objs is not None and operator_rbac(objs) == [("ClusterRole", ""), ("ClusterRoleBinding", "")], objs and operator_rbac(objs))
+objs, err = render("--set", "operator.watchNamespace=apps")
+check("watchNamespace=apps: Role and RoleBinding in apps", objs is not None and operator_rbac(objs) == [("Role", "apps"), ("RoleBinding", "apps")], objs and operator_rbac(objs))
+if objs:
+    [rb] = find(objs, "RoleBinding", "dso-operator")
+    check("the RoleBinding grants the Role to the operator", rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dso-operator"} and rb["subjects"] == [{"kind": "ServiceAccount", "name": "dso-operator", "namespace": "dso-system"}], rb)
+    check("no ClusterRole grants the operator workloads", not [o for o in find(objs, "ClusterRole") if o["metadata"]["name"].startswith("dso-operator")], find(objs, "ClusterRole"))
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)
