@@ -1,0 +1,384 @@
+//! The operator's fence (charts/dso/templates/operator-fence.yaml) on the real API server: the
+//! chart's own ValidatingAdmissionPolicy, rendered with `helm template` for a ServiceAccount
+//! made here, and that account's own token (no impersonation: the API server authenticates
+//! it as it would the operator's). With RBAC that lets it patch Deployments, it may still only
+//! do what the operator does: server-side apply `dso.dev/versions-hash` on the pod template and
+//! `dso.dev/recorded-versions` on the workload. An image change, any other annotation or
+//! label, a replica count, and anything in kube-system or the release namespace are refused,
+//! by the policy, naming it. Users other than the operator are not fenced.
+//!
+//! That the operator itself still rolls workloads with the fence on is shown by `chart.rs`,
+//! whose installed chart (fence on by default) rolls a Deployment after a rotation.
+//!
+//! Needs KUBECONFIG (an administrator), with `helm` and `kubectl` on PATH.
+
+use dso_e2e::{TestNamespace, client, kubectl, kubectl_best_effort, kubectl_stdin, namespace};
+use dso_e2e::{repo_root, unique, wait_for};
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The ServiceAccount fenced as the operator's.
+const SA: &str = "fenced-operator";
+const HASH: &str = "dso.dev/versions-hash";
+const RECORD: &str = "dso.dev/recorded-versions";
+
+/// Cluster-scoped objects and objects in kube-system: deleted when dropped, also on panic.
+struct Cleanup(Vec<[String; 4]>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for [kind, name, ns_flag, ns] in &self.0 {
+            kubectl_best_effort(&["delete", kind, name, ns_flag, ns, "--ignore-not-found"]);
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn apply(manifest: &Value) {
+    ok(
+        "kubectl apply",
+        kubectl_stdin(&["apply", "-f", "-"], &manifest.to_string()),
+    );
+}
+
+/// The chart's policy and binding for release `release` in `rel_ns`, its operator being `SA`.
+fn rendered_fence(release: &str, rel_ns: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let chart = repo_root().join("charts/dso");
+    let out = Command::new("helm")
+        .args([
+            "template",
+            release,
+            chart.to_str().expect("path"),
+            "-n",
+            rel_ns,
+        ])
+        .args(["--kube-version", "1.36.0"])
+        .args(["--set", "operator.serviceAccount.create=false"])
+        .args(["--set", &format!("operator.serviceAccount.name={SA}")])
+        .output()
+        .expect("helm not found on PATH: tests/run.sh puts it there");
+    let yaml = ok("helm template", out);
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding")
+            )
+        })
+        .collect();
+    assert_eq!(docs.len(), 2, "the chart renders a policy and its binding");
+    docs
+}
+
+/// A kubeconfig authenticating with `token` only, to the cluster of KUBECONFIG.
+fn token_kubeconfig(token: &str, path: &std::path::Path) {
+    let admin: Value = serde_json::from_str(&ok(
+        "kubectl config view",
+        kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]),
+    ))
+    .expect("kubeconfig JSON");
+    let cluster = admin["clusters"][0].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": SA, "user": {"token": token}}],
+        "contexts": [{"name": SA, "context": {"cluster": cluster["name"], "user": SA}}],
+        "current-context": SA,
+    });
+    std::fs::write(path, config.to_string()).expect("write the kubeconfig");
+}
+
+/// A Deployment of no replicas (nothing runs), with a template annotation of its own.
+fn deployment(name: &str, ns: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": {"team": "web"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"team.example/owner": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "dso.local/busybox:1"}]}
+            }
+        }
+    })
+}
+
+/// The operator's own write (operator/src/workload.rs `apply_patch`): server-side apply, field
+/// manager dso-operator, forced.
+fn operator_apply(ns: &str, name: &str, hash: &str, record: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "annotations": {RECORD: record}},
+        "spec": {"template": {"metadata": {"annotations": {HASH: hash}}}}
+    })
+}
+
+#[tokio::test]
+async fn the_operator_account_may_only_set_dso_annotations_outside_system_namespaces() {
+    let c = client().await;
+    let rel_ns: TestNamespace = namespace(&c, "e2e-fence", &[]).await;
+    let app_ns: TestNamespace = namespace(&c, "e2e-fence-app", &[]).await;
+    let release = unique("fence");
+    let policy = format!("{release}-dso-operator-fence");
+    let sys_name = unique("dso-fence");
+    let mut cleanup = Cleanup(Vec::new());
+
+    // The chart's policy, for this release's operator account.
+    for doc in rendered_fence(&release, &rel_ns) {
+        assert_eq!(doc["metadata"]["name"], policy.as_str());
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        cleanup
+            .0
+            .push([kind, policy.clone(), "-n".into(), "default".into()]);
+        apply(&doc);
+    }
+
+    // The account, with RBAC to patch Deployments in the app namespace, its own namespace and
+    // kube-system: what the fence stands in for is a role that large.
+    ok(
+        "create the ServiceAccount",
+        kubectl(&["create", "serviceaccount", SA, "-n", &rel_ns]),
+    );
+    for ns in [&*app_ns, &*rel_ns, "kube-system"] {
+        apply(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": sys_name, "namespace": ns},
+            "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]}]
+        }));
+        apply(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": sys_name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sys_name},
+            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": &*rel_ns}]
+        }));
+        apply(&deployment(&sys_name, ns));
+        if ns == "kube-system" {
+            for kind in ["role", "rolebinding", "deployment"] {
+                cleanup
+                    .0
+                    .push([kind.into(), sys_name.clone(), "-n".into(), ns.into()]);
+            }
+        }
+    }
+    let token = ok(
+        "kubectl create token",
+        kubectl(&["create", "token", SA, "-n", &rel_ns, "--duration", "10m"]),
+    );
+    let dir = std::env::temp_dir().join(unique("dso-fence-kubeconfig"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("config");
+    token_kubeconfig(token.trim(), &kubeconfig);
+    let kubeconfig_flag = format!("--kubeconfig={}", kubeconfig.display());
+    let whoami = ok(
+        "kubectl auth whoami",
+        kubectl(&[
+            &kubeconfig_flag,
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]),
+    );
+    assert_eq!(whoami, format!("system:serviceaccount:{rel_ns}:{SA}"));
+
+    let image_patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"evil.example/miner:1"}]}}}}"#;
+    let as_operator = |ns: &str, args: &[&str]| {
+        let mut all = vec![kubeconfig_flag.as_str(), "-n", ns];
+        all.extend_from_slice(args);
+        kubectl(&all)
+    };
+    let web = sys_name.as_str();
+    // The policy is in force once the API server has loaded it: a server dry run goes through
+    // admission and stores nothing.
+    wait_for(
+        "the policy to refuse an image change",
+        Duration::from_secs(60),
+        || async {
+            let out = as_operator(
+                &app_ns,
+                &[
+                    "patch",
+                    "deployment",
+                    web,
+                    "--dry-run=server",
+                    "-p",
+                    image_patch,
+                ],
+            );
+            Ok((!out.status.success() && stderr(&out).contains(&policy)).then_some(()))
+        },
+    )
+    .await
+    .expect("policy in force");
+
+    let refused = |what: &str, out: Output, message: &str| {
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{what} was allowed: {}",
+            stdout(&out)
+        );
+        assert!(
+            err.contains(&format!("ValidatingAdmissionPolicy '{policy}'")) && err.contains(message),
+            "{what}: refused, but not by the policy with {message:?}: {err}"
+        );
+    };
+    let spec_only = "may change nothing in a workload's spec";
+    refused(
+        "an image change",
+        as_operator(&app_ns, &["patch", "deployment", web, "-p", image_patch]),
+        spec_only,
+    );
+    refused(
+        "a replica count",
+        as_operator(
+            &app_ns,
+            &[
+                "patch",
+                "deployment",
+                web,
+                "-p",
+                r#"{"spec":{"replicas":5}}"#,
+            ],
+        ),
+        spec_only,
+    );
+    refused(
+        "a pod template label",
+        as_operator(
+            &app_ns,
+            &[
+                "patch",
+                "deployment",
+                web,
+                "-p",
+                r#"{"spec":{"template":{"metadata":{"labels":{"extra":"x"}}}}}"#,
+            ],
+        ),
+        spec_only,
+    );
+    refused(
+        "another pod template annotation",
+        as_operator(
+            &app_ns,
+            &[
+                "patch",
+                "deployment",
+                web,
+                "-p",
+                r#"{"spec":{"template":{"metadata":{"annotations":{"team.example/owner":"mallory"}}}}}"#,
+            ],
+        ),
+        "no pod template annotation but dso.dev/versions-hash",
+    );
+    refused(
+        "a workload label",
+        as_operator(
+            &app_ns,
+            &[
+                "patch",
+                "deployment",
+                web,
+                "-p",
+                r#"{"metadata":{"labels":{"team":"mallory"}}}"#,
+            ],
+        ),
+        "no workload metadata but the dso.dev/recorded-versions annotation",
+    );
+    refused(
+        "the versions hash and another pod template annotation at once",
+        as_operator(
+            &app_ns,
+            &[
+                "patch",
+                "deployment",
+                web,
+                "-p",
+                r#"{"spec":{"template":{"metadata":{"annotations":{"dso.dev/versions-hash":"x","team.example/owner":"mallory"}}}}}"#,
+            ],
+        ),
+        "no pod template annotation but dso.dev/versions-hash",
+    );
+
+    // The operator's own writes pass: a rollout (hash and record), then a record alone.
+    let ssa = |body: &Value| {
+        let mut args = vec![kubeconfig_flag.as_str()];
+        args.extend_from_slice(&[
+            "apply",
+            "--server-side",
+            "--field-manager=dso-operator",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ]);
+        kubectl_stdin(&args, &body.to_string())
+    };
+    let get = |ns: &str| -> Value {
+        serde_json::from_str(&ok(
+            "kubectl get deployment",
+            kubectl(&["get", "deployment", web, "-n", ns, "-o", "json"]),
+        ))
+        .expect("deployment JSON")
+    };
+    let before = get(&app_ns);
+    ok(
+        "the operator's rollout patch",
+        ssa(&operator_apply(&app_ns, web, "h1", r#"{"db":"v1"}"#)),
+    );
+    ok(
+        "the operator's record-only patch",
+        ssa(&operator_apply(&app_ns, web, "h1", r#"{"db":"v2"}"#)),
+    );
+    let after = get(&app_ns);
+    let tpl = &after["spec"]["template"];
+    assert_eq!(tpl["metadata"]["annotations"][HASH], "h1");
+    assert_eq!(tpl["metadata"]["annotations"]["team.example/owner"], "web");
+    assert_eq!(after["metadata"]["annotations"][RECORD], r#"{"db":"v2"}"#);
+    assert_eq!(tpl["spec"]["containers"][0]["image"], "dso.local/busybox:1");
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
+    assert!(
+        after["metadata"]["generation"].as_i64() > before["metadata"]["generation"].as_i64(),
+        "the hash changed the template: a rollout"
+    );
+
+    // Not in kube-system, nor in the release namespace, even the operator's own write.
+    refused(
+        "the operator's patch in kube-system",
+        ssa(&operator_apply("kube-system", web, "h1", "{}")),
+        "may not change workloads in kube-system or",
+    );
+    refused(
+        "the operator's patch in the release namespace",
+        ssa(&operator_apply(&rel_ns, web, "h1", "{}")),
+        "may not change workloads in kube-system or",
+    );
+
+    // Only the operator's account is fenced: the administrator changes the image.
+    ok(
+        "the administrator's image change",
+        kubectl(&["-n", &app_ns, "patch", "deployment", web, "-p", image_patch]),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(cleanup);
+}
