@@ -172,7 +172,15 @@ async fn the_operator_account_may_only_set_dso_annotations_outside_system_namesp
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sys_name},
             "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": &*rel_ns}]
         }));
-        apply(&deployment(&sys_name, ns));
+        // Created, not applied: `kubectl apply --server-side` below would otherwise move the
+        // client-side apply's fields to its own manager (the operator, through kube-rs, does not).
+        ok(
+            "kubectl create deployment",
+            kubectl_stdin(
+                &["create", "-f", "-"],
+                &deployment(&sys_name, ns).to_string(),
+            ),
+        );
         if ns == "kube-system" {
             for kind in ["role", "rolebinding", "deployment"] {
                 cleanup
