@@ -7,13 +7,18 @@
 //! label, a replica count, and anything in kube-system or the release namespace are refused,
 //! by the policy, naming it. Users other than the operator are not fenced.
 //!
-//! That the operator itself still rolls workloads with the fence on is shown by `chart.rs`,
-//! whose installed chart (fence on by default) rolls a Deployment after a rotation.
+//! And the real operator, run with that account's token under the chart's RBAC for
+//! `operator.watchNamespace` (a Role, no ClusterRole) and the fence, still rolls a Deployment
+//! after a rotation in AWS (so does `chart.rs`'s installed chart, fence on by default).
 //!
-//! Needs KUBECONFIG (an administrator), with `helm` and `kubectl` on PATH.
+//! Needs KUBECONFIG (an administrator), DSO_MOTO_ENDPOINT, DSO_BIN_DIR (dso-operator), with
+//! `helm` and `kubectl` on PATH.
 
 use dso_e2e::{TestNamespace, client, kubectl, kubectl_best_effort, kubectl_stdin, namespace};
-use dso_e2e::{repo_root, unique, wait_for};
+use dso_e2e::{
+    annotated, apply_crd, create_secret, dso_secret, env, put_secret_value, repo_root, unique,
+    wait_for,
+};
 use serde_json::{Value, json};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -59,8 +64,9 @@ fn apply(manifest: &Value) {
     );
 }
 
-/// The chart's policy and binding for release `release` in `rel_ns`, its operator being `SA`.
-fn rendered_fence(release: &str, rel_ns: &str) -> Vec<Value> {
+/// The chart rendered for release `release` in `rel_ns`, its operator being `SA`: the objects
+/// of the given kinds.
+fn rendered(release: &str, rel_ns: &str, extra: &[&str], kinds: &[&str]) -> Vec<Value> {
     use serde::Deserialize;
     let chart = repo_root().join("charts/dso");
     let out = Command::new("helm")
@@ -74,20 +80,50 @@ fn rendered_fence(release: &str, rel_ns: &str) -> Vec<Value> {
         .args(["--kube-version", "1.36.0"])
         .args(["--set", "operator.serviceAccount.create=false"])
         .args(["--set", &format!("operator.serviceAccount.name={SA}")])
+        .args(extra)
         .output()
         .expect("helm not found on PATH: tests/run.sh puts it there");
     let yaml = ok("helm template", out);
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+    serde_yaml_ng::Deserializer::from_str(&yaml)
         .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-        .filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding")
-            )
-        })
-        .collect();
+        .filter(|d| d["kind"].as_str().is_some_and(|k| kinds.contains(&k)))
+        .collect()
+}
+
+const FENCE_KINDS: [&str; 2] = [
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// The chart's policy and binding for release `release` in `rel_ns`, its operator being `SA`.
+fn rendered_fence(release: &str, rel_ns: &str) -> Vec<Value> {
+    let docs = rendered(release, rel_ns, &[], &FENCE_KINDS);
     assert_eq!(docs.len(), 2, "the chart renders a policy and its binding");
     docs
+}
+
+/// A token of `SA` in `ns`, in a kubeconfig of its own (under `dir`), checked to authenticate
+/// as that account; returns the kubeconfig's path.
+fn fenced_kubeconfig(ns: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let token = ok(
+        "kubectl create token",
+        kubectl(&["create", "token", SA, "-n", ns, "--duration", "10m"]),
+    );
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let kubeconfig = dir.join("config");
+    token_kubeconfig(token.trim(), &kubeconfig);
+    let whoami = ok(
+        "kubectl auth whoami",
+        kubectl(&[
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]),
+    );
+    assert_eq!(whoami, format!("system:serviceaccount:{ns}:{SA}"));
+    kubeconfig
 }
 
 /// A kubeconfig authenticating with `token` only, to the cluster of KUBECONFIG.
@@ -189,26 +225,9 @@ async fn the_operator_account_may_only_set_dso_annotations_outside_system_namesp
             }
         }
     }
-    let token = ok(
-        "kubectl create token",
-        kubectl(&["create", "token", SA, "-n", &rel_ns, "--duration", "10m"]),
-    );
     let dir = std::env::temp_dir().join(unique("dso-fence-kubeconfig"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = dir.join("config");
-    token_kubeconfig(token.trim(), &kubeconfig);
+    let kubeconfig = fenced_kubeconfig(&rel_ns, &dir);
     let kubeconfig_flag = format!("--kubeconfig={}", kubeconfig.display());
-    let whoami = ok(
-        "kubectl auth whoami",
-        kubectl(&[
-            &kubeconfig_flag,
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ]),
-    );
-    assert_eq!(whoami, format!("system:serviceaccount:{rel_ns}:{SA}"));
 
     let image_patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"evil.example/miner:1"}]}}}}"#;
     let as_operator = |ns: &str, args: &[&str]| {
@@ -386,6 +405,131 @@ async fn the_operator_account_may_only_set_dso_annotations_outside_system_namesp
     ok(
         "the administrator's image change",
         kubectl(&["-n", &app_ns, "patch", "deployment", web, "-p", image_patch]),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(cleanup);
+}
+
+/// The real operator, run with the fenced account's own token and the chart's RBAC for
+/// `operator.watchNamespace` (a Role there, no ClusterRole) and its fence: a rotation in AWS
+/// still rolls the consuming Deployment.
+#[tokio::test]
+async fn the_fenced_operator_still_rolls_a_workload_after_a_rotation() {
+    let c = client().await;
+    apply_crd();
+    let rel_ns: TestNamespace = namespace(&c, "e2e-fence-op", &[]).await;
+    let app_ns: TestNamespace = namespace(&c, "e2e-fence-op-app", &[]).await;
+    let release = unique("fence");
+    let fullname = format!("{release}-dso-operator");
+    let mut cleanup = Cleanup(Vec::new());
+    ok(
+        "create the ServiceAccount",
+        kubectl(&["create", "serviceaccount", SA, "-n", &rel_ns]),
+    );
+    let watch = format!("operator.watchNamespace={app_ns}");
+    let mut kinds = vec!["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    kinds.extend(FENCE_KINDS);
+    for doc in rendered(&release, &rel_ns, &["--set", &watch], &kinds) {
+        let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+        if !name.starts_with(&fullname) {
+            continue; // the webhook's
+        }
+        let kind = doc["kind"].as_str().expect("kind");
+        assert!(
+            !kind.starts_with("Cluster"),
+            "with watchNamespace the operator has no {kind}"
+        );
+        if FENCE_KINDS.contains(&kind) {
+            cleanup
+                .0
+                .push([kind.into(), name, "-n".into(), "default".into()]);
+        }
+        apply(&doc);
+    }
+    let dir = std::env::temp_dir().join(unique("dso-fence-kubeconfig"));
+    let kubeconfig = fenced_kubeconfig(&rel_ns, &dir);
+
+    let secret = unique("e2e/fence/rotate");
+    create_secret(&secret, "canary-fence-value").await;
+    let refresh = json!({"refresh": {"interval": "10s", "strategy": "Rollout"}});
+    let mut dso = dso_secret("db", &secret, refresh);
+    dso["metadata"]["namespace"] = json!(&*app_ns);
+    apply(&dso);
+    let mut web = deployment("web", &app_ns);
+    web["spec"]["template"]["metadata"]["annotations"] = annotated("db");
+    ok(
+        "kubectl create deployment",
+        kubectl_stdin(&["create", "-f", "-"], &web.to_string()),
+    );
+
+    let bin = std::path::PathBuf::from(env("DSO_BIN_DIR")).join("dso-operator");
+    let log_path = dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(bin)
+        .args(["--namespace", &app_ns, "--lease-namespace", &rel_ns])
+        .args(["--lease-name", &fullname, "--http-addr", "127.0.0.1:18591"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ENDPOINT_URL", env("DSO_MOTO_ENDPOINT"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("RUST_LOG", "info,dso_operator=debug")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start dso-operator");
+    let get = |what: &'static str, path: &'static str| {
+        let app_ns = app_ns.to_string();
+        async move {
+            let out = kubectl(&[
+                "get",
+                "deployment",
+                "web",
+                "-n",
+                &app_ns,
+                "-o",
+                &format!("jsonpath={path}"),
+            ]);
+            anyhow::ensure!(out.status.success(), "{what}: {}", stderr(&out));
+            let v = stdout(&out);
+            Ok((!v.is_empty()).then_some(v))
+        }
+    };
+    let result = async {
+        wait_for(
+            "the operator to record the versions",
+            Duration::from_secs(60),
+            || {
+                get(
+                    "record",
+                    "{.metadata.annotations.dso\\.dev/recorded-versions}",
+                )
+            },
+        )
+        .await?;
+        put_secret_value(&secret, "canary-fence-rotated").await;
+        wait_for(
+            "a rollout after the rotation",
+            Duration::from_secs(60),
+            || {
+                get(
+                    "hash",
+                    "{.spec.template.metadata.annotations.dso\\.dev/versions-hash}",
+                )
+            },
+        )
+        .await
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Err(e) = result {
+        panic!("{e:#}\noperator log:\n{log}");
+    }
+    assert!(
+        !log.contains("denied request"),
+        "the fence refused one of the operator's writes:\n{log}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     drop(cleanup);
