@@ -1,12 +1,13 @@
 //! `dso-operator` as a process on this host ([`Operator`]), and what tests read of its work:
-//! a DsoSecret's status and events, a Deployment's ReplicaSets and recorded versions.
+//! a DsoSecret's status and events, a Deployment's ReplicaSets, recorded versions and pods'
+//! output.
 
 use crate::process::{LogFile, http_get};
-use crate::{client, env, ready, wait_for};
+use crate::{client, container_log, env, ready, wait_for};
 use anyhow::Context;
 use dso_api::DsoSecret;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -218,4 +219,40 @@ pub async fn events(ns: &str, name: &str) -> Vec<Event> {
     .await
     .expect("list events")
     .items
+}
+
+/// The running pods of `app` (labelled `app: <app>`) and the logs of their `app` containers.
+pub async fn app_logs(ns: &str, app: &str) -> Vec<(Pod, String)> {
+    let pods: Api<Pod> = Api::namespaced(client().await, ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("list pods");
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let log = container_log(ns, &name, "app").unwrap_or_default();
+            (p, log)
+        })
+        .collect()
+}
+
+/// Waits (up to two minutes: a rollout included) until a running pod of `app` has printed
+/// `line`; returns that pod.
+pub async fn wait_printed(ns: &str, app: &str, line: &str) -> anyhow::Result<Pod> {
+    wait_for(
+        &format!("a pod of {app} printing {line}"),
+        Duration::from_secs(120),
+        || async {
+            Ok(app_logs(ns, app)
+                .await
+                .into_iter()
+                .find(|(_, log)| log.contains(line))
+                .map(|(p, _)| p))
+        },
+    )
+    .await
 }

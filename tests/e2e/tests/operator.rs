@@ -14,15 +14,16 @@
 //! gets.
 
 use dso_api::DsoSecret;
-use dso_e2e::operator::{events, get_dso, replicasets, series_value, wait_ready, wait_recorded};
+use dso_e2e::operator::{
+    events, get_dso, replicasets, series_value, wait_printed, wait_ready, wait_recorded,
+};
 use dso_e2e::{
     Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, check, client,
-    container_log, create_secret, deployment, dso_secret, env, http_get, kubectl, namespace,
-    put_secret_value, unique, wait_for,
+    create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, put_secret_value,
+    unique, wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -669,42 +670,6 @@ async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_durat
     second.stop();
 }
 
-/// The running pods of `app` and their `app` container logs.
-async fn app_logs(ns: &str, app: &str) -> Vec<(Pod, String)> {
-    let pods: Api<Pod> = Api::namespaced(client().await, ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .expect("list pods");
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .map(|p| {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let log = container_log(ns, &name, "app").unwrap_or_default();
-            (p, log)
-        })
-        .collect()
-}
-
-/// Waits until a running pod of `web` has printed `value=<value>`.
-async fn wait_printed(ns: &str, value: &str) -> anyhow::Result<()> {
-    let line = format!("value={value}");
-    wait_for(
-        &format!("a pod of web printing {line}"),
-        Duration::from_secs(120),
-        || async {
-            Ok(app_logs(ns, "web")
-                .await
-                .iter()
-                .any(|(_, log)| log.contains(&line))
-                .then_some(()))
-        },
-    )
-    .await
-}
-
 /// The whole chain on the node: the webhook ([`Webhook`], serving this test's namespace only),
 /// dso-init writing its termination message, the operator reading it. A workload whose pods
 /// already run the current version is not restarted when first seen; after PutSecretValue it
@@ -728,7 +693,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
         "echo \"value=$(cat /run/secrets/dso/db/password)\"; sleep 3600",
     );
     apply(&ns, &quick_deployment("web", "db", app));
-    wait_printed(&ns, &old)
+    wait_printed(&ns, "web", &format!("value={old}"))
         .await
         .expect("the injected pod reads the secret");
 
@@ -744,7 +709,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
     );
 
     put_secret_value(&secret, &json!({ "password": new }).to_string()).await;
-    wait_printed(&ns, &new)
+    wait_printed(&ns, "web", &format!("value={new}"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(replicasets(&ns, "web").await, 2);
