@@ -37,7 +37,7 @@ newest_pod() {
 }
 random_password() { printf 'demo-%s' "$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"; }
 
-step "1/8 dependencies (first run builds Kubernetes $K8S_VERSION: ~10 minutes)"
+step "1/8 dependencies (first run builds Kubernetes $K8S_VERSION and CoreDNS: ~15 minutes)"
 tests/cluster/deps.sh
 export PATH="$BIN:$PATH"
 

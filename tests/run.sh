@@ -67,4 +67,6 @@ DSO_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_NS_PORT" DSO_POD_AWS_ENDPOINT="$MOTO_P
 
 step "teardown leaves nothing behind"
 tests/cluster/verify-teardown.sh
+step "a component that cannot start: up.sh fails naming it, and teardown is still complete"
+tests/cluster/fault-test.sh
 step "all tests passed in $((SECONDS - t_start))s"

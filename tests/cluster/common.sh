@@ -5,7 +5,7 @@ repo=$(cd "$here/../.." && pwd)
 . "$here/versions.env"
 CACHE=${DSO_CACHE:-/var/cache/dso}
 BIN="$CACHE/k8s-$K8S_VERSION/bin"
-COREDNS_BIN="$CACHE/coredns-$COREDNS_VERSION/coredns"
+COREDNS_BIN=${DSO_COREDNS_BIN:-$CACHE/coredns-$COREDNS_VERSION/coredns}
 STATE=${DSO_CLUSTER_DIR:-/tmp/dso-cluster}
 NODE_NAME=${DSO_NODE_NAME:-dso-node}
 KUBECONFIG_OUT="$STATE/kubeconfig"

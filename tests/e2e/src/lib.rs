@@ -16,13 +16,16 @@
 //! | `DSO_E2E_KEEP_FAILED` | optional: when set, a failing test's namespaces are kept for a look (and named) |
 //!
 //! Modules: [`manifests`] (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and
-//! plain HTTP of local processes), [`webhook`] (a `dso-webhook` process and its registration).
+//! plain HTTP of local processes), [`webhook`] (a `dso-webhook` process and its registration),
+//! [`operator`] (a `dso-operator` process, and the status, events and ReplicaSets it leaves).
 
 pub mod manifests;
+pub mod operator;
 pub mod process;
 pub mod webhook;
 
 pub use manifests::{annotated, app_container, apply, deployment, dso_secret, pod};
+pub use operator::Operator;
 pub use process::{LogFile, http_get};
 pub use webhook::Webhook;
 

@@ -2,15 +2,19 @@
 //! env file (`valueFrom.fileKeyRef`, KEP-3721) that dso-init writes into the memory volume, so
 //! the app's process has the value while the pod spec never does; a template renders several
 //! keys into one file; a JSON Pointer reaches a nested key; a pointer the secret does not have
-//! fails closed; a malformed pointer is refused by the apiserver.
+//! fails closed; a malformed pointer is refused by the apiserver; a rotation rolls a Deployment
+//! that consumes its DsoSecret through `dso://` only, and the new pod's process has the new value.
 //!
-//! The webhook runs as a process ([`dso_e2e::Webhook`]); dso-init runs in the pods, on the pod
-//! network, and reaches moto by name (`DSO_POD_AWS_ENDPOINT`).
+//! The webhook runs as a process ([`dso_e2e::Webhook`]), and so does the operator
+//! ([`dso_e2e::Operator`]); dso-init runs in the pods, on the pod network, and reaches moto by
+//! name (`DSO_POD_AWS_ENDPOINT`).
 
+use dso_e2e::operator::{events, get_dso, replicasets, wait_printed, wait_ready, wait_recorded};
 use dso_e2e::{
-    Webhook, annotated, app_container, apply, client, container_log, create_secret, env,
-    kubectl_stdin, pod, unique, wait_for,
+    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret,
+    deployment, dso_secret, env, kubectl_stdin, pod, put_secret_value, unique, wait_for,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
@@ -111,6 +115,111 @@ async fn a_dso_env_reference_gives_the_process_the_value_and_the_pod_spec_none_o
         !String::from_utf8_lossy(&events.stdout).contains(&canary),
         "the canary is in an event"
     );
+}
+
+/// The ReplicaSet that owns a pod.
+fn replicaset_of(p: &Pod) -> String {
+    p.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "ReplicaSet")
+        .map(|o| o.name.clone())
+        .expect("a Deployment's pod is owned by a ReplicaSet")
+}
+
+/// Issue 14: env consumers roll like file consumers. The Deployment's only use of the DsoSecret
+/// is `DB_PASSWORD: dso://db/password` (it still names it in `dso.dev/secrets`, which is what
+/// makes it a consumer); after PutSecretValue the operator rolls it and the new ReplicaSet's
+/// pod prints the hash of the new value. Neither value is ever in the pod spec, the
+/// Deployment, the DsoSecret, an event or a DSO process's log.
+#[tokio::test]
+async fn a_rotation_rolls_a_dso_env_consumer_and_the_new_pod_sees_the_new_value() {
+    let mut wh = webhook(18442).await;
+    let ns = wh.namespace(&[]).await;
+    let secret = unique("e2e/env/rotate");
+    let (old, new) = (unique("canary-envrot-old"), unique("canary-envrot-new"));
+    create_secret(&secret, &json!({ "password": old }).to_string()).await;
+    let spec = json!({"aws": {"roleArn": ROLE}, "refresh": {"interval": "10s"}});
+    apply(&ns, &dso_secret("db", &secret, spec));
+    let mut app = app_container(
+        "app",
+        "echo \"sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1)\"; sleep 3600",
+    );
+    app["env"] = json!([{"name": "DB_PASSWORD", "value": "dso://db/password"}]);
+    let mut web = deployment("web", &annotated("db"), vec![app]);
+    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    apply(&ns, &web);
+    let first = wait_printed(&ns, "web", &format!("sha={}", sha(&old)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let op = Operator::start(&ns, 18522, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+    wait_ready(&ns, "db", "True", "Synced").await;
+    wait_recorded(&ns, "web").await;
+    assert_eq!(
+        replicasets(&ns, "web").await,
+        1,
+        "pods already running the current version are not restarted"
+    );
+
+    put_secret_value(&secret, &json!({ "password": new }).to_string()).await;
+    let second = wait_printed(&ns, "web", &format!("sha={}", sha(&new)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(replicasets(&ns, "web").await, 2);
+    assert_ne!(
+        replicaset_of(&first),
+        replicaset_of(&second),
+        "the new value is seen by a pod of the new ReplicaSet"
+    );
+    let rolled = get_dso(&ns, "db")
+        .await
+        .expect("the DsoSecret")
+        .status
+        .and_then(|s| s.last_rotation)
+        .map(|r| r.workloads);
+    assert_eq!(rolled, Some(vec!["Deployment/web".to_string()]));
+
+    // Where a value must never be: what the apiserver stored, and what DSO logged.
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let pod = pods
+        .get(second.metadata.name.as_deref().expect("name"))
+        .await
+        .expect("the new pod");
+    let deployments: Api<Deployment> = Api::namespaced(client().await, &ns);
+    let stored = [
+        ("the new pod", serde_json::to_string(&pod).expect("json")),
+        (
+            "the Deployment",
+            serde_json::to_string(&deployments.get("web").await.expect("Deployment"))
+                .expect("json"),
+        ),
+        (
+            "the DsoSecret",
+            serde_json::to_string(&get_dso(&ns, "db").await.expect("DsoSecret")).expect("json"),
+        ),
+        (
+            "the DsoSecret's events",
+            format!("{:?}", events(&ns, "db").await),
+        ),
+        (
+            "the namespace's events",
+            String::from_utf8_lossy(
+                &dso_e2e::kubectl(&["-n", &ns, "get", "events", "-o", "json"]).stdout,
+            )
+            .to_string(),
+        ),
+        ("the operator's log", op.log()),
+        ("the webhook's log", wh.log()),
+    ];
+    for (place, text) in &stored {
+        for value in [&old, &new] {
+            assert!(!text.contains(value.as_str()), "a value in {place}");
+        }
+    }
+    op.stop();
 }
 
 #[tokio::test]

@@ -13,20 +13,19 @@
 //! (HTTP 400, the AWS JSON error shape) — what a role without `secretsmanager:DescribeSecret`
 //! gets.
 
-use anyhow::Context;
 use dso_api::DsoSecret;
-use dso_e2e::{
-    LogFile, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, check, client,
-    container_log, create_secret, deployment, dso_secret, env, http_get, kubectl, namespace,
-    put_secret_value, ready, unique, wait_for,
+use dso_e2e::operator::{
+    events, get_dso, replicasets, series_value, wait_printed, wait_ready, wait_recorded,
 };
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use dso_e2e::{
+    Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, check, client,
+    create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, put_secret_value,
+    unique, wait_for,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,136 +46,6 @@ async fn new_secret(name: &str) -> String {
 /// A new version of the secret; returns its id.
 async fn rotate(name: &str) -> String {
     put_secret_value(name, "canary-operator-rotated").await
-}
-
-/// A running `dso-operator`. Killed (SIGKILL) if the test panics before stopping it, and the
-/// tail of its log (stdout and stderr) printed.
-struct Operator {
-    child: Option<Child>,
-    port: u16,
-    log: LogFile,
-}
-
-impl Operator {
-    fn start(ns: &str, port: u16, aws_endpoint: &str) -> Operator {
-        Operator::start_with(ns, port, aws_endpoint, &[])
-    }
-
-    /// Starts one with extra flags.
-    fn start_with(ns: &str, port: u16, aws_endpoint: &str, flags: &[&str]) -> Operator {
-        let bin = PathBuf::from(env("DSO_BIN_DIR")).join("dso-operator");
-        assert!(
-            bin.exists(),
-            "{} missing: build it (tests/images.sh)",
-            bin.display()
-        );
-        let (log, stdout, stderr) = LogFile::create(
-            std::env::temp_dir().join(format!("dso-operator-{ns}-{port}.log")),
-            "dso-operator",
-        );
-        let child = Command::new(bin)
-            .args([
-                "--namespace",
-                ns,
-                "--lease-namespace",
-                ns,
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--backoff-max-seconds",
-                "5",
-            ])
-            .args(flags)
-            .env("KUBECONFIG", env("KUBECONFIG"))
-            .env("AWS_ENDPOINT_URL", aws_endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("RUST_LOG", "info,dso_operator=debug")
-            .stdout(stdout)
-            .stderr(stderr)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start dso-operator");
-        Operator {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    async fn ready(&self) {
-        let port = self.port;
-        wait_for("the operator's /readyz", TIMEOUT, || async move {
-            Ok(http_get(port, "/readyz")
-                .await
-                .ok()
-                .filter(|(s, _)| *s == 200)
-                .map(|_| ()))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    /// Everything the operator logged so far.
-    fn log(&self) -> String {
-        self.log.text()
-    }
-
-    /// The /metrics page.
-    async fn metrics(&self) -> anyhow::Result<String> {
-        let (status, body) = http_get(self.port, "/metrics").await?;
-        anyhow::ensure!(status == 200, "GET /metrics: {status}");
-        Ok(body)
-    }
-
-    /// One series (a name and its labels) from /metrics; an error when it is absent, so that a
-    /// renamed or unregistered metric never reads as 0.
-    async fn try_metric(&self, series: &str) -> anyhow::Result<f64> {
-        let body = self.metrics().await?;
-        series_value(&body, series).with_context(|| format!("no series {series} in:\n{body}"))
-    }
-
-    /// [`Operator::try_metric`], failing the test when the series is absent.
-    async fn metric(&self, series: &str) -> f64 {
-        self.try_metric(series)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    async fn describe_calls(&self) -> f64 {
-        self.metric("dso_aws_calls_total{operation=\"DescribeSecret\"}")
-            .await
-    }
-
-    /// SIGTERM (a graceful stop releases the Lease), then waits for the exit.
-    fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let status = child.wait().expect("wait for the operator");
-            assert!(status.success(), "operator exit {status}");
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.log.tail());
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The value of one series in a Prometheus text page, if the page has it.
-fn series_value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Applies a DsoSecret `name` on `secret_id` with this refresh interval and strategy.
@@ -240,12 +109,6 @@ async fn operator_namespace(prefix: &str) -> TestNamespace {
     namespace(&client().await, prefix, &[]).await
 }
 
-async fn get_dso(ns: &str, name: &str) -> anyhow::Result<DsoSecret> {
-    Ok(Api::<DsoSecret>::namespaced(client().await, ns)
-        .get(name)
-        .await?)
-}
-
 /// The version id in status of the DsoSecret's first secret.
 fn version_of(dso: &DsoSecret) -> Option<String> {
     dso.status.as_ref()?.secrets.first()?.version_id.clone()
@@ -271,33 +134,6 @@ fn rotated_workloads(dso: &DsoSecret) -> Option<Vec<String>> {
     )
 }
 
-/// Waits until the DsoSecret's Ready condition has this status and reason.
-async fn wait_ready(ns: &str, name: &str, status: &str, reason: &str) -> DsoSecret {
-    let want = (status.to_string(), reason.to_string());
-    wait_for(
-        &format!("DsoSecret {name} Ready={status} ({reason})"),
-        TIMEOUT,
-        || {
-            let want = want.clone();
-            async move {
-                let d = get_dso(ns, name).await?;
-                Ok((ready(&d) == Some(want)).then_some(d))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn replicasets(ns: &str, app: &str) -> usize {
-    let rs: Api<ReplicaSet> = Api::namespaced(client().await, ns);
-    rs.list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .expect("list ReplicaSets")
-        .items
-        .len()
-}
-
 async fn template_hash(ns: &str, name: &str) -> Option<String> {
     let d: Api<Deployment> = Api::namespaced(client().await, ns);
     d.get(name)
@@ -309,34 +145,6 @@ async fn template_hash(ns: &str, name: &str) -> Option<String> {
         .annotations?
         .get("dso.dev/versions-hash")
         .cloned()
-}
-
-/// Waits until the operator recorded the Deployment's baseline (it has seen the workload).
-async fn wait_recorded(ns: &str, name: &str) {
-    wait_for(
-        "the versions recorded on the Deployment",
-        TIMEOUT,
-        || async move {
-            let d: Api<Deployment> = Api::namespaced(client().await, ns);
-            Ok(d.get(name)
-                .await?
-                .metadata
-                .annotations
-                .and_then(|a| a.get("dso.dev/recorded-versions").cloned()))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-}
-
-async fn events(ns: &str, name: &str) -> Vec<Event> {
-    let ev: Api<Event> = Api::namespaced(client().await, ns);
-    ev.list(&ListParams::default().fields(&format!(
-        "involvedObject.kind=DsoSecret,involvedObject.name={name}"
-    )))
-    .await
-    .expect("list events")
-    .items
 }
 
 #[tokio::test]
@@ -846,9 +654,7 @@ async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_durat
     assert_eq!(second.metric("dso_leader").await, 0.0);
 
     // SIGKILL: no release. The Lease's last renewal is at most 2 s (a third) old.
-    let mut child = first.child.take().expect("running");
-    child.kill().expect("kill the leader");
-    child.wait().expect("reap the leader");
+    first.kill();
     let killed = std::time::Instant::now();
     wait_for("the standby to lead", Duration::from_secs(30), || async {
         Ok((second.try_metric("dso_leader").await? == 1.0).then_some(()))
@@ -862,42 +668,6 @@ async fn a_standby_takes_over_from_a_killed_leader_only_after_a_full_lease_durat
     );
     second.ready().await;
     second.stop();
-}
-
-/// The running pods of `app` and their `app` container logs.
-async fn app_logs(ns: &str, app: &str) -> Vec<(Pod, String)> {
-    let pods: Api<Pod> = Api::namespaced(client().await, ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .expect("list pods");
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .map(|p| {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let log = container_log(ns, &name, "app").unwrap_or_default();
-            (p, log)
-        })
-        .collect()
-}
-
-/// Waits until a running pod of `web` has printed `value=<value>`.
-async fn wait_printed(ns: &str, value: &str) -> anyhow::Result<()> {
-    let line = format!("value={value}");
-    wait_for(
-        &format!("a pod of web printing {line}"),
-        Duration::from_secs(120),
-        || async {
-            Ok(app_logs(ns, "web")
-                .await
-                .iter()
-                .any(|(_, log)| log.contains(&line))
-                .then_some(()))
-        },
-    )
-    .await
 }
 
 /// The whole chain on the node: the webhook ([`Webhook`], serving this test's namespace only),
@@ -923,7 +693,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
         "echo \"value=$(cat /run/secrets/dso/db/password)\"; sleep 3600",
     );
     apply(&ns, &quick_deployment("web", "db", app));
-    wait_printed(&ns, &old)
+    wait_printed(&ns, "web", &format!("value={old}"))
         .await
         .expect("the injected pod reads the secret");
 
@@ -939,7 +709,7 @@ async fn after_a_rotation_the_new_pods_read_the_new_value() {
     );
 
     put_secret_value(&secret, &json!({ "password": new }).to_string()).await;
-    wait_printed(&ns, &new)
+    wait_printed(&ns, "web", &format!("value={new}"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(replicasets(&ns, "web").await, 2);
