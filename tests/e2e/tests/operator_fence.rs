@@ -457,10 +457,9 @@ async fn the_fenced_operator_still_rolls_a_workload_after_a_rotation() {
     apply(&dso);
     let mut web = deployment("web", &app_ns);
     web["spec"]["template"]["metadata"]["annotations"] = annotated("db");
-    ok(
-        "kubectl create deployment",
-        kubectl_stdin(&["create", "-f", "-"], &web.to_string()),
-    );
+    // Applied client-side, as a user (and the chart test) does: the operator's server-side apply
+    // must pass the fence and leave kubectl's fields (dso.dev/inject) as they are.
+    apply(&web);
 
     let bin = std::path::PathBuf::from(env("DSO_BIN_DIR")).join("dso-operator");
     let log_path = dir.join("operator.log");
@@ -518,7 +517,17 @@ async fn the_fenced_operator_still_rolls_a_workload_after_a_rotation() {
                 )
             },
         )
-        .await
+        .await?;
+        let inject = get(
+            "inject",
+            "{.spec.template.metadata.annotations.dso\\.dev/inject}",
+        )
+        .await?;
+        anyhow::ensure!(
+            inject.as_deref() == Some("true"),
+            "the operator's apply changed the template's dso.dev/inject: {inject:?}"
+        );
+        Ok(())
     }
     .await;
     let _ = child.kill();
