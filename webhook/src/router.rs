@@ -199,22 +199,33 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn mutate_handler(
-    State(state): State<AppState>,
-    JsonBody(review): JsonBody<AdmissionReview<Pod>>,
-) -> Response {
-    let started = Instant::now();
-    let req: AdmissionRequest<Pod> = match review.try_into() {
-        Ok(req) => req,
-        Err(e) => {
+/// The request of a review, or the `invalid` answer (counted) when the review carries none.
+fn request<T: kube::core::Resource>(
+    state: &AppState,
+    review: AdmissionReview<T>,
+    started: Instant,
+) -> Result<AdmissionRequest<T>, Box<Response>> {
+    review
+        .try_into()
+        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| {
             let e = Error::InvalidReview(e.to_string());
             tracing::warn!(error = %e, "not an AdmissionReview request");
             state
                 .inner
                 .metrics
                 .admission(Outcome::Invalid, e.metric_label(), started);
-            return answer(&AdmissionResponse::invalid(e));
-        }
+            Box::new(answer(&AdmissionResponse::invalid(e)))
+        })
+}
+
+async fn mutate_handler(
+    State(state): State<AppState>,
+    JsonBody(review): JsonBody<AdmissionReview<Pod>>,
+) -> Response {
+    let started = Instant::now();
+    let req = match request(&state, review, started) {
+        Ok(req) => req,
+        Err(invalid) => return *invalid,
     };
     let namespace = req
         .namespace
@@ -259,17 +270,9 @@ async fn validate_handler(
     JsonBody(review): JsonBody<AdmissionReview<DynamicObject>>,
 ) -> Response {
     let started = Instant::now();
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+    let req = match request(&state, review, started) {
         Ok(req) => req,
-        Err(e) => {
-            let e = Error::InvalidReview(e.to_string());
-            tracing::warn!(error = %e, "not an AdmissionReview request");
-            state
-                .inner
-                .metrics
-                .admission(Outcome::Invalid, e.metric_label(), started);
-            return answer(&AdmissionResponse::invalid(e));
-        }
+        Err(invalid) => return *invalid,
     };
     let name = req
         .object
