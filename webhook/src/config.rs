@@ -469,6 +469,63 @@ mod tests {
     }
 
     #[test]
+    fn runtime_tls_names_each_missing_or_bad_flag() {
+        let full = [
+            "--tls-mode=runtime",
+            "--tls-secret=dso-webhook-certs",
+            "--tls-san=dso-webhook.dso-system.svc,10.0.0.9",
+            "--tls-webhook-configuration=dso-webhook",
+            "--leader-lease=dso-webhook",
+            "--namespace=dso-system",
+            "--pod-name=dso-webhook-abc",
+        ];
+        let cfg = runtime_tls(&args(&full).expect("parse"))
+            .expect("valid")
+            .expect("runtime mode");
+        assert_eq!(cfg.names, ["dso-webhook.dso-system.svc", "10.0.0.9"]);
+        assert_eq!(cfg.validity, Duration::from_secs(8760 * 3600));
+        assert!(
+            runtime_tls(&args(&[]).expect("parse"))
+                .expect("files mode")
+                .is_none()
+        );
+        for (i, flag) in [
+            "--tls-secret",
+            "--tls-san",
+            "--tls-webhook-configuration",
+            "--leader-lease",
+            "--namespace",
+            "--pod-name",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let without: Vec<&str> = full
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect();
+            let e = runtime_tls(&args(&without).expect("parse"))
+                .expect_err("a missing flag")
+                .to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+        let mut short = full.to_vec();
+        short.push("--tls-validity=30s");
+        let e = runtime_tls(&args(&short).expect("parse"))
+            .expect_err("too short")
+            .to_string();
+        assert!(e.contains("--tls-validity"), "{e}");
+        let mut slow = full.to_vec();
+        slow.extend(["--tls-validity=3m", "--tls-bundle-propagation=1m"]);
+        let e = runtime_tls(&args(&slow).expect("parse"))
+            .expect_err("propagation too long")
+            .to_string();
+        assert!(e.contains("--tls-bundle-propagation"), "{e}");
+    }
+
+    #[test]
     fn defaults_give_a_working_configuration() {
         let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
         assert_eq!(c.size_limit_bytes, 16 << 20);

@@ -235,6 +235,37 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_reloader_is_not_loaded_until_a_pair_is_installed_and_a_bad_pair_keeps_the_old() {
+        install_crypto_provider();
+        let certs = CertReloader::empty();
+        assert!(!certs.is_loaded());
+        assert_eq!(certs.fingerprint(), "");
+        let (cert, key) = pair();
+        assert!(
+            certs
+                .install(cert.clone().into_bytes(), key.clone().into_bytes())
+                .expect("a valid pair")
+        );
+        assert!(certs.is_loaded());
+        let first = certs.fingerprint();
+        assert_eq!(first.len(), 95, "{first}");
+        // The same pair again: nothing to do.
+        assert!(
+            !certs
+                .install(cert.clone().into_bytes(), key.into_bytes())
+                .expect("same")
+        );
+        // A key of another certificate: refused, the first stays in use.
+        let (_, other_key) = pair();
+        assert!(
+            certs
+                .install(cert.into_bytes(), other_key.into_bytes())
+                .is_err()
+        );
+        assert_eq!(certs.fingerprint(), first);
+    }
+
+    #[test]
     fn files_without_the_expected_blocks_are_named_in_the_error() {
         install_crypto_provider();
         let (cert, key) = pair();
