@@ -272,6 +272,57 @@ if objs:
     check("the RoleBinding grants the Role to the operator", rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dso-operator"} and rb["subjects"] == [{"kind": "ServiceAccount", "name": "dso-operator", "namespace": "dso-system"}], rb)
     check("no ClusterRole grants the operator workloads", not [o for o in find(objs, "ClusterRole") if o["metadata"]["name"].startswith("dso-operator")], find(objs, "ClusterRole"))
 
+test("webhook TLS runtime (default): no key material nor caBundle in the render; an empty Secret, a Lease, RBAC by name")
+objs, err = render()
+check("rendered", objs is not None, err)
+if objs:
+    text = yaml.safe_dump_all(objs)
+    check("no PEM in the render", "BEGIN" not in text and "LS0tLS1CRUdJTi" not in text, "")
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        [conf] = find(objs, kind, "dso-webhook")
+        check(f"{kind} without caBundle (the webhook patches it)", all("caBundle" not in w["clientConfig"] for w in conf["webhooks"]), conf["webhooks"])
+    [secret] = find(objs, "Secret", "dso-webhook-certs") or [None]
+    check("the certificate Secret is rendered empty", secret is not None and "data" not in secret and "stringData" not in secret, secret)
+    check("no chart-generated Secret", find(objs, "Secret", "dso-webhook-tls") == [], find(objs, "Secret"))
+    check("the Lease dso-webhook", len(find(objs, "Lease", "dso-webhook")) == 1, find(objs, "Lease"))
+    [role] = find(objs, "Role", "dso-webhook") or [None]
+    check("a Role of the webhook", role is not None, find(objs, "Role"))
+    if role:
+        rules = {r["resources"][0]: r for r in role["rules"]}
+        check("secrets: its own only, no create", rules["secrets"]["resourceNames"] == ["dso-webhook-certs"] and "create" not in rules["secrets"]["verbs"], rules["secrets"])
+        check("leases: its own only, no create", rules["leases"]["resourceNames"] == ["dso-webhook"] and "create" not in rules["leases"]["verbs"], rules["leases"])
+    [cr] = find(objs, "ClusterRole", "dso-webhook")
+    hooks = [r for r in cr["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    check("webhook configurations: DSO's only", len(hooks) == 1 and hooks[0]["resourceNames"] == ["dso-webhook"] and "create" not in hooks[0]["verbs"], hooks)
+    check("no rule without resourceNames on secrets", all("secrets" not in r["resources"] for r in cr["rules"]), cr["rules"])
+    spec = pod(objs, "dso-webhook")
+    args = spec["containers"][0]["args"]
+    for flag in ("--tls-mode=runtime", "--tls-secret=dso-webhook-certs", "--tls-webhook-configuration=dso-webhook", "--leader-lease=dso-webhook",
+                 "--tls-san=dso-webhook,dso-webhook.dso-system,dso-webhook.dso-system.svc,dso-webhook.dso-system.svc.cluster.local"):
+        check(f"webhook flag {flag}", flag in args, args)
+    check("no certificate volume", "volumes" not in spec, spec.get("volumes"))
+    env = {e["name"] for e in spec["containers"][0]["env"]}
+    check("POD_NAME and POD_NAMESPACE from the downward API", {"POD_NAME", "POD_NAMESPACE"} <= env, env)
+
+test("webhook TLS helm mode: the chart's Secret and caBundle, no runtime RBAC; certManager: annotations")
+objs, err = render("--set", "webhook.tls.mode=helm")
+check("rendered", objs is not None, err)
+if objs:
+    [conf] = find(objs, "MutatingWebhookConfiguration", "dso-webhook")
+    check("caBundle rendered", all(w["clientConfig"].get("caBundle") for w in conf["webhooks"]), conf["webhooks"])
+    check("the chart-generated Secret", len(find(objs, "Secret", "dso-webhook-tls")) == 1, find(objs, "Secret"))
+    check("no Role, no Lease", find(objs, "Role", "dso-webhook") == [] and find(objs, "Lease", "dso-webhook") == [], "")
+    check("files mode", "--tls-cert=/etc/dso/tls/tls.crt" in pod(objs, "dso-webhook")["containers"][0]["args"], "")
+for args in (("--set", "webhook.tls.mode=certManager"), ("--set", "webhook.tls.certManager.enabled=true")):
+    objs, err = render(*args)
+    check(f"{args[1]}: rendered", objs is not None, err)
+    if objs:
+        [conf] = find(objs, "MutatingWebhookConfiguration", "dso-webhook")
+        check(f"{args[1]}: CA injected by cert-manager", "cert-manager.io/inject-ca-from" in conf["metadata"].get("annotations", {}), conf["metadata"])
+        check(f"{args[1]}: a Certificate", len(find(objs, "Certificate")) == 1, "")
+objs, err = render("--set", "webhook.tls.validity=1y")
+check("validity=1y refused", objs is None and "validity" in err, err)
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)

@@ -27,7 +27,10 @@ combinations=(
   "defaults|"
   "local cluster (values-local.yaml)|-f charts/dso/values-local.yaml"
   "EKS with IRSA (docs/install-eks.md)|--set aws.region=us-east-1 --set operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/dso-operator"
+  "chart-generated certificate (webhook.tls.mode=helm)|--set webhook.tls.mode=helm"
+  "runtime certificate valid one day|--set webhook.tls.mode=runtime --set webhook.tls.validity=24h"
   "cert-manager, self-signed Issuer|--set webhook.tls.certManager.enabled=true"
+  "cert-manager by mode|--set webhook.tls.mode=certManager"
   "cert-manager, your ClusterIssuer|--set webhook.tls.certManager.enabled=true --set webhook.tls.certManager.issuerRef.name=corp-ca --set webhook.tls.certManager.issuerRef.kind=ClusterIssuer"
   "webhook by URL, one replica|--set webhook.url=https://dso-webhook.example.com:8443/mutate --set webhook.replicas=1 --set webhook.tls.extraDnsNames={dso-webhook.example.com}"
   "single replicas, no leader election|--set operator.replicas=1 --set operator.leaderElection.enabled=false --set webhook.replicas=1"
@@ -85,6 +88,13 @@ for entry in "${combinations[@]}"; do
   fi
   "${kubeconform[@]}" "$work/render.yaml" || failed=1
 done
+# GitOps (Argo CD, Flux, `helm template | kubectl apply`): in the default runtime TLS mode two
+# renders are byte for byte the same, so a sync never sees a change it did not make.
+echo "[chart] runtime TLS: two renders are identical"
+render dso-system > "$work/first.yaml" && render dso-system > "$work/second.yaml" || failed=1
+if ! diff -u "$work/first.yaml" "$work/second.yaml" >&2; then
+  echo "[chart] the default render differs between two runs: not GitOps-safe" >&2; failed=1
+fi
 echo "[chart] template tests"
 python3 tests/chart-render-tests.py "$kube_version" || failed=1
 echo "[chart] examples/ and the CRD files"

@@ -5,6 +5,7 @@
 use crate::error::Error;
 pub use crate::limits::Limits;
 pub use crate::patch::InjectConfig;
+pub use crate::runtime_tls::RuntimeTls;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
@@ -45,6 +46,54 @@ pub struct Args {
     /// How often the certificate and key files are checked for changes, such as 10s.
     #[arg(long, env = "DSO_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// Where the serving certificate comes from: `files` (--tls-cert and --tls-key, re-read
+    /// every --tls-reload-interval) or `runtime` (the replicas elect a leader on --leader-lease
+    /// that issues a CA and a certificate into --tls-secret, renews them and keeps the caBundle
+    /// of --tls-webhook-configuration; every replica serves the Secret's pair).
+    #[arg(long, env = "DSO_WEBHOOK_TLS_MODE", value_enum, default_value_t = TlsMode::Files)]
+    pub tls_mode: TlsMode,
+
+    /// Runtime mode: the Secret holding the CA bundle and the serving pair. It must exist (the
+    /// chart creates it empty): the webhook only updates it.
+    #[arg(long, env = "DSO_WEBHOOK_TLS_SECRET")]
+    pub tls_secret: Option<String>,
+
+    /// Runtime mode: names of the serving certificate, DNS names or IP addresses (repeat the
+    /// flag or separate with commas); the first is its common name.
+    #[arg(long, env = "DSO_WEBHOOK_TLS_SANS", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Runtime mode: name of DSO's MutatingWebhookConfiguration and ValidatingWebhookConfiguration,
+    /// whose caBundle the leader keeps equal to the Secret's ca.crt.
+    #[arg(long, env = "DSO_WEBHOOK_TLS_WEBHOOK_CONFIGURATION")]
+    pub tls_webhook_configuration: Option<String>,
+
+    /// Runtime mode: validity of each CA and serving certificate, such as 8760h; a new pair is
+    /// issued when a third of it is left.
+    #[arg(long, env = "DSO_WEBHOOK_TLS_VALIDITY", default_value = "8760h", value_parser = parse_duration)]
+    pub tls_validity: Duration,
+
+    /// Runtime mode: how long a new CA is in the caBundle before the new certificate is served
+    /// (time for every API server to see the changed webhook configuration).
+    #[arg(long, env = "DSO_WEBHOOK_TLS_BUNDLE_PROPAGATION", default_value = "10s", value_parser = parse_duration)]
+    pub tls_bundle_propagation: Duration,
+
+    /// Runtime mode: the Lease the replicas elect their leader on (the chart creates it).
+    #[arg(long, env = "DSO_WEBHOOK_LEADER_LEASE")]
+    pub leader_lease: Option<String>,
+
+    /// Runtime mode: how long the Lease lasts without renewal, such as 15s.
+    #[arg(long, env = "DSO_WEBHOOK_LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_lease_duration: Duration,
+
+    /// Runtime mode: namespace of the Secret and the Lease (the pod's, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Runtime mode: this replica's identity in the Lease (the pod's name, from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 
     /// Image of the injected dso-init container.
     #[arg(long, env = "DSO_WEBHOOK_INIT_IMAGE")]
@@ -173,6 +222,71 @@ pub struct Args {
     /// Log format: plain or json (the filter comes from RUST_LOG, default info).
     #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+}
+
+/// Where the serving certificate comes from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// PEM files (a mounted Secret), re-read on a timer.
+    Files,
+    /// Issued and rotated by the webhook's elected leader into a Secret every replica follows.
+    Runtime,
+}
+
+/// The run-time TLS settings, checked: `None` in files mode; an error naming the flag when one
+/// is missing or out of range.
+pub fn runtime_tls(args: &Args) -> Result<Option<RuntimeTls>, Error> {
+    if args.tls_mode != TlsMode::Runtime {
+        return Ok(None);
+    }
+    let required = |v: &Option<String>, flag: &str| {
+        v.clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::Config(format!("{flag} is required with --tls-mode=runtime")))
+    };
+    let names: Vec<String> = args
+        .tls_san
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(Error::Config(
+            "--tls-san: at least one name is required with --tls-mode=runtime".into(),
+        ));
+    }
+    if args.tls_validity < Duration::from_secs(60) {
+        return Err(Error::Config(format!(
+            "--tls-validity: {:?} is shorter than the minimum, 1m",
+            args.tls_validity
+        )));
+    }
+    if args.tls_bundle_propagation >= crate::certs::renew_before(args.tls_validity) {
+        return Err(Error::Config(format!(
+            "--tls-bundle-propagation: {:?} must be shorter than a third of --tls-validity",
+            args.tls_bundle_propagation
+        )));
+    }
+    if args.leader_lease_duration < Duration::from_secs(3) {
+        return Err(Error::Config(format!(
+            "--leader-lease-duration: {:?} is shorter than the minimum, 3s",
+            args.leader_lease_duration
+        )));
+    }
+    Ok(Some(RuntimeTls {
+        namespace: required(&args.namespace, "--namespace (or POD_NAMESPACE)")?,
+        secret: required(&args.tls_secret, "--tls-secret")?,
+        configuration: required(
+            &args.tls_webhook_configuration,
+            "--tls-webhook-configuration",
+        )?,
+        names,
+        validity: args.tls_validity,
+        propagation: args.tls_bundle_propagation,
+        lease: required(&args.leader_lease, "--leader-lease")?,
+        lease_duration: args.leader_lease_duration,
+        identity: required(&args.pod_name, "--pod-name (or POD_NAME)")?,
+    }))
 }
 
 /// How log lines are written.
@@ -352,6 +466,63 @@ mod tests {
         let mut v = vec!["dso-webhook", "--init-image", "dso-init:1"];
         v.extend_from_slice(extra);
         Args::try_parse_from(v)
+    }
+
+    #[test]
+    fn runtime_tls_names_each_missing_or_bad_flag() {
+        let full = [
+            "--tls-mode=runtime",
+            "--tls-secret=dso-webhook-certs",
+            "--tls-san=dso-webhook.dso-system.svc,10.0.0.9",
+            "--tls-webhook-configuration=dso-webhook",
+            "--leader-lease=dso-webhook",
+            "--namespace=dso-system",
+            "--pod-name=dso-webhook-abc",
+        ];
+        let cfg = runtime_tls(&args(&full).expect("parse"))
+            .expect("valid")
+            .expect("runtime mode");
+        assert_eq!(cfg.names, ["dso-webhook.dso-system.svc", "10.0.0.9"]);
+        assert_eq!(cfg.validity, Duration::from_secs(8760 * 3600));
+        assert!(
+            runtime_tls(&args(&[]).expect("parse"))
+                .expect("files mode")
+                .is_none()
+        );
+        for (i, flag) in [
+            "--tls-secret",
+            "--tls-san",
+            "--tls-webhook-configuration",
+            "--leader-lease",
+            "--namespace",
+            "--pod-name",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let without: Vec<&str> = full
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i + 1)
+                .map(|(_, a)| *a)
+                .collect();
+            let e = runtime_tls(&args(&without).expect("parse"))
+                .expect_err("a missing flag")
+                .to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+        let mut short = full.to_vec();
+        short.push("--tls-validity=30s");
+        let e = runtime_tls(&args(&short).expect("parse"))
+            .expect_err("too short")
+            .to_string();
+        assert!(e.contains("--tls-validity"), "{e}");
+        let mut slow = full.to_vec();
+        slow.extend(["--tls-validity=3m", "--tls-bundle-propagation=1m"]);
+        let e = runtime_tls(&args(&slow).expect("parse"))
+            .expect_err("propagation too long")
+            .to_string();
+        assert!(e.contains("--tls-bundle-propagation"), "{e}");
     }
 
     #[test]

@@ -8,18 +8,24 @@
 //! - [`patch`]: the pure patch builder, pod + DsoSecrets + ServiceAccount → JSON patch or denial.
 //! - [`store`]: kube-runtime reflectors of DsoSecrets and ServiceAccounts (the [`patch::Catalog`]).
 //! - [`router`]: axum routes `/mutate`, `/healthz`, `/readyz`, `/metrics` ([`router::router`]).
-//! - [`tls`]: rustls configuration from PEM files, reloaded when they change.
+//! - [`tls`]: rustls configuration from PEM files (reloaded when they change) or from the Secret.
+//! - [`certs`]: run-time TLS, pure: when to issue, what the caBundle holds, issuing with rcgen.
+//! - [`runtime_tls`]: run-time TLS, the shell: the leader issues and patches, every replica follows.
+//! - [`lease`]: leader election on a Lease.
 //! - [`server`]: TLS serving with graceful shutdown.
 //! - [`limits`]: timeouts, connection and concurrency caps, body size limit.
 //! - [`metrics`]: Prometheus metrics, prefix `dso_webhook`.
 //! - [`error`]: the crate's error type.
 
+pub mod certs;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod patch;
 pub mod router;
+pub mod runtime_tls;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dso_webhook::config::{Args, InjectConfig, Limits, LogFormat};
+use dso_webhook::config::{Args, InjectConfig, Limits, LogFormat, runtime_tls};
 use dso_webhook::store::Store;
 use dso_webhook::tls::CertReloader;
-use dso_webhook::{AppState, router_with, server, tls};
+use dso_webhook::{AppState, router_with, runtime_tls, server, tls};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -16,22 +16,53 @@ async fn main() -> anyhow::Result<()> {
 
     let config = InjectConfig::from_args(&args)?;
     let limits = Limits::from_args(&args)?;
-    let certs = CertReloader::load(&args.tls_cert, &args.tls_key)
-        .context("cannot load the serving certificate")?;
-    let store = match &args.static_objects {
-        Some(path) => Store::from_file(path)?,
-        None => {
-            let client = kube::Client::try_default()
+    let runtime_tls = runtime_tls(&args)?;
+    let client = match (&args.static_objects, &runtime_tls) {
+        (Some(_), None) => None,
+        _ => Some(
+            kube::Client::try_default()
                 .await
-                .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+                .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?,
+        ),
+    };
+    let certs = match (&runtime_tls, &client) {
+        (Some(cfg), Some(client)) => {
+            let certs = CertReloader::empty();
+            tokio::spawn(runtime_tls::follow_secret(
+                client.clone(),
+                cfg.clone(),
+                certs.clone(),
+            ));
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(runtime_tls::lead(client.clone(), cfg.clone(), stop));
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            certs
+        }
+        _ => {
+            let certs = CertReloader::load(&args.tls_cert, &args.tls_key)
+                .context("cannot load the serving certificate")?;
+            tokio::spawn(certs.clone().run(args.tls_reload_interval));
+            certs
+        }
+    };
+    let store = match (&args.static_objects, client) {
+        (Some(path), _) => Store::from_file(path)?,
+        (None, client) => {
+            let client = client.context("no Kubernetes client")?;
             let (store, watches) = Store::watch(client, args.cache_stale_after);
             tokio::spawn(watches);
             store
         }
     };
+    // Ready once the caches are synced and a certificate is loaded (run-time mode: from the
+    // Secret, which may take the leader's first issue).
     let ready = {
         let s = store.clone();
-        Arc::new(move || s.is_ready())
+        let certs = certs.clone();
+        Arc::new(move || s.is_ready() && certs.is_loaded())
     };
     let state = AppState::new(Arc::new(store.clone()), ready, config);
     {
@@ -43,7 +74,6 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(secrets, accounts, "watch caches synced: ready");
         });
     }
-    tokio::spawn(certs.clone().run(args.tls_reload_interval));
 
     if let Some(addr) = args.admin_listen {
         let listener = server::bind(addr).await?;

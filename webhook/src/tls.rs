@@ -1,4 +1,6 @@
-//! The serving certificate: loaded from PEM files, re-read on a timer, swapped without a restart.
+//! The serving certificate: loaded from PEM files and re-read on a timer (`--tls-mode=files`),
+//! or installed from the certificate Secret as it changes (`--tls-mode=runtime`, see
+//! [`crate::runtime_tls`]); either way swapped without a restart.
 //!
 //! Kubernetes updates a mounted Secret by swapping a symlink in the volume's directory, so
 //! watching the files themselves misses updates; a periodic re-read of both files sees every
@@ -35,9 +37,12 @@ struct Seen {
 /// Its `Debug` shows the file paths and the SHA-256 fingerprint of the certificate in use, never
 /// the key.
 pub struct CertReloader {
+    /// The files (`--tls-mode=files`); none when the pair comes from the Secret.
     cert_path: PathBuf,
     key_path: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// None until the first pair is installed (run-time mode): handshakes then fail, and
+    /// readiness says not ready.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
     seen: Mutex<Seen>,
 }
 
@@ -86,7 +91,7 @@ impl CertReloader {
         Ok(Arc::new(CertReloader {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
-            current: RwLock::new(Arc::new(ck)),
+            current: RwLock::new(Some(Arc::new(ck))),
             seen: Mutex::new(Seen {
                 current: (cert, key),
                 failed: None,
@@ -94,17 +99,45 @@ impl CertReloader {
         }))
     }
 
+    /// No pair yet: one comes through [`CertReloader::install`] (run-time mode).
+    pub fn empty() -> Arc<Self> {
+        Arc::new(CertReloader {
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+            current: RwLock::new(None),
+            seen: Mutex::new(Seen {
+                current: (Vec::new(), Vec::new()),
+                failed: None,
+            }),
+        })
+    }
+
+    /// Whether a pair is in use (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// Re-reads both files. `Ok(true)`: a new pair is in use; `Ok(false)`: nothing changed;
     /// `Err`: the files changed but do not form a valid pair (the old one stays).
     pub fn reload(&self) -> Result<bool> {
         let (cert, key) = (read(&self.cert_path)?, read(&self.key_path)?);
+        self.install(cert, key)
+    }
+
+    /// Puts a pair in use when it differs from the current one. `Ok(true)`: a new pair is in
+    /// use; `Ok(false)`: nothing changed (or the same broken pair as last time); `Err`: the
+    /// pair is not usable (the old one stays; its message holds no key material).
+    pub fn install(&self, cert: Vec<u8>, key: Vec<u8>) -> Result<bool> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.current.0 == cert && seen.current.1 == key {
             return Ok(false);
         }
         match parse(&cert, &key) {
             Ok(ck) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(ck));
                 *seen = Seen {
                     current: (cert, key),
                     failed: None,
@@ -153,8 +186,8 @@ impl CertReloader {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         current
-            .cert
-            .first()
+            .as_ref()
+            .and_then(|c| c.cert.first())
             .map(|der| {
                 sha2::Sha256::digest(der.as_ref())
                     .iter()
@@ -177,12 +210,10 @@ impl CertReloader {
 
 impl ResolvesServerCert for CertReloader {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -201,6 +232,37 @@ mod tests {
         let (cert, key) = pair();
         let ck = parse(cert.as_bytes(), key.as_bytes()).expect("a valid pair");
         assert_eq!(ck.cert.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_reloader_is_not_loaded_until_a_pair_is_installed_and_a_bad_pair_keeps_the_old() {
+        install_crypto_provider();
+        let certs = CertReloader::empty();
+        assert!(!certs.is_loaded());
+        assert_eq!(certs.fingerprint(), "");
+        let (cert, key) = pair();
+        assert!(
+            certs
+                .install(cert.clone().into_bytes(), key.clone().into_bytes())
+                .expect("a valid pair")
+        );
+        assert!(certs.is_loaded());
+        let first = certs.fingerprint();
+        assert_eq!(first.len(), 95, "{first}");
+        // The same pair again: nothing to do.
+        assert!(
+            !certs
+                .install(cert.clone().into_bytes(), key.into_bytes())
+                .expect("same")
+        );
+        // A key of another certificate: refused, the first stays in use.
+        let (_, other_key) = pair();
+        assert!(
+            certs
+                .install(cert.into_bytes(), other_key.into_bytes())
+                .is_err()
+        );
+        assert_eq!(certs.fingerprint(), first);
     }
 
     #[test]

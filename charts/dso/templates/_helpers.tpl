@@ -20,6 +20,21 @@
 {{- define "dso.operator.fullname" -}}{{ include "dso.fullname" . }}-operator{{- end -}}
 {{- define "dso.webhook.fullname" -}}{{ include "dso.fullname" . }}-webhook{{- end -}}
 {{- define "dso.webhook.tlsSecret" -}}{{ include "dso.fullname" . }}-webhook-tls{{- end -}}
+{{- /* runtime mode's Secret: another name than helm mode's kubernetes.io/tls one, whose type
+cannot change, so switching modes is a plain upgrade. */ -}}
+{{- define "dso.webhook.certsSecret" -}}{{ include "dso.fullname" . }}-webhook-certs{{- end -}}
+
+{{/* The webhook's TLS mode: runtime, helm or certManager (certManager.enabled wins). */}}
+{{- define "dso.webhook.tlsMode" -}}
+{{- $tls := .Values.webhook.tls -}}
+{{- if $tls.certManager.enabled -}}
+certManager
+{{- else if has $tls.mode (list "runtime" "helm" "certManager") -}}
+{{- $tls.mode -}}
+{{- else -}}
+{{- fail (printf "webhook.tls.mode: %q is not one of runtime, helm, certManager" $tls.mode) -}}
+{{- end -}}
+{{- end -}}
 
 {{/* A component's ServiceAccount: the chart's (default name <fullname>-<component>), or an
 existing one named by serviceAccount.name when serviceAccount.create is false. */}}

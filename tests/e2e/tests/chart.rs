@@ -135,8 +135,14 @@ fn no_role_of_the_chart_grants_access_to_secrets_or_wildcards() {
                     .filter_map(|r| r.as_str())
                     .collect();
                 let verbs = rule["verbs"].to_string();
+                // The one exception: the webhook's own certificate Secret, by name
+                // (webhook.tls.mode runtime).
+                let own_certificate =
+                    rule["resourceNames"] == serde_json::json!(["dso-webhook-certs"]);
                 assert!(
-                    !resources.iter().any(|r| *r == "secrets" || r.contains('*')),
+                    !resources
+                        .iter()
+                        .any(|r| (*r == "secrets" && !own_certificate) || r.contains('*')),
                     "{} grants {resources:?}",
                     doc["metadata"]["name"]
                 );
@@ -147,10 +153,11 @@ fn no_role_of_the_chart_grants_access_to_secrets_or_wildcards() {
                 );
             }
         }
-        // The operator's and the webhook's ClusterRoles, the operator's leader-election Role.
+        // The operator's and the webhook's ClusterRoles, the operator's leader-election Role,
+        // the webhook's Role (its certificate Secret and Lease).
         assert_eq!(
             checked.len(),
-            3,
+            4,
             "{values:?} rendered the roles {checked:?}"
         );
     }
@@ -537,11 +544,12 @@ async fn scenario(
     name: &str,
     fullname: &str,
 ) -> anyhow::Result<()> {
-    // The generated serving certificate survives an upgrade (lookup), and so does the
-    // caBundle the API server trusts.
+    // The serving certificate the webhook issued at run time (webhook.tls.mode runtime, the
+    // default) survives an upgrade (helm never renders its data), and so does the caBundle
+    // the webhook patched.
     let start = std::time::Instant::now();
     let progress = |what: &str| eprintln!("[chart +{:.1}s] {what}", start.elapsed().as_secs_f64());
-    let tls_secret = format!("{fullname}-webhook-tls");
+    let tls_secret = format!("{fullname}-webhook-certs");
     let secrets_rel: Api<Secret> = Api::namespaced(c.clone(), rel_ns);
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
     let mwc_name = format!("{fullname}-webhook");
@@ -929,4 +937,488 @@ async fn scenario(
         "helm uninstall removed the CRD (it must keep it)"
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run-time TLS (webhook.tls.mode runtime) under load: issue 13's "webhook roll under load".
+
+/// Counts of a stream of opted-in pod creates (server-side dry runs: they go through admission,
+/// nothing is stored or scheduled).
+#[derive(Default)]
+struct LoadCounts {
+    creates: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+    uninjected: std::sync::atomic::AtomicU64,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+/// Creates `per_second` opted-in pods per second in `ns` (at most 32 in flight) until `stop`;
+/// the task's output is how long it ran.
+fn start_load(
+    c: kube::Client,
+    ns: &str,
+    per_second: u32,
+    counts: std::sync::Arc<LoadCounts>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Duration> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pods: Api<Pod> = Api::namespaced(c, ns);
+    let mut manifest = pod("load", &annotated("db"));
+    manifest["spec"]["serviceAccountName"] = "web".into();
+    let manifest: Pod = serde_json::from_value(manifest).expect("a pod");
+    tokio::spawn(async move {
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = std::time::Instant::now();
+        while !*stop.borrow() {
+            tick.tick().await;
+            let Ok(place) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let (pods, manifest, counts) = (pods.clone(), manifest.clone(), counts.clone());
+            tokio::spawn(async move {
+                let _place = place;
+                let dry = kube::api::PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                counts.creates.fetch_add(1, Relaxed);
+                match pods.create(&dry, &manifest).await {
+                    Ok(created) => {
+                        let injected = created
+                            .spec
+                            .and_then(|s| s.init_containers)
+                            .is_some_and(|i| i.iter().any(|c| c.name == "dso-init"));
+                        if !injected {
+                            counts.uninjected.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        counts.failures.fetch_add(1, Relaxed);
+                        let mut errors = counts.errors.lock().unwrap_or_else(|p| p.into_inner());
+                        if errors.len() < 10 {
+                            errors.push(format!("{:.1}s: {e}", started.elapsed().as_secs_f64()));
+                        }
+                    }
+                }
+            });
+        }
+        let _ = in_flight.acquire_many(32).await;
+        started.elapsed()
+    })
+}
+
+/// The ServiceAccount (with an IRSA role) and the DsoSecret the load's pods use.
+fn load_manifests(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: {ns}
+  annotations:
+    eks.amazonaws.com/role-arn: {ROLE}
+---
+apiVersion: dso.dev/v1alpha1
+kind: DsoSecret
+metadata:
+  name: db
+  namespace: {ns}
+spec:
+  aws: {{region: us-east-1}}
+  files:
+    - {{path: password, secretId: "e2e/chart/load", jsonKey: password}}
+"#
+    )
+}
+
+/// One dry-run create of an opted-in pod: `Ok(Some(()))` once it comes back injected.
+async fn injected_dry_run(pods: &Api<Pod>) -> anyhow::Result<Option<()>> {
+    let mut manifest = pod("probe", &annotated("db"));
+    manifest["spec"]["serviceAccountName"] = "web".into();
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let created = pods
+        .create(&dry, &serde_json::from_value(manifest)?)
+        .await?;
+    let init = created
+        .spec
+        .and_then(|s| s.init_containers)
+        .unwrap_or_default();
+    anyhow::ensure!(
+        init.iter().any(|c| c.name == "dso-init"),
+        "admitted without injection: {init:?}"
+    );
+    Ok(Some(()))
+}
+
+/// The base64 body of a PEM certificate, without line breaks (to find it in other output).
+fn pem_body(pem: &str) -> String {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>()
+}
+
+/// Whether the webhook at `ip` serves the certificate whose PEM body is `body`.
+fn serves(ip: &str, body: &str) -> bool {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("{ip}:8443")])
+        .stdin(std::process::Stdio::null())
+        .output();
+    out.is_ok_and(|o| pem_body(&String::from_utf8_lossy(&o.stdout)).contains(body))
+}
+
+/// Running, not terminating webhook pods of the release, with their IPs.
+async fn webhook_pod_ips(pods: &Api<Pod>) -> anyhow::Result<Vec<String>> {
+    Ok(pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.and_then(|s| s.pod_ip))
+        .collect())
+}
+
+#[tokio::test]
+async fn runtime_tls_survives_a_webhook_roll_and_a_rotation_under_load_without_a_failed_admission()
+{
+    let c = client().await;
+    let values = std::env::var("DSO_CHART_VALUES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
+    let rel_ns = namespace(&c, "e2e-tls", &[]).await;
+    let app_ns = namespace(&c, "e2e-tls-app", &[INJECTION_LABEL]).await;
+    let mut release = Release {
+        name: format!("dso-{}", rel_ns.trim_start_matches("e2e-tls-")),
+        installed: false,
+        rel_ns,
+        app_ns,
+    };
+    let (rel_ns, app_ns) = (release.rel_ns.to_string(), release.app_ns.to_string());
+    let name = release.name.clone();
+    let install = helm(&[
+        "install",
+        &name,
+        repo("charts/dso").to_str().expect("path"),
+        "-n",
+        &rel_ns,
+        "-f",
+        values.to_str().expect("path"),
+        "--set",
+        &format!("operator.watchNamespace={app_ns}"),
+        "--set",
+        "webhook.replicas=2",
+        "--set",
+        "webhook.extraArgs={--tls-bundle-propagation=3s}",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    release.installed = true;
+    if !install.status.success() {
+        panic!(
+            "helm install failed: {}\n{}",
+            String::from_utf8_lossy(&install.stderr),
+            diagnostics(&rel_ns, &app_ns)
+        );
+    }
+    if let Err(e) = roll_and_rotate(&c, &rel_ns, &app_ns, &name).await {
+        panic!("{e:#}\n{}", diagnostics(&rel_ns, &app_ns));
+    }
+}
+
+async fn roll_and_rotate(
+    c: &kube::Client,
+    rel_ns: &str,
+    app_ns: &str,
+    fullname: &str,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let start = std::time::Instant::now();
+    let progress = |what: &str| eprintln!("[tls +{:.1}s] {what}", start.elapsed().as_secs_f64());
+    ok(
+        "kubectl apply of the ServiceAccount and DsoSecret",
+        kubectl_stdin(&["apply", "-f", "-"], &load_manifests(app_ns)),
+    )?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), app_ns);
+    wait_for(
+        "an opted-in pod admitted with injection",
+        Duration::from_secs(60),
+        || injected_dry_run(&pods),
+    )
+    .await?;
+    progress("webhook injecting; starting the load");
+
+    let counts = std::sync::Arc::new(LoadCounts::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let load = start_load(c.clone(), app_ns, 30, counts.clone(), stop);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // (a) The webhook Deployment rolled.
+    let deployment = format!("deployment/{fullname}-webhook");
+    progress("kubectl rollout restart of the webhook");
+    ok(
+        "kubectl rollout restart",
+        kubectl(&["rollout", "restart", &deployment, "-n", rel_ns]),
+    )?;
+    ok(
+        "kubectl rollout status",
+        kubectl(&[
+            "rollout",
+            "status",
+            &deployment,
+            "-n",
+            rel_ns,
+            "--timeout=180s",
+        ]),
+    )?;
+    let after_roll = (counts.creates.load(Relaxed), counts.failures.load(Relaxed));
+    progress(&format!(
+        "rolled: {} creates, {} failed so far",
+        after_roll.0, after_roll.1
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // (b) A forced rotation: a new CA and certificate while the old CA stays trusted.
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), rel_ns);
+    let secret_name = format!("{fullname}-webhook-certs");
+    let cert_of = |s: Secret| {
+        s.data
+            .and_then(|d| d.get("tls.crt").cloned())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let old_cert = cert_of(secrets.get(&secret_name).await?);
+    let rel_pods: Api<Pod> = Api::namespaced(c.clone(), rel_ns);
+    for ip in webhook_pod_ips(&rel_pods).await? {
+        anyhow::ensure!(
+            serves(&ip, &pem_body(&old_cert)),
+            "{ip} does not serve the Secret's certificate before the rotation"
+        );
+    }
+    let asked = std::time::Instant::now();
+    progress("annotating the Secret dso.dev/rotate");
+    ok(
+        "kubectl annotate",
+        kubectl(&[
+            "annotate",
+            "secret",
+            &secret_name,
+            "-n",
+            rel_ns,
+            &format!("dso.dev/rotate={}", unique("e2e")),
+        ]),
+    )?;
+    let new_cert = wait_for(
+        "a new certificate in the Secret",
+        Duration::from_secs(60),
+        || async {
+            let cert = cert_of(secrets.get(&secret_name).await?);
+            Ok((cert != old_cert && !cert.is_empty()).then_some(cert))
+        },
+    )
+    .await?;
+    let stored = asked.elapsed();
+    let body = pem_body(&new_cert);
+    wait_for(
+        "every webhook replica serving the new certificate",
+        Duration::from_secs(60),
+        || async {
+            let ips = webhook_pod_ips(&rel_pods).await?;
+            Ok((ips.len() == 2 && ips.iter().all(|ip| serves(ip, &body))).then_some(()))
+        },
+    )
+    .await?;
+    let served = asked.elapsed();
+    progress(&format!(
+        "rotated: new certificate stored {:.1}s and served by both replicas {:.1}s after the request",
+        stored.as_secs_f64(),
+        served.as_secs_f64()
+    ));
+    // The overlap: the API server trusts the new CA and still the previous one.
+    let mwc = Api::<MutatingWebhookConfiguration>::all(c.clone())
+        .get(&format!("{fullname}-webhook"))
+        .await?;
+    let bundle = mwc
+        .webhooks
+        .unwrap_or_default()
+        .first()
+        .and_then(|w| w.client_config.ca_bundle.clone())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        bundle.matches("BEGIN CERTIFICATE").count() == 2,
+        "the caBundle after a rotation holds the new and the previous CA: {bundle}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let _ = stop_tx.send(true);
+    let ran = load.await?;
+    let (creates, failures, uninjected) = (
+        counts.creates.load(Relaxed),
+        counts.failures.load(Relaxed),
+        counts.uninjected.load(Relaxed),
+    );
+    let rate = creates as f64 / ran.as_secs_f64();
+    eprintln!(
+        "[tls] load: {creates} opted-in pod creates in {:.1}s ({rate:.1}/s), {failures} failed, \
+         {uninjected} admitted without injection; rotation: stored after {:.1}s, served by all \
+         replicas after {:.1}s",
+        ran.as_secs_f64(),
+        stored.as_secs_f64(),
+        served.as_secs_f64()
+    );
+    let errors = counts
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    anyhow::ensure!(
+        failures == 0 && uninjected == 0,
+        "{failures} failed admissions, {uninjected} without injection: {errors:#?}"
+    );
+    anyhow::ensure!(rate >= 20.0, "the load ran at {rate:.1}/s, below 20/s");
+
+    // No key material in the webhook's logs.
+    let key = secrets
+        .get(&secret_name)
+        .await?
+        .data
+        .and_then(|d| d.get("tls.key").cloned())
+        .map(|b| pem_body(&String::from_utf8_lossy(&b.0)))
+        .unwrap_or_default();
+    anyhow::ensure!(!key.is_empty(), "no key in the Secret");
+    for p in rel_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+        .await?
+        .items
+    {
+        let pod_name = p.metadata.name.unwrap_or_default();
+        let log = container_log(rel_ns, &pod_name, "webhook").unwrap_or_default();
+        anyhow::ensure!(
+            !log.contains("PRIVATE KEY") && !log.contains(&key[..40]),
+            "{pod_name} logged key material"
+        );
+    }
+    Ok(())
+}
+
+/// Objects applied with `kubectl apply` (as Argo CD does), deleted when dropped.
+struct Applied {
+    file: PathBuf,
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let file = self.file.to_str().unwrap_or_default();
+        let _ = Command::new("kubectl")
+            .args(["delete", "-f", file, "--ignore-not-found", "--wait=false"])
+            .output();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[tokio::test]
+async fn helm_template_piped_to_kubectl_apply_injects_and_a_second_apply_keeps_the_certificate() {
+    let c = client().await;
+    let values = std::env::var("DSO_CHART_VALUES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
+    let rel_ns = namespace(&c, "e2e-gitops", &[]).await;
+    let label = unique("gitops");
+    let app_ns = namespace(&c, "e2e-gitops-app", &[(INJECTION_LABEL.0, label.as_str())]).await;
+    let name = format!("dso-{}", rel_ns.trim_start_matches("e2e-gitops-"));
+    let render = || {
+        ok(
+            "helm template",
+            helm(&[
+                "template",
+                &name,
+                repo("charts/dso").to_str().expect("path"),
+                "-n",
+                &rel_ns,
+                "-f",
+                values.to_str().expect("path"),
+                "--set",
+                &format!("operator.watchNamespace={app_ns}"),
+                "--set",
+                &format!("webhook.namespaceSelector.matchLabels.dso\\.dev/injection={label}"),
+            ]),
+        )
+    };
+    let rendered = render().unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        rendered,
+        render().unwrap_or_else(|e| panic!("{e:#}")),
+        "two renders differ"
+    );
+    let file = std::env::temp_dir().join(format!("{name}.yaml"));
+    std::fs::write(&file, &rendered).expect("write the render");
+    let applied = Applied { file };
+    let apply = |server_side: bool| {
+        let mut args = vec!["apply", "-n", &rel_ns, "-f", "-"];
+        if server_side {
+            args.extend(["--server-side", "--field-manager=argocd-controller"]);
+        }
+        ok("kubectl apply", kubectl_stdin(&args, &rendered))
+    };
+    let run = async {
+        // The CRD first, as Argo CD syncs it (helm template leaves crds/ out by default).
+        ok(
+            "kubectl apply of the CRD",
+            kubectl(&[
+                "apply",
+                "-f",
+                repo("charts/dso/crds/dso.dev_dsosecrets.yaml")
+                    .to_str()
+                    .expect("path"),
+            ]),
+        )?;
+        apply(false)?;
+        ok(
+            "kubectl apply of the ServiceAccount and DsoSecret",
+            kubectl_stdin(&["apply", "-f", "-"], &load_manifests(&app_ns)),
+        )?;
+        let pods: Api<Pod> = Api::namespaced(c.clone(), &app_ns);
+        wait_for(
+            "an opted-in pod admitted with injection",
+            Duration::from_secs(120),
+            || injected_dry_run(&pods),
+        )
+        .await?;
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), &rel_ns);
+        let secret_name = format!("{name}-webhook-certs");
+        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
+        let bundle = |m: MutatingWebhookConfiguration| {
+            m.webhooks
+                .unwrap_or_default()
+                .first()
+                .and_then(|w| w.client_config.ca_bundle.clone())
+        };
+        let cert = secrets.get(&secret_name).await?.data;
+        let ca = bundle(mwcs.get(&format!("{name}-webhook")).await?);
+        // A sync again, client-side then server-side (Argo CD's two ways): the render carries
+        // neither the Secret's data nor the caBundle, so neither is touched.
+        apply(false)?;
+        apply(true)?;
+        anyhow::ensure!(
+            secrets.get(&secret_name).await?.data == cert,
+            "an apply of the render changed the certificate Secret"
+        );
+        anyhow::ensure!(
+            bundle(mwcs.get(&format!("{name}-webhook")).await?) == ca,
+            "an apply of the render changed the caBundle"
+        );
+        injected_dry_run(&pods).await?;
+        anyhow::Ok(())
+    };
+    let result = run.await;
+    drop(applied);
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", diagnostics(&rel_ns, &app_ns));
+    }
 }
