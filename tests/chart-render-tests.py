@@ -322,6 +322,45 @@ for args in (("--set", "webhook.tls.mode=certManager"), ("--set", "webhook.tls.c
         check(f"{args[1]}: a Certificate", len(find(objs, "Certificate")) == 1, "")
 objs, err = render("--set", "webhook.tls.validity=1y")
 check("validity=1y refused", objs is None and "validity" in err, err)
+test("secretAllowlist: one ConfigMap, mounted into the webhook and the operator, which restart when it changes")
+ALLOWLIST = """
+secretAllowlist:
+  default: ["{namespace}/"]
+  namespaces:
+    payments: ["shared/payments-", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/*"]
+"""
+objs, err = render()
+check("defaults: no allowlist, no ConfigMap", objs is not None and not find(objs, "ConfigMap", "dso-secret-allowlist"), err)
+for comp in ("dso-operator", "dso-webhook"):
+    args = pod(objs, comp)["containers"][0]["args"] if objs else []
+    check(f"defaults: {comp} without --secret-allowlist", not any(a.startswith("--secret-allowlist") for a in args), args)
+objs, err = render(values=ALLOWLIST)
+check("rendered", objs is not None, err)
+if objs:
+    [cm] = find(objs, "ConfigMap", "dso-secret-allowlist")
+    got = yaml.safe_load(cm["data"]["allowlist.yaml"])
+    check("the ConfigMap holds the value as written", got == yaml.safe_load(ALLOWLIST)["secretAllowlist"], got)
+    sums = set()
+    for comp in ("dso-operator", "dso-webhook"):
+        [deploy] = find(objs, "Deployment", comp)
+        spec = deploy["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        check(f"{comp} reads it", "--secret-allowlist=/etc/dso/allowlist/allowlist.yaml" in c["args"], c["args"])
+        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+        check(f"{comp} mounts it read-only", mounts.get("secret-allowlist", {}).get("mountPath") == "/etc/dso/allowlist" and mounts["secret-allowlist"].get("readOnly"), mounts)
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        check(f"{comp} volume from the ConfigMap", vols.get("secret-allowlist", {}).get("configMap", {}).get("name") == "dso-secret-allowlist", vols)
+        sums.add(deploy["spec"]["template"]["metadata"]["annotations"].get("checksum/secret-allowlist"))
+    check("both pods carry the same checksum", len(sums) == 1 and None not in sums, sums)
+    changed, _ = render(values=ALLOWLIST.replace("shared/", "common/"))
+    after = find(changed or [], "Deployment", "dso-webhook")[0]["spec"]["template"]["metadata"]["annotations"].get("checksum/secret-allowlist") if changed else None
+    check("a change changes the checksum (restarts them)", after not in sums, after)
+for bad, why, named in (('secretAllowlist: {default: ["team-*"]}', "a * in a name prefix", "secretAllowlist"),
+                        ('secretAllowlist: {namespaces: {Team_A: ["a/"]}}', "a namespace that is no DNS label", "Team_A"),
+                        ('secretAllowlist: {default: ["arn:aws:secretsmanager:us-*:*:secret:x"]}', "a partial region glob", "secretAllowlist"),
+                        ('secretAllowlist: {defaults: ["a/"]}', "an unknown key", "defaults")):
+    objs, err = render(values=bad)
+    check(f"refused by the schema: {why}", objs is None and named in (err or ""), err)
 
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)

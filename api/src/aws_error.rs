@@ -11,6 +11,9 @@
 //! certificate (an I/O error to the SDK, but the next attempt meets the same certificate).
 //! Everything else is permanent: retrying the same request with the same identity gets the same
 //! answer.
+//!
+//! [`redact_principals`] takes the caller's identity out of AWS error text before it is shown to
+//! someone who is not that caller (a tenant reading the operator's status).
 
 /// The kind of failure an AWS call ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,6 +167,59 @@ pub fn classify_unanswered(timed_out: bool, io: bool, context: &str) -> AwsError
     }
 }
 
+/// What replaces an ARN or a principal in AWS error text.
+pub const REDACTED: &str = "<redacted>";
+
+/// AWS error text with every ARN and every "User: <principal>" replaced by [`REDACTED`]. An
+/// AccessDenied message names the caller ("User: arn:aws:sts::123456789012:assumed-role/
+/// dso-operator/i-0abc is not authorized to perform …"): the operator's role, which must not
+/// reach a tenant's DsoSecret status or events. Whatever else the message says (the action, the
+/// reason) stays, so it remains actionable.
+pub fn redact_principals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = next_arn(rest) {
+        out.push_str(&rest[..at]);
+        out.push_str(REDACTED);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || "\"'`()[]{}<>;".contains(c))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // A principal AWS names without an ARN (an access key id, a user id).
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(start) = rest.find("User: ") {
+        let after = start + "User: ".len();
+        redacted.push_str(&rest[..after]);
+        let tail = &rest[after..];
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        redacted.push_str(REDACTED);
+        rest = &tail[end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
+/// Where the next ARN starts: `arn:` not preceded by a letter or digit (so "learn:" is not one).
+fn next_arn(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text[from..].to_ascii_lowercase().find("arn:") {
+        let at = from + i;
+        let bounded = text[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_ascii_alphanumeric());
+        if bounded {
+            return Some(at);
+        }
+        from = at + 4;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::AwsErrorKind::*;
@@ -231,6 +287,36 @@ mod tests {
         #[case] kind: AwsErrorKind,
     ) {
         assert_eq!(classify_unanswered(timed_out, io, context), kind);
+    }
+
+    #[rstest]
+    #[case::assumed_role(
+        "User: arn:aws:sts::123456789012:assumed-role/dso-operator/i-0abc is not authorized to perform: secretsmanager:DescribeSecret on resource: team-b/db because no identity-based policy allows the secretsmanager:DescribeSecret action",
+        "User: <redacted> is not authorized to perform: secretsmanager:DescribeSecret on resource: team-b/db because no identity-based policy allows the secretsmanager:DescribeSecret action"
+    )]
+    #[case::resource_arn_too(
+        "User: arn:aws:iam::123456789012:user/e2e is not authorized on resource: arn:aws:secretsmanager:us-east-1:123456789012:secret:x-AbCdEf.",
+        "User: <redacted> is not authorized on resource: <redacted>"
+    )]
+    #[case::quoted(
+        "role \"arn:aws:iam::1:role/r\" (arn:aws:iam::1:role/s)",
+        "role \"<redacted>\" (<redacted>)"
+    )]
+    #[case::principal_without_arn(
+        "User: AIDAEXAMPLE is not authorized",
+        "User: <redacted> is not authorized"
+    )]
+    #[case::upper_case("ARN:AWS:IAM::1:ROLE/R denied", "<redacted> denied")]
+    #[case::words_ending_in_arn_are_kept("learn: nothing; yarn:1", "learn: nothing; yarn:1")]
+    #[case::nothing_to_redact(
+        "Secrets Manager can't find the specified secret.",
+        "Secrets Manager can't find the specified secret."
+    )]
+    fn principals_and_arns_are_redacted_from_aws_error_text(
+        #[case] text: &str,
+        #[case] want: &str,
+    ) {
+        assert_eq!(redact_principals(text), want);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!   doc comments are the `kubectl explain` text and whose schema carries the validation rules.
 //! - [`validate`]: the same rules as plain functions (plus the ones a schema cannot say), so the
 //!   webhook and the operator judge a spec exactly as the apiserver does.
+//! - [`allowlist`]: the admin-set secret allowlist, per namespace, and how it matches.
 //! - [`annotations`]: the pod and workload annotation keys users and components write.
 //! - [`contract`]: what the webhook hands the `dso-init` container (the resolved file list) and
 //!   what `dso-init` reports back (version ids) — never a secret value.
@@ -15,6 +16,7 @@
 //! - [`backoff`]: the retry delay, exponential with jitter.
 //! - [`versions`]: the stable hash of consumed versions that drives rollouts.
 
+pub mod allowlist;
 pub mod annotations;
 pub mod aws_error;
 pub mod backoff;

@@ -5,6 +5,7 @@
 
 use crate::cache::LookupMode;
 use clap::Parser;
+use dso_api::allowlist::Allowlist;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,6 +76,13 @@ pub struct Args {
     #[arg(long, env = "DSO_IDENTITY")]
     pub identity: Option<String>,
 
+    /// The secret allowlist file (YAML: `default` and `namespaces: {<namespace>: [entries]}`,
+    /// each entry a secret name prefix or an ARN pattern, see docs/security.md): a DsoSecret
+    /// naming a secret outside its namespace's entries is marked InvalidSpec and never looked
+    /// up. Read at start. Unset: every secret is allowed.
+    #[arg(long, env = "DSO_SECRET_ALLOWLIST", value_parser = load_allowlist)]
+    pub secret_allowlist: Option<Allowlist>,
+
     /// Log format: `plain` or `json`. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "DSO_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
@@ -108,6 +116,12 @@ struct Legacy {
     /// --lease-duration as earlier releases spelled it, in whole seconds.
     #[arg(long, env = "DSO_LEASE_SECONDS", hide = true, conflicts_with = "lease_duration", value_parser = clap::value_parser!(u64).range(3..))]
     lease_seconds: Option<u64>,
+}
+
+/// Reads and checks the allowlist file: a bad one stops the start, naming the entry.
+fn load_allowlist(path: &str) -> Result<Allowlist, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    Allowlist::from_yaml(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 fn positive(s: &str) -> Result<Duration, String> {
@@ -246,6 +260,25 @@ mod tests {
     ) {
         let a = parse(args).expect("accepted");
         assert_eq!(field(&a), Duration::from_millis(millis));
+    }
+
+    #[test]
+    fn the_secret_allowlist_is_read_at_start_and_a_bad_one_is_refused() {
+        assert_eq!(parse(&[]).expect("defaults").secret_allowlist, None);
+        let dir = std::env::temp_dir().join(format!("dso-allowlist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("good.yaml");
+        std::fs::write(&good, "default: [\"{namespace}/\"]\n").expect("write");
+        let a = parse(&["--secret-allowlist", &good.to_string_lossy()]).expect("accepted");
+        let list = a.secret_allowlist.expect("loaded");
+        assert!(list.allows("web", "web/db") && !list.allows("web", "api/db"));
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "namespaces: {web: [\"web-*\"]}\n").expect("write");
+        let e = parse(&["--secret-allowlist", &bad.to_string_lossy()]).expect_err("refused");
+        assert!(e.to_string().contains("namespaces.web[0]"), "{e}");
+        let e = parse(&["--secret-allowlist", "/nonexistent/allowlist.yaml"]).expect_err("missing");
+        assert!(e.to_string().contains("--secret-allowlist"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

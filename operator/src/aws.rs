@@ -3,7 +3,8 @@
 //!
 //! Every SDK failure goes through [`classify`], which adapts it to [`dso_api::aws_error`]: that
 //! decides what is transient (retried with backoff, never cached) and what is permanent
-//! (recorded in status and cached for the refresh interval).
+//! (recorded in status and cached for the refresh interval). Its text never names the
+//! operator's identity: ARNs and principals are redacted before it reaches status or events.
 
 use crate::domain::{ProblemKind, SecretMeta};
 use crate::metrics::Metrics;
@@ -80,6 +81,9 @@ where
         k if k.is_retryable() => (ProblemKind::Transient, ""),
         _ => (ProblemKind::Permanent, ""),
     };
+    // Status and events are read by the DsoSecret's namespace: AWS's text may name the
+    // operator's role ("User: arn:aws:sts::…:assumed-role/dso-operator/… is not authorized").
+    let detail = aws_error::redact_principals(&detail);
     AwsProblem {
         kind: problem,
         message: format!("{operation} {secret}: {detail}{hint}"),

@@ -69,6 +69,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Longest time a rollout holds its slot (`--max-concurrent-rollouts`) waiting to complete.
     pub rollout_timeout: Duration,
+    /// The secrets each namespace may name (`--secret-allowlist`; default: all).
+    pub allowlist: Arc<dso_api::allowlist::Allowlist>,
 }
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
@@ -231,7 +233,11 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .unwrap_or_default();
     let interval = dso_api::validate::interval(&dso.spec);
 
-    if let Some(resolution) = domain::invalid_spec(&dso.spec) {
+    // A spec that is invalid, or names a secret outside the namespace's allowlist, never
+    // reaches AWS: the operator's role would otherwise describe it on the tenant's behalf.
+    let refused = domain::invalid_spec(&dso.spec)
+        .or_else(|| domain::not_allowed(&dso.spec, &ns, &ctx.settings.allowlist));
+    if let Some(resolution) = refused {
         write_status(
             ctx,
             dso,
@@ -409,6 +415,7 @@ mod tests {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
+            allowlist: Default::default(),
         };
         let full = [1, 2, 4, 8, 16, 32, 60, 60].map(Duration::from_secs);
         for (n, full) in (1..).zip(full) {

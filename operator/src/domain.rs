@@ -2,6 +2,7 @@
 //! is decided here, from values, and tested with tables and property tests.
 //!
 //! - [`SecretMeta`] / [`ProblemKind`]: what an AWS lookup answers (filled in by [`crate::aws`]).
+//! - [`invalid_spec`] / [`not_allowed`]: the InvalidSpec verdicts reached before any AWS call.
 //! - [`resolve`]: a DsoSecret's entries + AWS metadata → the version each entry resolves to,
 //!   the Ready reason, and the stage-following versions a rollout depends on.
 //! - [`ready_condition`] / [`rotations`]: the status pieces.
@@ -112,6 +113,28 @@ pub struct SecretKey {
 /// endpoint host).
 pub fn invalid_spec(spec: &DsoSecretSpec) -> Option<Resolution> {
     let errors = dso_api::validate::validate_spec(spec).err()?;
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Resolution {
+        problem: Some((Reason::InvalidSpec, message)),
+        ..Resolution::default()
+    })
+}
+
+/// The InvalidSpec resolution of a spec that names a secret outside `namespace`'s entries of
+/// the admin's secret allowlist (every file's `secretId` and template source), naming each
+/// refused field, file and secret id; `None` when all are allowed (or no allowlist is set).
+/// Checked before any AWS call, so the operator's role never describes such a secret, in
+/// `describe` or `sweep` mode.
+pub fn not_allowed(
+    spec: &DsoSecretSpec,
+    namespace: &str,
+    allowlist: &dso_api::allowlist::Allowlist,
+) -> Option<Resolution> {
+    let errors = allowlist.check_spec(namespace, spec).err()?;
     let message = errors
         .iter()
         .map(ToString::to_string)

@@ -161,7 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .load()
         .await;
     let aws = Arc::new(crate::aws::Aws::new(aws_config, metrics.clone()));
-    info!(region = %aws.default_region(), lookup = ?args.aws_lookup, namespace = ns.unwrap_or("<all>"), "AWS metadata client ready");
+    info!(region = %aws.default_region(), lookup = ?args.aws_lookup, namespace = ns.unwrap_or("<all>"), secret_allowlist = args.secret_allowlist.is_some(), "AWS metadata client ready");
 
     let elector = args.leader_election.then(|| {
         Arc::new(LeaderElector::new(
@@ -240,6 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             backoff_base: args.backoff_base,
             backoff_max: args.backoff_max,
             rollout_timeout: args.rollout_timeout,
+            allowlist: Arc::new(args.secret_allowlist.clone().unwrap_or_default()),
         },
         args.max_concurrent_rollouts,
     ));

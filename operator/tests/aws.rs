@@ -206,6 +206,11 @@ async fn a_sweep_lists_by_pages_of_100_and_describes_only_what_the_list_misses()
 
 /// A local endpoint answering every request with `status` and an AWS JSON error `code`.
 async fn failing_endpoint(status: u16, code: &'static str) -> String {
+    failing_endpoint_saying(status, code, "denied by the test endpoint").await
+}
+
+/// [`failing_endpoint`] with the error's `message`.
+async fn failing_endpoint_saying(status: u16, code: &'static str, message: &'static str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -239,8 +244,7 @@ async fn failing_endpoint(status: u16, code: &'static str) -> String {
                         }
                     }
                 }
-                let body =
-                    format!(r#"{{"__type":"{code}","message":"denied by the test endpoint"}}"#);
+                let body = format!(r#"{{"__type":"{code}","message":"{message}"}}"#);
                 let resp = format!(
                     "HTTP/1.1 {status} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -273,6 +277,36 @@ async fn access_denied_is_permanent_and_cached_for_the_interval() {
         .await
         .expect_err("denied");
     assert_eq!(calls("DescribeSecret"), 1, "a permanent answer is cached");
+}
+
+/// The role ARN AWS names in an AccessDenied message: the operator's own, never to be shown to
+/// the DsoSecret's namespace.
+const CANARY_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/dso-operator-canary/i-0canary";
+
+#[tokio::test]
+async fn access_denied_text_never_names_the_operators_role() {
+    let endpoint = failing_endpoint_saying(
+        400,
+        "AccessDeniedException",
+        "User: arn:aws:sts::123456789012:assumed-role/dso-operator-canary/i-0canary is not authorized to perform: secretsmanager:DescribeSecret on resource: prod/db because no identity-based policy allows the secretsmanager:DescribeSecret action",
+    )
+    .await;
+    let (aws, _) = aws(&endpoint).await;
+    let p = aws
+        .describe("us-east-1", "prod/db")
+        .await
+        .expect_err("denied");
+    assert_eq!(p.kind, ProblemKind::AccessDenied);
+    // This message is the status condition's message and the event's note, as is.
+    for canary in [CANARY_ROLE, "dso-operator-canary", "123456789012"] {
+        assert!(!p.message.contains(canary), "{canary} in {}", p.message);
+    }
+    assert!(
+        p.message
+            .contains("is not authorized to perform: secretsmanager:DescribeSecret"),
+        "still says what was refused: {}",
+        p.message
+    );
 }
 
 #[tokio::test]

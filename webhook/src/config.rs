@@ -6,6 +6,7 @@ use crate::error::Error;
 pub use crate::limits::Limits;
 pub use crate::patch::InjectConfig;
 pub use crate::runtime_tls::RuntimeTls;
+use dso_api::allowlist::Allowlist;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
@@ -174,6 +175,13 @@ pub struct Args {
     )]
     pub allow_default_credentials: bool,
 
+    /// The secret allowlist file (YAML: `default` and `namespaces: {<namespace>: [entries]}`,
+    /// each entry a secret name prefix or an ARN pattern, see docs/security.md): pods and
+    /// DsoSecrets naming a secret outside their namespace's entries are refused. Read at start.
+    /// Unset: every secret is allowed.
+    #[arg(long, env = "DSO_WEBHOOK_SECRET_ALLOWLIST", value_parser = load_allowlist)]
+    pub secret_allowlist: Option<Allowlist>,
+
     /// How long the watch caches may fail to resync (watch errors without recovery) before
     /// /readyz reports not ready, such as 2m: a stale cache would admit pods against old
     /// DsoSecrets and ServiceAccounts.
@@ -302,6 +310,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     dso_api::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// Reads and checks the allowlist file: a bad one stops the start, naming the entry.
+fn load_allowlist(path: &str) -> Result<Allowlist, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    Allowlist::from_yaml(&text).map_err(|e| format!("{path}: {e}"))
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -405,6 +419,7 @@ impl InjectConfig {
             run_as_user: a.init_run_as_user,
             token_expiration_seconds: a.token_expiration_seconds,
             allow_default_credentials: a.allow_default_credentials,
+            allowlist: std::sync::Arc::new(a.secret_allowlist.clone().unwrap_or_default()),
         })
     }
 }
@@ -697,6 +712,26 @@ mod tests {
             args(&[]).expect("parse").cache_stale_after,
             Duration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn the_secret_allowlist_is_read_at_start_and_a_bad_one_is_refused() {
+        let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
+        assert!(!c.allowlist.is_configured());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.yaml");
+        std::fs::write(&good, "default: [\"{namespace}/\"]\n").expect("write");
+        let a = args(&["--secret-allowlist", &good.to_string_lossy()]).expect("parse");
+        let c = InjectConfig::from_args(&a).expect("config");
+        assert!(c.allowlist.allows("web", "web/db") && !c.allowlist.allows("web", "api/db"));
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "default: [\"arn:aws:secretsmanager:us-*:*:secret:x\"]\n",
+        )
+        .expect("write");
+        let e = args(&["--secret-allowlist", &bad.to_string_lossy()]).expect_err("refused");
+        assert!(e.to_string().contains("default[0]"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub enum Error {
     InvalidDsoSecret { name: String, problems: String },
 
     #[error(
+        "DsoSecret {name:?} of namespace {namespace} names secrets outside the namespace's secret allowlist, set by the cluster admin: {problems}"
+    )]
+    NotAllowed {
+        namespace: String,
+        name: String,
+        problems: String,
+    },
+
+    #[error(
         "DsoSecrets {first:?} and {second:?} name different IAM roles ({first_role} and {second_role}); a pod has one identity: mount them in different pods or use one role"
     )]
     ConflictingRoles {
@@ -138,6 +147,7 @@ impl Error {
             Error::PartlyInjected { .. } => "partly_injected",
             Error::TooLarge { .. } => "too_large",
             Error::InvalidDsoSecret { .. } => "invalid_dsosecret",
+            Error::NotAllowed { .. } => "not_allowed",
             Error::ConflictingRoles { .. } => "conflicting_roles",
             Error::UnknownServiceAccount { .. } => "unknown_serviceaccount",
             Error::NoIdentity { .. } => "no_identity",

@@ -130,7 +130,7 @@ pub fn mutate(
         return Ok(Mutation::AlreadyInjected);
     }
     let wanted = annotations::wanted(spec, &annotations, &cfg.default_mount_path)?;
-    let secrets = secrets::resolve(catalog, namespace, &wanted.names)?;
+    let secrets = secrets::resolve(catalog, namespace, &wanted.names, &cfg.allowlist)?;
     let env = env::plan(spec, &wanted.selected, &secrets)?;
     secrets::check_size(&secrets, env.files.len(), cfg)?;
     let (identity, credentials) = identity::credentials(spec, namespace, &secrets, catalog, cfg)?;

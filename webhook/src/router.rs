@@ -262,7 +262,9 @@ async fn mutate_handler(
 }
 
 /// `POST /validate`: a DsoSecret CREATE or UPDATE judged by [`dso_api::validate::validate_spec`],
-/// the rules the CRD's schema cannot express (a template's syntax and sources, an ARN's region).
+/// the rules the CRD's schema cannot express (a template's syntax and sources, an ARN's region),
+/// and by the secret allowlist of its namespace (`--secret-allowlist`). This check at apply is
+/// for users' sake: the configuration fails open, so pods (`/mutate`) and the operator check again.
 /// The schema stays the authority on shape: a spec this webhook cannot read (a newer CRD) is
 /// allowed with a warning, and pods mounting it are still checked when they are created.
 async fn validate_handler(
@@ -286,7 +288,8 @@ async fn validate_handler(
         dsosecret = %name,
         outcome = tracing::field::Empty,
     );
-    let (response, outcome, reason) = span.in_scope(|| judge(&req, &name));
+    let (response, outcome, reason) =
+        span.in_scope(|| judge(&req, &name, &state.inner.config.allowlist));
     span.record("outcome", outcome.as_str());
     state.inner.metrics.admission(outcome, reason, started);
     answer(&response)
@@ -295,6 +298,7 @@ async fn validate_handler(
 fn judge(
     req: &AdmissionRequest<DynamicObject>,
     name: &str,
+    allowlist: &dso_api::allowlist::Allowlist,
 ) -> (AdmissionResponse, Outcome, &'static str) {
     let res = AdmissionResponse::from(req);
     let is_dso_secret = req.kind.group == "dso.dev" && req.kind.kind == "DsoSecret";
@@ -315,17 +319,35 @@ fn judge(
             return (res, Outcome::Skipped, "none");
         }
     };
-    match dso_api::validate::validate_spec(&spec) {
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| obj.metadata.namespace.clone())
+        .unwrap_or_default();
+    let joined = |errors: Vec<dso_api::validate::FieldError>| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let verdict = dso_api::validate::validate_spec(&spec)
+        .map_err(|errors| Error::InvalidDsoSecret {
+            name: name.to_string(),
+            problems: joined(errors),
+        })
+        .and_then(|()| {
+            allowlist
+                .check_spec(&namespace, &spec)
+                .map_err(|errors| Error::NotAllowed {
+                    namespace: namespace.clone(),
+                    name: name.to_string(),
+                    problems: joined(errors),
+                })
+        });
+    match verdict {
         Ok(()) => (res, Outcome::Valid, "none"),
-        Err(errors) => {
-            let e = Error::InvalidDsoSecret {
-                name: name.to_string(),
-                problems: errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            };
+        Err(e) => {
             tracing::info!(reason = e.metric_label(), message = %e, "denied");
             (res.deny(e.to_string()), Outcome::Denied, e.metric_label())
         }

@@ -614,3 +614,131 @@ async fn past_the_cap_a_small_review_is_shed_and_a_stuck_one_times_out_both_coun
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }
+
+/// The admin's allowlist of the next tests: `shop` may name `prod/…` and `shop/…`; another
+/// namespace's entry that must never show in `shop`'s messages.
+const ALLOWLIST: &str = r#"
+default: ["{namespace}/"]
+namespaces:
+  shop: ["prod/"]
+  payments: ["pay-team-only/"]
+"#;
+
+/// DsoSecrets of `shop` naming other teams' secrets, one per way of naming one.
+const STOLEN: &str = r#"
+---
+apiVersion: dso.dev/v1alpha1
+kind: DsoSecret
+metadata: {name: stolen, namespace: shop}
+spec:
+  files: [{path: password, secretId: pay-team-only/db}]
+---
+apiVersion: dso.dev/v1alpha1
+kind: DsoSecret
+metadata: {name: stolen-tpl, namespace: shop}
+spec:
+  files:
+  - path: url
+    template: "{{ db.password }}"
+    sources: {db: {secretId: "arn:aws:secretsmanager:us-east-1:999999999999:secret:prod/db-AbCdEf"}}
+"#;
+
+/// A router whose webhook runs with `--secret-allowlist` (the file above).
+fn app_with_allowlist() -> axum::Router {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(&objects, format!("{OBJECTS}{STOLEN}")).expect("write");
+    let allowlist = dir.path().join("allowlist.yaml");
+    std::fs::write(&allowlist, ALLOWLIST).expect("write");
+    let store = Store::from_file(&objects).expect("store");
+    let args = Args::try_parse_from([
+        "dso-webhook",
+        "--init-image",
+        "dso-init:test",
+        "--secret-allowlist",
+        &allowlist.to_string_lossy(),
+    ])
+    .expect("args");
+    let cfg = InjectConfig::from_args(&args).expect("config");
+    router(AppState::new(Arc::new(store), Arc::new(|| true), cfg))
+}
+
+#[rstest]
+#[case::file_secret_id(
+    "stolen",
+    "spec.files[0].secretId: secret \"pay-team-only/db\" (file \"password\")"
+)]
+#[case::template_source_in_another_account(
+    "stolen-tpl",
+    "spec.files[0].sources.db.secretId: secret \"arn:aws:secretsmanager:us-east-1:999999999999:secret:prod/db-AbCdEf\" (file \"url\")"
+)]
+#[tokio::test]
+async fn a_pod_whose_dsosecret_names_a_secret_outside_the_allowlist_is_denied(
+    #[case] dsosecret: &str,
+    #[case] names: &str,
+) {
+    let app = app_with_allowlist();
+    let annotations =
+        json!({"dso.dev/inject": "true", "dso.dev/secrets": format!("db,{dsosecret}")});
+    let r = post_review(app.clone(), review("CREATE", annotations, false)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let got = r["status"]["message"].as_str().expect("message");
+    assert!(
+        got.starts_with(&format!(
+            "DsoSecret \"{dsosecret}\" of namespace shop names secrets outside the namespace's secret allowlist"
+        )),
+        "{got}"
+    );
+    assert!(got.contains(names), "{got}");
+    assert!(got.contains("it may use: shop/, prod/"), "{got}");
+    assert!(
+        !got.contains("pay-team-only/,") && !got.contains("payments"),
+        "another namespace's entries: {got}"
+    );
+    assert!(r.get("patch").is_none());
+
+    // The allowed DsoSecret alone is injected.
+    let ok = json!({"dso.dev/inject": "true", "dso.dev/secrets": "db"});
+    let r = post_review(app.clone(), review("CREATE", ok, false)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r.get("patch").is_some());
+    let (_, _, metrics) = call(app, "GET", "/metrics", Body::empty(), false).await;
+    assert!(
+        metrics.contains("reason=\"not_allowed\""),
+        "the denial is counted: {metrics}"
+    );
+}
+
+#[rstest]
+#[case::allowed(json!({"files": [{"path": "p", "secretId": "shop/db"}]}), None)]
+#[case::other_teams_name(json!({"files": [{"path": "p", "secretId": "pay-team-only/db"}]}),
+    Some("DsoSecret \"db\" of namespace shop names secrets outside the namespace's secret allowlist, set by the cluster admin: spec.files[0].secretId: secret \"pay-team-only/db\" (file \"p\")"))]
+#[case::template_source(json!({"files": [{"path": "url", "template": "{{ s.k }}", "sources": {"s": {"secretId": "other/x"}}}]}),
+    Some("spec.files[0].sources.s.secretId: secret \"other/x\" (file \"url\")"))]
+#[case::bare_prefix_does_not_allow_an_arn(json!({"files": [{"path": "p", "secretId": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db"}]}),
+    Some("spec.files[0].secretId: secret \"arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db\""))]
+#[tokio::test]
+async fn a_dsosecret_naming_a_secret_outside_the_allowlist_is_refused_at_apply(
+    #[case] spec: Value,
+    #[case] denial: Option<&str>,
+) {
+    let (status, v, text) = call(
+        app_with_allowlist(),
+        "POST",
+        "/validate",
+        Body::from(dso_secret_review("CREATE", spec).to_string()),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let r = &v["response"];
+    match denial {
+        None => assert_eq!(r["allowed"], true, "{r}"),
+        Some(message) => {
+            assert_eq!(r["allowed"], false, "{r}");
+            let got = r["status"]["message"].as_str().expect("message");
+            assert!(got.contains(message), "{got}");
+            assert!(!got.contains("pay-team-only/,"), "{got}");
+        }
+    }
+}

@@ -134,3 +134,29 @@ podAntiAffinity:
 {{- define "dso.webhook.sansHash" -}}
 {{- include "dso.webhook.sans" . | fromJson | toJson | sha256sum | trunc 16 -}}
 {{- end -}}
+
+{{/* The secret allowlist's pod pieces (templates/secret-allowlist.yaml), when one is set. */}}
+{{- define "dso.allowlist.annotation" -}}
+{{- with .Values.secretAllowlist }}
+checksum/secret-allowlist: {{ toYaml . | sha256sum | quote }}
+{{- end }}
+{{- end -}}
+{{- define "dso.allowlist.arg" -}}
+{{- if .Values.secretAllowlist }}
+- --secret-allowlist=/etc/dso/allowlist/allowlist.yaml
+{{- end }}
+{{- end -}}
+{{- define "dso.allowlist.mount" -}}
+{{- if .Values.secretAllowlist }}
+- name: secret-allowlist
+  mountPath: /etc/dso/allowlist
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "dso.allowlist.volume" -}}
+{{- if .Values.secretAllowlist }}
+- name: secret-allowlist
+  configMap:
+    name: {{ include "dso.fullname" . }}-secret-allowlist
+{{- end }}
+{{- end -}}

@@ -419,3 +419,36 @@ fn a_secret_arn_with_a_host_for_a_region_is_an_invalid_spec_and_names_no_lookup(
     );
     assert_eq!(invalid_spec(&spec(vec![file("prod/db")])), None);
 }
+
+#[test]
+fn a_secret_outside_the_namespaces_allowlist_is_an_invalid_spec_naming_file_and_secret() {
+    let list = dso_api::allowlist::Allowlist::from_yaml(
+        "default: [\"{namespace}/\"]\nnamespaces: {other: [\"shared/\"]}",
+    )
+    .expect("allowlist");
+    let s = spec(vec![file("team-a/db"), file("shared/db")]);
+    let r = not_allowed(&s, "team-a", &list).expect("refused");
+    assert_eq!(r.reason(), Reason::InvalidSpec);
+    let message = &r.problem.as_ref().expect("problem").1;
+    assert!(
+        message.starts_with("spec.files[1].secretId: secret \"shared/db\" (file \"f\")"),
+        "{message}"
+    );
+    assert!(message.contains("namespace team-a"), "{message}");
+    assert!(!message.contains("spec.files[0]"), "{message}");
+    assert!(r.secrets.is_empty() && r.following.is_empty());
+    assert_eq!(
+        not_allowed(&s, "other", &list).map(|r| r.reason()),
+        Some(Reason::InvalidSpec)
+    );
+    assert_eq!(
+        not_allowed(&spec(vec![file("team-a/db")]), "team-a", &list),
+        None
+    );
+    let none = dso_api::allowlist::Allowlist::default();
+    assert_eq!(
+        not_allowed(&s, "team-a", &none),
+        None,
+        "no allowlist: all allowed"
+    );
+}

@@ -19,11 +19,12 @@ use dso_e2e::operator::{
 };
 use dso_e2e::{
     Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, check, client,
-    create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, put_secret_value,
-    unique, wait_for,
+    create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, pod,
+    put_secret_value, ready, unique, wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -501,6 +502,9 @@ enum Upstream {
     Forward(String),
 }
 
+/// The caller [`Upstream::Deny`]'s answers name, as AWS names the operator's role.
+const DENYING_PRINCIPAL: &str = "arn:aws:iam::123456789012:user/e2e";
+
 /// A local Secrets Manager endpoint that records the operation (`x-amz-target`) of every
 /// request, then denies it or forwards it (one request per connection). Returns its URL and
 /// the operations seen so far.
@@ -532,7 +536,9 @@ async fn aws_endpoint(upstream: Upstream) -> (String, Arc<Mutex<Vec<String>>>) {
                 record.lock().expect("lock").push(operation);
                 let resp = match upstream {
                     Upstream::Deny => {
-                        let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:iam::123456789012:user/e2e is not authorized to perform: secretsmanager:DescribeSecret"}"#;
+                        let body = format!(
+                            r#"{{"__type":"AccessDeniedException","message":"User: {DENYING_PRINCIPAL} is not authorized to perform: secretsmanager:DescribeSecret"}}"#
+                        );
                         format!(
                             "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
@@ -617,7 +623,93 @@ async fn a_denied_call_is_not_ready_with_reason_access_denied() {
         message.contains("secretsmanager:DescribeSecret"),
         "{message}"
     );
+    // AWS names the caller, the operator's identity: not for the namespace's eyes.
+    let status = serde_json::to_string(&d.status).expect("json");
+    let events = format!("{:?}", events(&ns, "db").await);
+    assert!(events.contains("AccessDenied"), "{events}");
+    for text in [&status, &events] {
+        assert!(!text.contains(DENYING_PRINCIPAL), "{text}");
+        assert!(!text.contains("user/e2e"), "{text}");
+    }
     op.stop();
+}
+
+/// The admin's secret allowlist (issue 13, finding 5): a DsoSecret naming a secret outside its
+/// namespace's entries is refused by the webhook when a pod mounts it, and marked InvalidSpec
+/// by the operator without a single AWS call — in sweep mode, which would otherwise list the
+/// whole region. An allowed DsoSecret of the same namespace is looked up as usual.
+#[tokio::test]
+async fn a_secret_outside_the_namespaces_allowlist_is_refused_and_never_looked_up() {
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("dso-allowlist")));
+    std::fs::write(
+        &file,
+        "default: [\"{namespace}/\"]\nnamespaces:\n  dso-elsewhere: [\"elsewhere-only/\"]\n",
+    )
+    .expect("write the allowlist");
+    let list = file.to_string_lossy().to_string();
+    let mut wh = Webhook::start(18537, &["--secret-allowlist", &list]).await;
+    let ns = wh.namespace(&[]).await;
+    let (endpoint, seen) = aws_endpoint(Upstream::Forward(env("DSO_MOTO_ENDPOINT"))).await;
+    let op = Operator::start_with(
+        &ns,
+        18527,
+        &endpoint,
+        &["--secret-allowlist", &list, "--aws-lookup", "sweep"],
+    );
+    op.ready().await;
+
+    // Another team's secret, which exists: the operator must not even say so.
+    let theirs = unique("e2e/op/other-team");
+    new_secret(&theirs).await;
+    dsosecret(&ns, "stolen", &theirs, SHORT, "Rollout");
+    let d = wait_ready(&ns, "stolen", "False", "InvalidSpec").await;
+    let message = first_condition_message(&d);
+    for part in [
+        "spec.files[0].secretId",
+        &format!("secret {theirs:?} (file \"password\")"),
+        &format!("not in the secret allowlist of namespace {ns}"),
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    assert!(!message.contains("elsewhere-only"), "{message}");
+    assert!(d.status.as_ref().is_some_and(|s| s.secrets.is_empty()));
+
+    // A pod mounting it is refused by the webhook, saying why.
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let pod: Pod = serde_json::from_value(pod("web", &annotated("stolen"))).expect("pod");
+    let denied = match pods.create(&PostParams::default(), &pod).await {
+        Err(kube::Error::Api(s)) => s.message,
+        other => panic!("the pod was not refused: {other:?}"),
+    };
+    for part in [
+        format!(
+            "DsoSecret \"stolen\" of namespace {ns} names secrets outside the namespace's secret allowlist"
+        ),
+        format!("spec.files[0].secretId: secret {theirs:?} (file \"password\")"),
+    ] {
+        assert!(denied.contains(&part), "{part} not in {denied}");
+    }
+    assert!(!denied.contains("elsewhere-only"), "{denied}");
+    let calls = seen.lock().expect("lock").clone();
+    assert!(
+        calls.is_empty(),
+        "AWS was called for a refused secret: {calls:?}"
+    );
+
+    // The namespace's own secret is looked up (the endpoint records calls at all).
+    let mine = format!("{ns}/db");
+    new_secret(&mine).await;
+    dsosecret(&ns, "mine", &mine, SHORT, "Rollout");
+    wait_ready(&ns, "mine", "True", "Synced").await;
+    let calls = seen.lock().expect("lock").clone();
+    assert!(calls.iter().any(|c| c == "ListSecrets"), "{calls:?}");
+    assert_eq!(
+        ready(&get_dso(&ns, "stolen").await.expect("stolen")).map(|r| r.1),
+        Some("InvalidSpec".to_string())
+    );
+    op.stop();
+    drop(wh);
+    let _ = std::fs::remove_file(&file);
 }
 
 #[tokio::test]

@@ -5,15 +5,17 @@ use super::Catalog;
 use super::settings::{FILE_CEILING_BYTES, InjectConfig};
 use crate::error::{Error, Result};
 use dso_api::DsoSecret;
+use dso_api::allowlist::Allowlist;
 use dso_api::contract::PlanSecret;
 use std::sync::Arc;
 
-/// The DsoSecrets `names` of `namespace`, in order, each valid; refused when one is missing or
-/// invalid.
+/// The DsoSecrets `names` of `namespace`, in order, each valid and naming only secrets the
+/// namespace's allowlist allows; refused when one is missing, invalid or not allowed.
 pub(super) fn resolve(
     catalog: &(impl Catalog + ?Sized),
     namespace: &str,
     names: &[String],
+    allowlist: &Allowlist,
 ) -> Result<Vec<(String, Arc<DsoSecret>)>> {
     let mut secrets = Vec::with_capacity(names.len());
     for name in names {
@@ -37,6 +39,17 @@ pub(super) fn resolve(
                     .join("; "),
             }
         })?;
+        allowlist
+            .check_spec(namespace, &secret.spec)
+            .map_err(|errors| Error::NotAllowed {
+                namespace: namespace.to_string(),
+                name: name.clone(),
+                problems: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
         secrets.push((name.clone(), secret));
     }
     Ok(secrets)

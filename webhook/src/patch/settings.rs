@@ -25,4 +25,6 @@ pub struct InjectConfig {
     pub token_expiration_seconds: i64,
     /// Inject pods without an identity (dso-init then uses the AWS default chain).
     pub allow_default_credentials: bool,
+    /// The secrets each namespace's DsoSecrets may name (`--secret-allowlist`; default: all).
+    pub allowlist: std::sync::Arc<dso_api::allowlist::Allowlist>,
 }
