@@ -1,11 +1,15 @@
 //! Prometheus metrics (`dso_` prefix), owned by a registry passed around — no globals.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use dso_api::DsoSecret;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +27,49 @@ struct KindLabel {
     kind: String,
 }
 
+/// A DsoSecret's identity: its namespace and name (never anything of its secrets).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DsoSecretLabels {
+    namespace: String,
+    name: String,
+}
+
+/// `dso_dsosecret_ready`, read from the DsoSecret watch cache at each scrape: one series per
+/// live DsoSecret, so a deleted one leaves no stale series behind. Empty until this replica
+/// leads (only the leader watches).
+#[derive(Clone, Debug, Default)]
+struct ReadyCollector {
+    store: Arc<OnceLock<Store<DsoSecret>>>,
+}
+
+impl Collector for ReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let family = Family::<DsoSecretLabels, Gauge>::default();
+        for dso in store.state() {
+            let ready = dso.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            let labels = DsoSecretLabels {
+                namespace: dso.metadata.namespace.clone().unwrap_or_default(),
+                name: dso.metadata.name.clone().unwrap_or_default(),
+            };
+            family.get_or_create(&labels).set(i64::from(ready));
+        }
+        let metric = encoder.encode_descriptor(
+            "dsosecret_ready",
+            "1 while the DsoSecret's Ready condition is True, else 0 (leader only)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
 /// The operator's metrics. Cheap to clone (every metric is shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -32,7 +79,9 @@ pub struct Metrics {
     aws_calls: Family<OperationLabel, Counter>,
     rotations: Counter,
     rollouts: Family<KindLabel, Counter>,
+    rollout_timeouts: Family<KindLabel, Counter>,
     leader: Gauge,
+    ready: ReadyCollector,
 }
 
 impl Default for Metrics {
@@ -44,7 +93,9 @@ impl Default for Metrics {
             aws_calls: Family::default(),
             rotations: Counter::default(),
             rollouts: Family::default(),
+            rollout_timeouts: Family::default(),
             leader: Gauge::default(),
+            ready: ReadyCollector::default(),
         }
     }
 }
@@ -81,10 +132,16 @@ impl Metrics {
             m.rollouts.clone(),
         );
         r.register(
+            "rollout_timeouts",
+            "Rollouts DSO started that were not complete within --rollout-timeout, by kind",
+            m.rollout_timeouts.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
         );
+        r.register_collector(Box::new(m.ready.clone()));
         m
     }
 
@@ -129,6 +186,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one rollout not complete in time.
+    pub fn rollout_timed_out(&self, kind: &str) {
+        self.rollout_timeouts
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Publishes `dso_dsosecret_ready` from this watch cache (once this replica leads).
+    pub fn watch_readiness(&self, store: Store<DsoSecret>) {
+        let _ = self.ready.store.set(store);
+    }
+
     /// Records leadership.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
@@ -170,5 +241,84 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dso_reconciles_total 1"), "{text}");
+    }
+
+    fn dsosecret(name: &str, ready: Option<&str>) -> DsoSecret {
+        let conditions = match ready {
+            Some(status) => {
+                serde_json::json!([{"type": "Ready", "status": status, "reason": "Synced",
+                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+            }
+            None => serde_json::json!([]),
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret",
+            "metadata": {"name": name, "namespace": "shop", "uid": name},
+            "spec": {"files": [{"path": "p", "secretId": "canary-secret-id-7f3a"}]},
+            "status": {"conditions": conditions},
+        }))
+        .expect("a DsoSecret")
+    }
+
+    #[test]
+    fn readiness_is_one_series_per_live_dsosecret_read_at_scrape_time() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let encode = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+            text
+        };
+        assert!(
+            !encode(&registry).contains("dso_dsosecret_ready"),
+            "a standby has no series"
+        );
+
+        let mut writer = Writer::<DsoSecret>::default();
+        m.watch_readiness(writer.as_reader());
+        for d in [
+            dsosecret("db", Some("True")),
+            dsosecret("api", Some("False")),
+            dsosecret("new", None),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(d));
+        }
+        let text = encode(&registry);
+        assert!(text.contains("# TYPE dso_dsosecret_ready gauge"), "{text}");
+        assert!(
+            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"db\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"api\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"new\"} 0"),
+            "never reconciled is not Ready: {text}"
+        );
+        assert!(!text.contains("canary-secret-id-7f3a"), "{text}");
+
+        writer.apply_watcher_event(&Event::Delete(dsosecret("api", Some("False"))));
+        let text = encode(&registry);
+        assert!(
+            !text.contains("name=\"api\""),
+            "a deleted DsoSecret leaves no series: {text}"
+        );
+    }
+
+    #[test]
+    fn rollout_timeouts_are_counted_by_kind() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.rollout_timed_out("Deployment");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("dso_rollout_timeouts_total{kind=\"Deployment\"} 1"),
+            "{text}"
+        );
     }
 }
