@@ -27,11 +27,12 @@ struct KindLabel {
     kind: String,
 }
 
-/// A DsoSecret's identity: its namespace and name (never anything of its secrets).
+/// A DsoSecret's identity: its namespace and name (never anything of its secrets). Not
+/// `namespace`: Prometheus would rename it `exported_namespace`, beside the target's own.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DsoSecretLabels {
-    namespace: String,
-    name: String,
+    dsosecret_namespace: String,
+    dsosecret: String,
 }
 
 /// `dso_dsosecret_ready`, read from the DsoSecret watch cache at each scrape: one series per
@@ -55,8 +56,8 @@ impl Collector for ReadyCollector {
                     .any(|c| c.type_ == "Ready" && c.status == "True")
             });
             let labels = DsoSecretLabels {
-                namespace: dso.metadata.namespace.clone().unwrap_or_default(),
-                name: dso.metadata.name.clone().unwrap_or_default(),
+                dsosecret_namespace: dso.metadata.namespace.clone().unwrap_or_default(),
+                dsosecret: dso.metadata.name.clone().unwrap_or_default(),
             };
             family.get_or_create(&labels).set(i64::from(ready));
         }
@@ -288,15 +289,15 @@ mod tests {
         let text = encode(&registry);
         assert!(text.contains("# TYPE dso_dsosecret_ready gauge"), "{text}");
         assert!(
-            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"db\"} 1"),
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"db\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"api\"} 0"),
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"api\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("dso_dsosecret_ready{namespace=\"shop\",name=\"new\"} 0"),
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"new\"} 0"),
             "never reconciled is not Ready: {text}"
         );
         assert!(!text.contains("canary-secret-id-7f3a"), "{text}");
@@ -304,7 +305,7 @@ mod tests {
         writer.apply_watcher_event(&Event::Delete(dsosecret("api", Some("False"))));
         let text = encode(&registry);
         assert!(
-            !text.contains("name=\"api\""),
+            !text.contains("dsosecret=\"api\""),
             "a deleted DsoSecret leaves no series: {text}"
         );
     }
