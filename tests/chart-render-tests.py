@@ -272,6 +272,107 @@ if objs:
     check("the RoleBinding grants the Role to the operator", rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dso-operator"} and rb["subjects"] == [{"kind": "ServiceAccount", "name": "dso-operator", "namespace": "dso-system"}], rb)
     check("no ClusterRole grants the operator workloads", not [o for o in find(objs, "ClusterRole") if o["metadata"]["name"].startswith("dso-operator")], find(objs, "ClusterRole"))
 
+test("monitoring: nothing by default; a ServiceMonitor or a PodMonitor scrapes both components' http-metrics port")
+import json
+import re
+objs, err = render()
+kinds = {o["kind"] for o in objs}
+check("no ServiceMonitor, PodMonitor, PrometheusRule or dashboard", not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"} and not find(objs, "ConfigMap"), kinds)
+def selects(selector, labels):
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In", e
+        ok = ok and labels.get(e["key"]) in e["values"]
+    return ok
+objs, err = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom",
+                   "--set", "metrics.serviceMonitor.interval=15s", "--set", "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+                   "--set", "metrics.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__")
+check("rendered", objs is not None, err)
+[sm] = find(objs, "ServiceMonitor") or [None]
+check("one ServiceMonitor, labelled release=prom", sm is not None and sm["metadata"]["labels"].get("release") == "prom", sm)
+if sm:
+    scraped = sorted(o["metadata"]["name"] for o in find(objs, "Service") if selects(sm["spec"]["selector"], o["metadata"]["labels"]))
+    check("selects the operator's and the webhook's Services", scraped == ["dso-operator-metrics", "dso-webhook"], scraped)
+    [ep] = sm["spec"]["endpoints"]
+    check("scrapes their port http-metrics every 15s", ep["port"] == "http-metrics" and ep["interval"] == "15s", ep)
+    check("metricRelabelings passed through", ep.get("metricRelabelings") == [{"action": "drop", "sourceLabels": ["__name__"]}], ep)
+    for svc in find(objs, "Service"):
+        if svc["metadata"]["name"] in scraped:
+            check(f"{svc['metadata']['name']} has a port http-metrics", "http-metrics" in [p["name"] for p in svc["spec"]["ports"]], svc["spec"]["ports"])
+    check("in the release namespace only", sm["spec"]["namespaceSelector"] == {"matchNames": ["dso-system"]}, sm["spec"])
+objs, err = render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.interval=")
+check("rendered", objs is not None, err)
+[pm] = find(objs, "PodMonitor") or [None]
+check("one PodMonitor", pm is not None, objs and [o["kind"] for o in objs])
+if pm:
+    for comp in ("dso-operator", "dso-webhook"):
+        [d] = find(objs, "Deployment", comp)
+        tpl = d["spec"]["template"]
+        check(f"selects {comp}'s pods", selects(pm["spec"]["selector"], tpl["metadata"]["labels"]), pm["spec"]["selector"])
+        ports = [p["name"] for c in tpl["spec"]["containers"] for p in c.get("ports", [])]
+        check(f"{comp} has a container port http-metrics", "http-metrics" in ports, ports)
+    [ep] = pm["spec"]["podMetricsEndpoints"]
+    check("port http-metrics, Prometheus's own interval", ep == {"port": "http-metrics", "path": "/metrics", "scheme": "http"}, ep)
+objs, err = render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+check("both monitors: refused", objs is None and "metrics.podMonitor.enabled" in err, err)
+
+test("PrometheusRule: the alerts of docs/monitoring.md, on metrics the code exports")
+doc = (repo / "docs/monitoring.md").read_text()
+documented_metrics = set(re.findall(r"^\| `(dso_[a-z_]+)` \|", doc, re.M))
+documented_alerts = re.findall(r"^\| <a id=\"[a-z]+\"></a>`(Dso[A-Za-z]+)` \|", doc, re.M)
+check("docs list metrics and alerts", len(documented_metrics) >= 13 and len(documented_alerts) >= 8, (documented_metrics, documented_alerts))
+def metric_names(expr):
+    """Metric names an expression reads (histogram series named by their histogram)."""
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in re.findall(r"\bdso_[a-z_]+", expr)}
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=prom")
+check("rendered", objs is not None, err)
+[rule] = find(objs or [], "PrometheusRule") or [None]
+check("one PrometheusRule labelled release=prom", rule is not None and rule["metadata"]["labels"].get("release") == "prom", rule)
+if rule:
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    names = [r["alert"] for r in rules]
+    check("exactly the documented alerts", sorted(names) == sorted(documented_alerts), (names, documented_alerts))
+    used = set().union(*(metric_names(r["expr"]) for r in rules))
+    check("every metric an alert reads is documented (so exported: the crates' tests compare)", used and used <= documented_metrics, used - documented_metrics)
+    check("every alert selects the release namespace", all('namespace="dso-system"' in r["expr"] for r in rules), [r["expr"] for r in rules])
+    check("every alert has a severity, a summary, a description and a runbook link", all(r["labels"].get("severity") in ("warning", "critical") and {"summary", "description", "runbook_url"} <= set(r["annotations"]) for r in rules), rules)
+    anchors = set(re.findall(r'<a id="([a-z]+)"></a>', doc))
+    check("each runbook link's anchor exists in docs/monitoring.md", all(r["annotations"]["runbook_url"].rsplit("#", 1)[1] in anchors for r in rules), [r["annotations"]["runbook_url"] for r in rules])
+    [nr] = [r for r in rules if r["alert"] == "DsoSecretNotReady"]
+    check("DsoSecretNotReady waits notReadyFor (10m)", nr["for"] == "10m", nr)
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.selector=job=\"dso\"",
+                   "--set", "metrics.prometheusRule.notReadyFor=30m", "--set", "metrics.prometheusRule.latencyP99Seconds=0.5",
+                   "--set", "metrics.prometheusRule.disabled={DsoWebhookDenials}", "--set", "metrics.prometheusRule.additionalRuleLabels.team=platform")
+check("rendered", objs is not None, err)
+if objs:
+    rules = {r["alert"]: r for g in find(objs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    check("disabled: DsoWebhookDenials left out", "DsoWebhookDenials" not in rules and len(rules) == len(documented_alerts) - 1, list(rules))
+    check("selector: job=\"dso\" instead of the namespace", all('{job="dso"' in r["expr"] and "dso-system" not in r["expr"] for r in rules.values()), [r["expr"] for r in rules.values()])
+    check("notReadyFor=30m", rules["DsoSecretNotReady"]["for"] == "30m", rules["DsoSecretNotReady"])
+    check("latencyP99Seconds=0.5", rules["DsoWebhookLatencyHigh"]["expr"].endswith("> 0.5"), rules["DsoWebhookLatencyHigh"]["expr"])
+    check("additionalRuleLabels on every alert", all(r["labels"].get("team") == "platform" for r in rules.values()), rules)
+for bad, field in (("metrics.prometheusRule.notReadyFor=10 minutes", "notReadyFor"),
+                   ("metrics.prometheusRule.disabled={DsoNoSuchAlert}", "disabled"),
+                   ("metrics.prometheusRule.errorRatio=2", "errorRatio"),
+                   ("metrics.serviceMonitor.interval=30", "interval")):
+    objs, err = render("--set", bad)
+    check(f"{bad} refused", objs is None and field in err, err)
+
+test("Grafana dashboard: a ConfigMap for the sidecar, on documented metrics")
+objs, err = render("--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.namespace=monitoring",
+                   "--set", "metrics.dashboard.annotations.grafana_folder=DSO")
+check("rendered", objs is not None, err)
+[cm] = find(objs or [], "ConfigMap", "dso-dashboard") or [None]
+check("ConfigMap dso-dashboard in monitoring, labelled grafana_dashboard=1, folder DSO", cm is not None and cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"].get("grafana_dashboard") == "1" and cm["metadata"]["annotations"] == {"grafana_folder": "DSO"}, cm and cm["metadata"])
+if cm:
+    dash = json.loads(cm["data"]["dso.json"])
+    check("the chart's dashboards/dso.json, as is", dash == json.loads((repo / "charts/dso/dashboards/dso.json").read_text()), "differs")
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = set().union(*(metric_names(e) for e in exprs))
+    check("every metric a panel reads is documented", used and used <= documented_metrics, used - documented_metrics)
+    check("every documented metric is on a panel", documented_metrics <= used, documented_metrics - used)
+    check("every query takes the namespace variable", all('namespace=~"$namespace"' in e for e in exprs), exprs)
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)
