@@ -25,4 +25,14 @@ pub struct InjectConfig {
     pub token_expiration_seconds: i64,
     /// Inject pods without an identity (dso-init then uses the AWS default chain).
     pub allow_default_credentials: bool,
+    /// Extra CA certificates dso-init trusts, from a ConfigMap of the pod's namespace.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// A ConfigMap, in the namespace of every injected pod, whose `key` holds PEM CA certificates
+/// (a TLS-intercepting proxy's): mounted into dso-init only, trusted beside its image's roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    pub config_map: String,
+    pub key: String,
 }

@@ -87,6 +87,7 @@ fn cfg() -> InjectConfig {
         token_expiration_seconds: 3600,
         // The shape tests use pods without a role; the identity tests turn this off.
         allow_default_credentials: true,
+        ca_bundle: None,
     }
 }
 
