@@ -373,6 +373,131 @@ if cm:
     check("every documented metric is on a panel", documented_metrics <= used, documented_metrics - used)
     check("every query takes the namespace variable", all('namespace=~"$namespace"' in e for e in exprs), exprs)
 
+test("images: global.imageRegistry replaces each registry, a digest pins the image")
+DIGEST = "sha256:" + "ab" * 32
+def images(objs):
+    op = pod(objs, "dso-operator")["containers"][0]["image"]
+    wh = pod(objs, "dso-webhook")["containers"][0]
+    init = [a.split("=", 1)[1] for a in wh["args"] if a.startswith("--init-image=")][0]
+    return op, wh["image"], init
+objs, err = render()
+check("defaults: ghcr.io/dso-dev/*:<appVersion>", images(objs) == ("ghcr.io/dso-dev/dso-operator:0.1.0", "ghcr.io/dso-dev/dso-webhook:0.1.0", "ghcr.io/dso-dev/dso-init:0.1.0"), images(objs))
+objs, err = render("--set", "global.imageRegistry=123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr", "--set", f"init.image.digest={DIGEST}", "--set", "operator.image.tag=1.2.3")
+check("rendered", objs is not None, err)
+want = ("123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-operator:1.2.3",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-webhook:0.1.0",
+        f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-init@{DIGEST}")
+check("mirror for all three, dso-init by digest", objs is not None and images(objs) == want, objs and images(objs))
+objs, err = render("--set", "global.imageRegistry=mirror:5000", "--set", "webhook.image.repository=dso-webhook", "--set", f"webhook.image.digest={DIGEST}")
+check("a repository without a registry is prefixed", objs is not None and images(objs)[1] == f"mirror:5000/dso-webhook@{DIGEST}", objs and images(objs))
+for bad, field in (("operator.image.digest=latest", "digest"), ("global.imageRegistry=https://mirror", "imageRegistry")):
+    objs, err = render("--set", bad)
+    check(f"{bad} refused", objs is None and field in err, err)
+
+test("resources are free-form per component: any requests, limits or claims; null removes one, or all")
+objs, err = render(values="""
+operator:
+  resources: {requests: {cpu: 100m, memory: 128Mi, ephemeral-storage: 1Gi}, limits: null}
+webhook:
+  resources: null
+""")
+check("rendered", objs is not None, err)
+if objs:
+    r = pod(objs, "dso-operator")["containers"][0]["resources"]
+    check("operator: requests only, ephemeral-storage kept", r == {"requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "1Gi"}}, r)
+    c = pod(objs, "dso-webhook")["containers"][0]
+    check("webhook: null renders no resources", "resources" not in c, c.get("resources"))
+objs, err = render("--set", "operator.resources.limits.memory=lots")
+check("a quantity that is not one: refused", objs is None and "memory" in err, err)
+objs, err = render("--set", "webhook.resources.limit.cpu=1")
+check("a misspelt key (limit): refused", objs is None and "limit" in err, err)
+
+test("anti-affinity soft by default, hard on request; affinity given wins")
+def anti(objs, comp):
+    return pod(objs, comp)["affinity"]["podAntiAffinity"]
+objs, err = render()
+check("soft: preferred", list(anti(objs, "dso-webhook")) == ["preferredDuringSchedulingIgnoredDuringExecution"], anti(objs, "dso-webhook"))
+objs, err = render("--set", "webhook.podAntiAffinity=hard", "--set", "operator.podAntiAffinity=hard")
+check("rendered", objs is not None, err)
+for comp in ("dso-operator", "dso-webhook"):
+    a = anti(objs, comp)
+    [term] = a.get("requiredDuringSchedulingIgnoredDuringExecution", [None])
+    sel = find(objs, "Deployment", comp)[0]["spec"]["selector"]["matchLabels"]
+    check(f"{comp}: required, one per node, its own pods", list(a) == ["requiredDuringSchedulingIgnoredDuringExecution"] and term["topologyKey"] == "kubernetes.io/hostname" and term["labelSelector"]["matchLabels"] == sel, a)
+objs, err = render("--set", "webhook.podAntiAffinity=hard", "--set", "webhook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+                   "--set", "webhook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+check("an affinity given replaces the default", objs is not None and list(pod(objs, "dso-webhook")["affinity"]) == ["nodeAffinity"], objs and pod(objs, "dso-webhook")["affinity"])
+objs, err = render("--set", "webhook.podAntiAffinity=always")
+check("podAntiAffinity=always refused", objs is None and "podAntiAffinity" in err, err)
+
+test("topologySpreadConstraints: rendered, the component's labels filled in")
+objs, err = render(values="""
+webhook:
+  topologySpreadConstraints:
+    - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+    - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {team: x}}}
+""")
+check("rendered", objs is not None, err)
+if objs:
+    tsc = pod(objs, "dso-webhook")["topologySpreadConstraints"]
+    sel = find(objs, "Deployment", "dso-webhook")[0]["spec"]["selector"]["matchLabels"]
+    check("zone spread over the webhook's own pods", tsc[0] == {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}}, tsc[0])
+    check("a labelSelector given is kept", tsc[1]["labelSelector"] == {"matchLabels": {"team": "x"}}, tsc[1])
+    check("operator: none", "topologySpreadConstraints" not in pod(objs, "dso-operator"), pod(objs, "dso-operator").get("topologySpreadConstraints"))
+objs, err = render("--set", "operator.topologySpreadConstraints[0].maxSkew=1", "--set", "operator.topologySpreadConstraints[0].topologyKey=zone")
+check("without whenUnsatisfiable: refused", objs is None and "whenUnsatisfiable" in err, err)
+
+test("extraVolumes and extraVolumeMounts reach the pod and its container, beside the chart's")
+objs, err = render(values="""
+operator:
+  extraVolumes: [{name: aws-config, configMap: {name: aws-config}}]
+  extraVolumeMounts: [{name: aws-config, mountPath: /home/nonroot/.aws, readOnly: true}]
+webhook:
+  extraVolumes: [{name: scratch, emptyDir: {}}]
+  extraVolumeMounts: [{name: scratch, mountPath: /tmp}]
+""")
+check("rendered", objs is not None, err)
+if objs:
+    op = pod(objs, "dso-operator")
+    check("operator volume", op.get("volumes") == [{"name": "aws-config", "configMap": {"name": "aws-config"}}], op.get("volumes"))
+    check("operator mount", op["containers"][0].get("volumeMounts") == [{"name": "aws-config", "mountPath": "/home/nonroot/.aws", "readOnly": True}], op["containers"][0].get("volumeMounts"))
+    wh = pod(objs, "dso-webhook")
+    check("webhook keeps its tls volume, adds scratch", [v["name"] for v in wh["volumes"]] == ["tls", "scratch"], wh["volumes"])
+    check("webhook keeps its tls mount, adds /tmp", [m["mountPath"] for m in wh["containers"][0]["volumeMounts"]] == ["/etc/dso/tls", "/tmp"], wh["containers"][0]["volumeMounts"])
+objs, err = render()
+check("defaults: the operator has no volumes", "volumes" not in pod(objs, "dso-operator") and "volumeMounts" not in pod(objs, "dso-operator")["containers"][0], pod(objs, "dso-operator"))
+objs, err = render("--set", "webhook.extraVolumeMounts[0].name=x")
+check("a mount without mountPath: refused", objs is None and "mountPath" in err, err)
+
+test("webhook.hostNetwork: only the webhook on the node's network, on webhook.port; the Service follows")
+objs, err = render("--set", "webhook.hostNetwork=true", "--set", "webhook.port=9443")
+check("rendered", objs is not None, err)
+if objs:
+    wh = pod(objs, "dso-webhook")
+    check("webhook: hostNetwork, ClusterFirstWithHostNet", wh.get("hostNetwork") is True and wh.get("dnsPolicy") == "ClusterFirstWithHostNet", wh)
+    check("operator: pod network", "hostNetwork" not in pod(objs, "dso-operator"), pod(objs, "dso-operator").get("hostNetwork"))
+    c = wh["containers"][0]
+    check("listens on 9443", "--listen=0.0.0.0:9443" in c["args"], c["args"])
+    https = [p for p in c["ports"] if p["name"] == "https"]
+    check("container port https is 9443", https == [{"name": "https", "containerPort": 9443, "protocol": "TCP"}], c["ports"])
+    [svc] = find(objs, "Service", "dso-webhook")
+    port = [p for p in svc["spec"]["ports"] if p["name"] == "https"][0]
+    check("the Service targets the port named https", port["targetPort"] == "https", port)
+    strategy = find(objs, "Deployment", "dso-webhook")[0]["spec"]["strategy"]
+    check("two replicas: one replaced at a time, none added", strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}, strategy)
+objs, err = render("--set", "hostNetwork=true", "--set", "webhook.hostNetwork=false", "--set", "webhook.url=https://127.0.0.1:8443/mutate", "--set", "webhook.replicas=1")
+check("hostNetwork=true, webhook.hostNetwork=false: the operator only", objs is not None and pod(objs, "dso-operator").get("hostNetwork") is True and "hostNetwork" not in pod(objs, "dso-webhook"), err)
+objs, err = render("--set", "webhook.hostNetwork=true", "--set", "webhook.networkPolicy.enabled=true", "--set", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16")
+check("with a NetworkPolicy: refused", objs is None and "host network" in err, err)
+
+test("init.caBundle: the webhook is told the ConfigMap and its key")
+got = webhook_args()
+check("none by default", not [a for a in got if a.startswith("--init-ca-bundle")], got)
+got = webhook_args("--set", "init.caBundle.configMap=corp-proxy-ca", "--set", "init.caBundle.key=bundle.pem")
+check("--init-ca-bundle-configmap and -key", "--init-ca-bundle-configmap=corp-proxy-ca" in got and "--init-ca-bundle-key=bundle.pem" in got, got)
+objs, err = render("--set", "init.caBundle.configMap=Corp_CA")
+check("a ConfigMap name that is not one: refused", objs is None and "configMap" in err, err)
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)
