@@ -4,8 +4,10 @@ on, value by value. Run by tests/chart.sh (helm on PATH).
 
     tests/chart-render-tests.py KUBE_VERSION
 
-Python rather than helm-unittest: no plugin to install, and an assertion reads as the object a
-user would look at (the Deployment's serviceAccountName, the pod's securityContext)."""
+Python rather than helm-unittest (why: charts/dso/README.md, "How the chart is tested"): no
+plugin to install, an assertion reads as the object a user would look at (the Deployment's
+serviceAccountName, the pod's securityContext), and relations between objects (a monitor's
+selector and the Services it must match) are plain code. Every chart value has a case here."""
 import subprocess
 import sys
 import tempfile
