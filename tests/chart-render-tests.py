@@ -298,10 +298,14 @@ if sm:
     [ep] = sm["spec"]["endpoints"]
     check("scrapes their port http-metrics every 15s", ep["port"] == "http-metrics" and ep["interval"] == "15s", ep)
     check("metricRelabelings passed through", ep.get("metricRelabelings") == [{"action": "drop", "sourceLabels": ["__name__"]}], ep)
+    check("no scrapeTimeout unless given", "scrapeTimeout" not in ep, ep)
     for svc in find(objs, "Service"):
         if svc["metadata"]["name"] in scraped:
             check(f"{svc['metadata']['name']} has a port http-metrics", "http-metrics" in [p["name"] for p in svc["spec"]["ports"]], svc["spec"]["ports"])
     check("in the release namespace only", sm["spec"]["namespaceSelector"] == {"matchNames": ["dso-system"]}, sm["spec"])
+objs, err = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.scrapeTimeout=10s", "--set", "metrics.serviceMonitor.relabelings[0].targetLabel=cluster", "--set", "metrics.serviceMonitor.relabelings[0].replacement=prod")
+ep = find(objs or [], "ServiceMonitor")[0]["spec"]["endpoints"][0] if objs else {}
+check("scrapeTimeout and relabelings", ep.get("scrapeTimeout") == "10s" and ep.get("relabelings") == [{"targetLabel": "cluster", "replacement": "prod"}], (ep, err))
 objs, err = render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.interval=")
 check("rendered", objs is not None, err)
 [pm] = find(objs, "PodMonitor") or [None]
@@ -353,6 +357,12 @@ if objs:
     check("notReadyFor=30m", rules["DsoSecretNotReady"]["for"] == "30m", rules["DsoSecretNotReady"])
     check("latencyP99Seconds=0.5", rules["DsoWebhookLatencyHigh"]["expr"].endswith("> 0.5"), rules["DsoWebhookLatencyHigh"]["expr"])
     check("additionalRuleLabels on every alert", all(r["labels"].get("team") == "platform" for r in rules.values()), rules)
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.denialsFor=1h", "--set", "metrics.prometheusRule.errorRatio=0.05")
+check("rendered", objs is not None, err)
+if objs:
+    rules = {r["alert"]: r for g in find(objs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    check("denialsFor=1h", rules["DsoWebhookDenials"]["for"] == "1h", rules["DsoWebhookDenials"])
+    check("errorRatio=0.05", "> 0.05 * (" in rules["DsoWebhookErrors"]["expr"], rules["DsoWebhookErrors"]["expr"])
 for bad, field in (("metrics.prometheusRule.notReadyFor=10 minutes", "notReadyFor"),
                    ("metrics.prometheusRule.disabled={DsoNoSuchAlert}", "disabled"),
                    ("metrics.prometheusRule.errorRatio=2", "errorRatio"),
@@ -390,6 +400,8 @@ want = ("123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-operator:
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-webhook:0.1.0",
         f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-init@{DIGEST}")
 check("mirror for all three, dso-init by digest", objs is not None and images(objs) == want, objs and images(objs))
+objs, err = render("--set", f"operator.image.digest={DIGEST}", "--set", "operator.image.tag=9.9.9")
+check("operator by digest, the tag unused", objs is not None and images(objs)[0] == f"ghcr.io/dso-dev/dso-operator@{DIGEST}", objs and images(objs))
 objs, err = render("--set", "global.imageRegistry=mirror:5000", "--set", "webhook.image.repository=dso-webhook", "--set", f"webhook.image.digest={DIGEST}")
 check("a repository without a registry is prefixed", objs is not None and images(objs)[1] == f"mirror:5000/dso-webhook@{DIGEST}", objs and images(objs))
 for bad, field in (("operator.image.digest=latest", "digest"), ("global.imageRegistry=https://mirror", "imageRegistry")):
