@@ -51,12 +51,17 @@ render() { helm template dso charts/dso -n "$1" --kube-version "$kube_version" "
 
 if [ "${1:-}" = --server ]; then
   ns=dso-chart-dry-run
+  # A previous run's namespaces may still be terminating: creating in them fails.
+  kubectl wait --for=delete namespace/$ns namespace/apps namespace/monitoring --timeout=120s >/dev/null 2>&1 || true
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  # The namespace a combination's operator.watchNamespace names: its Role goes there.
-  watched=apps created_watched=
-  if ! kubectl get namespace "$watched" >/dev/null 2>&1; then
-    kubectl create namespace "$watched" >/dev/null && created_watched=1
-  fi
+  # Namespaces combinations name: operator.watchNamespace (its Role goes there) and
+  # metrics.dashboard.namespace (the dashboard's ConfigMap).
+  created=()
+  for other in apps monitoring; do
+    if ! kubectl get namespace "$other" >/dev/null 2>&1; then
+      kubectl create namespace "$other" >/dev/null && created+=("$other")
+    fi
+  done
   failed=0
   for entry in "${combinations[@]}"; do
     name=${entry%%|*}
@@ -67,7 +72,7 @@ if [ "${1:-}" = --server ]; then
       kubectl apply --dry-run=server --validate=strict -f - >"$work/out" 2>&1 || { cat "$work/out" >&2; failed=1; }
   done
   kubectl delete namespace "$ns" --wait=false >/dev/null
-  [ -z "$created_watched" ] || kubectl delete namespace "$watched" --wait=false >/dev/null
+  for other in "${created[@]}"; do kubectl delete namespace "$other" --wait=false >/dev/null; done
   [ "$failed" = 0 ] || { echo "[chart] FAILED (see above)" >&2; exit 1; }
   echo "[chart] the API server accepts every combination"
   exit 0
