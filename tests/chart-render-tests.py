@@ -4,8 +4,10 @@ on, value by value. Run by tests/chart.sh (helm on PATH).
 
     tests/chart-render-tests.py KUBE_VERSION
 
-Python rather than helm-unittest: no plugin to install, and an assertion reads as the object a
-user would look at (the Deployment's serviceAccountName, the pod's securityContext)."""
+Python rather than helm-unittest (why: charts/dso/README.md, "How the chart is tested"): no
+plugin to install, an assertion reads as the object a user would look at (the Deployment's
+serviceAccountName, the pod's securityContext), and relations between objects (a monitor's
+selector and the Services it must match) are plain code. Every chart value has a case here."""
 import subprocess
 import sys
 import tempfile
@@ -361,6 +363,251 @@ for bad, why, named in (('secretAllowlist: {default: ["team-*"]}', "a * in a nam
                         ('secretAllowlist: {defaults: ["a/"]}', "an unknown key", "defaults")):
     objs, err = render(values=bad)
     check(f"refused by the schema: {why}", objs is None and named in (err or ""), err)
+test("monitoring: nothing by default; a ServiceMonitor or a PodMonitor scrapes both components' http-metrics port")
+import json
+import re
+objs, err = render()
+kinds = {o["kind"] for o in objs}
+check("no ServiceMonitor, PodMonitor, PrometheusRule or dashboard", not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"} and not find(objs, "ConfigMap"), kinds)
+def selects(selector, labels):
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In", e
+        ok = ok and labels.get(e["key"]) in e["values"]
+    return ok
+objs, err = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom",
+                   "--set", "metrics.serviceMonitor.interval=15s", "--set", "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+                   "--set", "metrics.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__")
+check("rendered", objs is not None, err)
+[sm] = find(objs, "ServiceMonitor") or [None]
+check("one ServiceMonitor, labelled release=prom", sm is not None and sm["metadata"]["labels"].get("release") == "prom", sm)
+if sm:
+    scraped = sorted(o["metadata"]["name"] for o in find(objs, "Service") if selects(sm["spec"]["selector"], o["metadata"]["labels"]))
+    check("selects the operator's and the webhook's Services", scraped == ["dso-operator-metrics", "dso-webhook"], scraped)
+    [ep] = sm["spec"]["endpoints"]
+    check("scrapes their port http-metrics every 15s", ep["port"] == "http-metrics" and ep["interval"] == "15s", ep)
+    check("metricRelabelings passed through", ep.get("metricRelabelings") == [{"action": "drop", "sourceLabels": ["__name__"]}], ep)
+    check("no scrapeTimeout unless given", "scrapeTimeout" not in ep, ep)
+    for svc in find(objs, "Service"):
+        if svc["metadata"]["name"] in scraped:
+            check(f"{svc['metadata']['name']} has a port http-metrics", "http-metrics" in [p["name"] for p in svc["spec"]["ports"]], svc["spec"]["ports"])
+    check("in the release namespace only", sm["spec"]["namespaceSelector"] == {"matchNames": ["dso-system"]}, sm["spec"])
+objs, err = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.scrapeTimeout=10s", "--set", "metrics.serviceMonitor.relabelings[0].targetLabel=cluster", "--set", "metrics.serviceMonitor.relabelings[0].replacement=prod")
+ep = find(objs or [], "ServiceMonitor")[0]["spec"]["endpoints"][0] if objs else {}
+check("scrapeTimeout and relabelings", ep.get("scrapeTimeout") == "10s" and ep.get("relabelings") == [{"targetLabel": "cluster", "replacement": "prod"}], (ep, err))
+objs, err = render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.interval=")
+check("rendered", objs is not None, err)
+[pm] = find(objs, "PodMonitor") or [None]
+check("one PodMonitor", pm is not None, objs and [o["kind"] for o in objs])
+if pm:
+    for comp in ("dso-operator", "dso-webhook"):
+        [d] = find(objs, "Deployment", comp)
+        tpl = d["spec"]["template"]
+        check(f"selects {comp}'s pods", selects(pm["spec"]["selector"], tpl["metadata"]["labels"]), pm["spec"]["selector"])
+        ports = [p["name"] for c in tpl["spec"]["containers"] for p in c.get("ports", [])]
+        check(f"{comp} has a container port http-metrics", "http-metrics" in ports, ports)
+    [ep] = pm["spec"]["podMetricsEndpoints"]
+    check("port http-metrics, Prometheus's own interval", ep == {"port": "http-metrics", "path": "/metrics", "scheme": "http"}, ep)
+objs, err = render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+check("both monitors: refused", objs is None and "metrics.podMonitor.enabled" in err, err)
+
+test("PrometheusRule: the alerts of docs/monitoring.md, on metrics the code exports")
+doc = (repo / "docs/monitoring.md").read_text()
+documented_metrics = set(re.findall(r"^\| `(dso_[a-z_]+)` \|", doc, re.M))
+documented_alerts = re.findall(r"^\| <a id=\"[a-z]+\"></a>`(Dso[A-Za-z]+)` \|", doc, re.M)
+check("docs list metrics and alerts", len(documented_metrics) >= 13 and len(documented_alerts) >= 8, (documented_metrics, documented_alerts))
+def metric_names(expr):
+    """Metric names an expression reads (histogram series named by their histogram)."""
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in re.findall(r"\bdso_[a-z_]+", expr)}
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=prom")
+check("rendered", objs is not None, err)
+[rule] = find(objs or [], "PrometheusRule") or [None]
+check("one PrometheusRule labelled release=prom", rule is not None and rule["metadata"]["labels"].get("release") == "prom", rule)
+if rule:
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    names = [r["alert"] for r in rules]
+    check("exactly the documented alerts", sorted(names) == sorted(documented_alerts), (names, documented_alerts))
+    used = set().union(*(metric_names(r["expr"]) for r in rules))
+    check("every metric an alert reads is documented (so exported: the crates' tests compare)", used and used <= documented_metrics, used - documented_metrics)
+    check("every alert selects the release namespace", all('namespace="dso-system"' in r["expr"] for r in rules), [r["expr"] for r in rules])
+    check("every alert has a severity, a summary, a description and a runbook link", all(r["labels"].get("severity") in ("warning", "critical") and {"summary", "description", "runbook_url"} <= set(r["annotations"]) for r in rules), rules)
+    anchors = set(re.findall(r'<a id="([a-z]+)"></a>', doc))
+    check("each runbook link's anchor exists in docs/monitoring.md", all(r["annotations"]["runbook_url"].rsplit("#", 1)[1] in anchors for r in rules), [r["annotations"]["runbook_url"] for r in rules])
+    [nr] = [r for r in rules if r["alert"] == "DsoSecretNotReady"]
+    check("DsoSecretNotReady waits notReadyFor (10m)", nr["for"] == "10m", nr)
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.selector=job=\"dso\"",
+                   "--set", "metrics.prometheusRule.notReadyFor=30m", "--set", "metrics.prometheusRule.latencyP99Seconds=0.5",
+                   "--set", "metrics.prometheusRule.disabled={DsoWebhookDenials}", "--set", "metrics.prometheusRule.additionalRuleLabels.team=platform")
+check("rendered", objs is not None, err)
+if objs:
+    rules = {r["alert"]: r for g in find(objs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    check("disabled: DsoWebhookDenials left out", "DsoWebhookDenials" not in rules and len(rules) == len(documented_alerts) - 1, list(rules))
+    check("selector: job=\"dso\" instead of the namespace", all('{job="dso"' in r["expr"] and "dso-system" not in r["expr"] for r in rules.values()), [r["expr"] for r in rules.values()])
+    check("notReadyFor=30m", rules["DsoSecretNotReady"]["for"] == "30m", rules["DsoSecretNotReady"])
+    check("latencyP99Seconds=0.5", rules["DsoWebhookLatencyHigh"]["expr"].endswith("> 0.5"), rules["DsoWebhookLatencyHigh"]["expr"])
+    check("additionalRuleLabels on every alert", all(r["labels"].get("team") == "platform" for r in rules.values()), rules)
+objs, err = render("--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.denialsFor=1h", "--set", "metrics.prometheusRule.errorRatio=0.05")
+check("rendered", objs is not None, err)
+if objs:
+    rules = {r["alert"]: r for g in find(objs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    check("denialsFor=1h", rules["DsoWebhookDenials"]["for"] == "1h", rules["DsoWebhookDenials"])
+    check("errorRatio=0.05", "> 0.05 * (" in rules["DsoWebhookErrors"]["expr"], rules["DsoWebhookErrors"]["expr"])
+for bad, field in (("metrics.prometheusRule.notReadyFor=10 minutes", "notReadyFor"),
+                   ("metrics.prometheusRule.disabled={DsoNoSuchAlert}", "disabled"),
+                   ("metrics.prometheusRule.errorRatio=2", "errorRatio"),
+                   ("metrics.serviceMonitor.interval=30", "interval")):
+    objs, err = render("--set", bad)
+    check(f"{bad} refused", objs is None and field in err, err)
+
+test("Grafana dashboard: a ConfigMap for the sidecar, on documented metrics")
+objs, err = render("--set", "metrics.dashboard.enabled=true", "--set", "metrics.dashboard.namespace=monitoring",
+                   "--set", "metrics.dashboard.annotations.grafana_folder=DSO")
+check("rendered", objs is not None, err)
+[cm] = find(objs or [], "ConfigMap", "dso-dashboard") or [None]
+check("ConfigMap dso-dashboard in monitoring, labelled grafana_dashboard=1, folder DSO", cm is not None and cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"].get("grafana_dashboard") == "1" and cm["metadata"]["annotations"] == {"grafana_folder": "DSO"}, cm and cm["metadata"])
+if cm:
+    dash = json.loads(cm["data"]["dso.json"])
+    check("the chart's dashboards/dso.json, as is", dash == json.loads((repo / "charts/dso/dashboards/dso.json").read_text()), "differs")
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = set().union(*(metric_names(e) for e in exprs))
+    check("every metric a panel reads is documented", used and used <= documented_metrics, used - documented_metrics)
+    check("every documented metric is on a panel", documented_metrics <= used, documented_metrics - used)
+    check("every query takes the namespace variable", all('namespace=~"$namespace"' in e for e in exprs), exprs)
+
+test("images: global.imageRegistry replaces each registry, a digest pins the image")
+DIGEST = "sha256:" + "ab" * 32
+def images(objs):
+    op = pod(objs, "dso-operator")["containers"][0]["image"]
+    wh = pod(objs, "dso-webhook")["containers"][0]
+    init = [a.split("=", 1)[1] for a in wh["args"] if a.startswith("--init-image=")][0]
+    return op, wh["image"], init
+objs, err = render()
+check("defaults: ghcr.io/dso-dev/*:<appVersion>", images(objs) == ("ghcr.io/dso-dev/dso-operator:0.1.0", "ghcr.io/dso-dev/dso-webhook:0.1.0", "ghcr.io/dso-dev/dso-init:0.1.0"), images(objs))
+objs, err = render("--set", "global.imageRegistry=123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr", "--set", f"init.image.digest={DIGEST}", "--set", "operator.image.tag=1.2.3")
+check("rendered", objs is not None, err)
+want = ("123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-operator:1.2.3",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-webhook:0.1.0",
+        f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ghcr/dso-dev/dso-init@{DIGEST}")
+check("mirror for all three, dso-init by digest", objs is not None and images(objs) == want, objs and images(objs))
+objs, err = render("--set", f"operator.image.digest={DIGEST}", "--set", "operator.image.tag=9.9.9")
+check("operator by digest, the tag unused", objs is not None and images(objs)[0] == f"ghcr.io/dso-dev/dso-operator@{DIGEST}", objs and images(objs))
+objs, err = render("--set", "global.imageRegistry=mirror:5000", "--set", "webhook.image.repository=dso-webhook", "--set", f"webhook.image.digest={DIGEST}")
+check("a repository without a registry is prefixed", objs is not None and images(objs)[1] == f"mirror:5000/dso-webhook@{DIGEST}", objs and images(objs))
+for bad, field in (("operator.image.digest=latest", "digest"), ("global.imageRegistry=https://mirror", "imageRegistry")):
+    objs, err = render("--set", bad)
+    check(f"{bad} refused", objs is None and field in err, err)
+
+test("resources are free-form per component: any requests, limits or claims; null removes one, or all")
+objs, err = render(values="""
+operator:
+  resources: {requests: {cpu: 100m, memory: 128Mi, ephemeral-storage: 1Gi}, limits: null}
+webhook:
+  resources: null
+""")
+check("rendered", objs is not None, err)
+if objs:
+    r = pod(objs, "dso-operator")["containers"][0]["resources"]
+    check("operator: requests only, ephemeral-storage kept", r == {"requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "1Gi"}}, r)
+    c = pod(objs, "dso-webhook")["containers"][0]
+    check("webhook: null renders no resources", "resources" not in c, c.get("resources"))
+objs, err = render("--set", "operator.resources.limits.memory=lots")
+check("a quantity that is not one: refused", objs is None and "memory" in err, err)
+objs, err = render("--set", "webhook.resources.limit.cpu=1")
+check("a misspelt key (limit): refused", objs is None and "limit" in err, err)
+
+test("anti-affinity soft by default, hard on request; affinity given wins")
+def anti(objs, comp):
+    return pod(objs, comp)["affinity"]["podAntiAffinity"]
+objs, err = render()
+check("soft: preferred", list(anti(objs, "dso-webhook")) == ["preferredDuringSchedulingIgnoredDuringExecution"], anti(objs, "dso-webhook"))
+objs, err = render("--set", "webhook.podAntiAffinity=hard", "--set", "operator.podAntiAffinity=hard")
+check("rendered", objs is not None, err)
+for comp in ("dso-operator", "dso-webhook"):
+    a = anti(objs, comp)
+    [term] = a.get("requiredDuringSchedulingIgnoredDuringExecution", [None])
+    sel = find(objs, "Deployment", comp)[0]["spec"]["selector"]["matchLabels"]
+    check(f"{comp}: required, one per node, its own pods", list(a) == ["requiredDuringSchedulingIgnoredDuringExecution"] and term["topologyKey"] == "kubernetes.io/hostname" and term["labelSelector"]["matchLabels"] == sel, a)
+objs, err = render("--set", "webhook.podAntiAffinity=hard", "--set", "webhook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+                   "--set", "webhook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+check("an affinity given replaces the default", objs is not None and list(pod(objs, "dso-webhook")["affinity"]) == ["nodeAffinity"], objs and pod(objs, "dso-webhook")["affinity"])
+objs, err = render("--set", "webhook.podAntiAffinity=always")
+check("podAntiAffinity=always refused", objs is None and "podAntiAffinity" in err, err)
+
+test("topologySpreadConstraints: rendered, the component's labels filled in")
+objs, err = render(values="""
+webhook:
+  topologySpreadConstraints:
+    - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+    - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {team: x}}}
+""")
+check("rendered", objs is not None, err)
+if objs:
+    tsc = pod(objs, "dso-webhook")["topologySpreadConstraints"]
+    sel = find(objs, "Deployment", "dso-webhook")[0]["spec"]["selector"]["matchLabels"]
+    check("zone spread over the webhook's own pods", tsc[0] == {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": sel}}, tsc[0])
+    check("a labelSelector given is kept", tsc[1]["labelSelector"] == {"matchLabels": {"team": "x"}}, tsc[1])
+    check("operator: none", "topologySpreadConstraints" not in pod(objs, "dso-operator"), pod(objs, "dso-operator").get("topologySpreadConstraints"))
+objs, err = render("--set", "operator.topologySpreadConstraints[0].maxSkew=1", "--set", "operator.topologySpreadConstraints[0].topologyKey=zone")
+check("without whenUnsatisfiable: refused", objs is None and "whenUnsatisfiable" in err, err)
+
+test("extraVolumes and extraVolumeMounts reach the pod and its container, beside the chart's")
+objs, err = render(values="""
+operator:
+  extraVolumes: [{name: aws-config, configMap: {name: aws-config}}]
+  extraVolumeMounts: [{name: aws-config, mountPath: /home/nonroot/.aws, readOnly: true}]
+webhook:
+  extraVolumes: [{name: scratch, emptyDir: {}}]
+  extraVolumeMounts: [{name: scratch, mountPath: /tmp}]
+""")
+check("rendered", objs is not None, err)
+if objs:
+    op = pod(objs, "dso-operator")
+    check("operator volume", op.get("volumes") == [{"name": "aws-config", "configMap": {"name": "aws-config"}}], op.get("volumes"))
+    check("operator mount", op["containers"][0].get("volumeMounts") == [{"name": "aws-config", "mountPath": "/home/nonroot/.aws", "readOnly": True}], op["containers"][0].get("volumeMounts"))
+    wh = pod(objs, "dso-webhook")
+    # Runtime TLS (the default) has no certificate volume: the extra one is alone.
+    check("runtime TLS: webhook gets scratch", [v["name"] for v in wh["volumes"]] == ["scratch"], wh["volumes"])
+    check("runtime TLS: webhook mounts /tmp", [m["mountPath"] for m in wh["containers"][0]["volumeMounts"]] == ["/tmp"], wh["containers"][0]["volumeMounts"])
+objs, err = render("--set", "webhook.tls.mode=helm", "--set", "webhook.extraVolumes[0].name=scratch", "--set", "webhook.extraVolumes[0].emptyDir.medium=Memory",
+                   "--set", "webhook.extraVolumeMounts[0].name=scratch", "--set", "webhook.extraVolumeMounts[0].mountPath=/tmp")
+check("rendered (helm TLS)", objs is not None, err)
+if objs:
+    wh = pod(objs, "dso-webhook")
+    check("helm TLS: webhook keeps its tls volume, adds scratch", [v["name"] for v in wh["volumes"]] == ["tls", "scratch"], wh["volumes"])
+    check("helm TLS: webhook keeps its tls mount, adds /tmp", [m["mountPath"] for m in wh["containers"][0]["volumeMounts"]] == ["/etc/dso/tls", "/tmp"], wh["containers"][0]["volumeMounts"])
+objs, err = render()
+check("defaults: the operator has no volumes", "volumes" not in pod(objs, "dso-operator") and "volumeMounts" not in pod(objs, "dso-operator")["containers"][0], pod(objs, "dso-operator"))
+objs, err = render("--set", "webhook.extraVolumeMounts[0].name=x")
+check("a mount without mountPath: refused", objs is None and "mountPath" in err, err)
+
+test("webhook.hostNetwork: only the webhook on the node's network, on webhook.port; the Service follows")
+objs, err = render("--set", "webhook.hostNetwork=true", "--set", "webhook.port=9443")
+check("rendered", objs is not None, err)
+if objs:
+    wh = pod(objs, "dso-webhook")
+    check("webhook: hostNetwork, ClusterFirstWithHostNet", wh.get("hostNetwork") is True and wh.get("dnsPolicy") == "ClusterFirstWithHostNet", wh)
+    check("operator: pod network", "hostNetwork" not in pod(objs, "dso-operator"), pod(objs, "dso-operator").get("hostNetwork"))
+    c = wh["containers"][0]
+    check("listens on 9443", "--listen=0.0.0.0:9443" in c["args"], c["args"])
+    https = [p for p in c["ports"] if p["name"] == "https"]
+    check("container port https is 9443", https == [{"name": "https", "containerPort": 9443, "protocol": "TCP"}], c["ports"])
+    [svc] = find(objs, "Service", "dso-webhook")
+    port = [p for p in svc["spec"]["ports"] if p["name"] == "https"][0]
+    check("the Service targets the port named https", port["targetPort"] == "https", port)
+    strategy = find(objs, "Deployment", "dso-webhook")[0]["spec"]["strategy"]
+    check("two replicas: one replaced at a time, none added", strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}, strategy)
+objs, err = render("--set", "hostNetwork=true", "--set", "webhook.hostNetwork=false", "--set", "webhook.url=https://127.0.0.1:8443/mutate", "--set", "webhook.replicas=1")
+check("hostNetwork=true, webhook.hostNetwork=false: the operator only", objs is not None and pod(objs, "dso-operator").get("hostNetwork") is True and "hostNetwork" not in pod(objs, "dso-webhook"), err)
+objs, err = render("--set", "webhook.hostNetwork=true", "--set", "webhook.networkPolicy.enabled=true", "--set", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16")
+check("with a NetworkPolicy: refused", objs is None and "host network" in err, err)
+
+test("init.caBundle: the webhook is told the ConfigMap and its key")
+got = webhook_args()
+check("none by default", not [a for a in got if a.startswith("--init-ca-bundle")], got)
+got = webhook_args("--set", "init.caBundle.configMap=corp-proxy-ca", "--set", "init.caBundle.key=bundle.pem")
+check("--init-ca-bundle-configmap and -key", "--init-ca-bundle-configmap=corp-proxy-ca" in got and "--init-ca-bundle-key=bundle.pem" in got, got)
+objs, err = render("--set", "init.caBundle.configMap=Corp_CA")
+check("a ConfigMap name that is not one: refused", objs is None and "configMap" in err, err)
 
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)

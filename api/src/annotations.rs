@@ -30,6 +30,14 @@ pub const INIT_CONTAINER_NAME: &str = "dso-init";
 pub const TOKEN_VOLUME_NAME: &str = "dso-aws-iam-token";
 /// Where that token is mounted in the init container.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/dso.dev/serviceaccount";
+/// Volume of the CA bundle ConfigMap dso-init trusts beside its image's roots (webhook flag
+/// `--init-ca-bundle-configmap`; TLS-intercepting proxies).
+pub const CA_BUNDLE_VOLUME_NAME: &str = "dso-ca-bundle";
+/// Where dso-init gets that bundle, as the file [`CA_BUNDLE_FILE`]; the webhook points
+/// `SSL_CERT_DIR` there (the image's `SSL_CERT_FILE` of public roots still applies).
+pub const CA_BUNDLE_MOUNT_PATH: &str = "/etc/dso/ca-bundle";
+/// The bundle's file name under [`CA_BUNDLE_MOUNT_PATH`].
+pub const CA_BUNDLE_FILE: &str = "ca.crt";
 /// ServiceAccount annotation naming the IAM role (the EKS IRSA convention).
 pub const SA_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 /// Audience of IRSA tokens.

@@ -794,6 +794,59 @@ fn an_https_endpoint_with_a_private_ca_works_when_ssl_cert_file_names_the_ca() {
     ran.assert_silent_about(&[&canary]);
 }
 
+/// The CA bundle as the webhook hands it to dso-init (`--init-ca-bundle-configmap`): a
+/// ConfigMap volume, laid out as the kubelet writes one (`..data` and the key as symlinks into
+/// a timestamped directory), named by SSL_CERT_DIR, while SSL_CERT_FILE keeps the image's public
+/// roots. The private CA is trusted through the directory alone.
+#[test]
+fn a_ca_bundle_configmap_mounted_as_the_webhook_does_is_trusted_beside_the_image_roots() {
+    let canary = unique("canary-ca-bundle");
+    let (ca, config) = test_pki();
+    let (fake, calls) = fake_with(0, ("", ""), canary.clone(), Some(config));
+    let s = Scratch::new();
+    let volume = s.dir.path().join("ca-bundle");
+    let data = volume.join("..2026_11_29_22_00_00.123456789");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join(dso_api::annotations::CA_BUNDLE_FILE), ca).expect("ca");
+    std::os::unix::fs::symlink(data.file_name().expect("name"), volume.join("..data"))
+        .expect("..data");
+    std::os::unix::fs::symlink(
+        Path::new("..data").join(dso_api::annotations::CA_BUNDLE_FILE),
+        volume.join(dso_api::annotations::CA_BUNDLE_FILE),
+    )
+    .expect("key link");
+    // The image's bundle of public roots (tests/images.sh requires the host to have it).
+    let public_roots = "/etc/ssl/certs/ca-certificates.crt";
+    assert!(
+        Path::new(public_roots).exists(),
+        "{public_roots} (apt-get install ca-certificates)"
+    );
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake),
+            ("SSL_CERT_FILE", public_roots),
+            ("SSL_CERT_DIR", volume.to_str().expect("utf-8")),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.read("app/value"), canary.as_bytes());
+    ran.assert_silent_about(&[&canary]);
+
+    // The same without the directory: the public roots alone do not trust the private CA.
+    let s = Scratch::new();
+    let ran = s.run(
+        &s.plan(one_file("fake", serde_json::json!({}))),
+        &[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &fake),
+            ("SSL_CERT_FILE", public_roots),
+        ],
+    );
+    assert_eq!(ran.code, Some(6), "{}", ran.stderr);
+    assert!(ran.stderr.contains("TlsError"), "{}", ran.stderr);
+}
+
 #[test]
 fn an_untrusted_https_endpoint_fails_at_once_with_a_tls_hint() {
     let canary = unique("canary-untrusted");

@@ -1,11 +1,15 @@
 //! Prometheus metrics (`dso_` prefix), owned by a registry passed around — no globals.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use dso_api::DsoSecret;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +27,50 @@ struct KindLabel {
     kind: String,
 }
 
+/// A DsoSecret's identity: its namespace and name (never anything of its secrets). Not
+/// `namespace`: Prometheus would rename it `exported_namespace`, beside the target's own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DsoSecretLabels {
+    dsosecret_namespace: String,
+    dsosecret: String,
+}
+
+/// `dso_dsosecret_ready`, read from the DsoSecret watch cache at each scrape: one series per
+/// live DsoSecret, so a deleted one leaves no stale series behind. Empty until this replica
+/// leads (only the leader watches).
+#[derive(Clone, Debug, Default)]
+struct ReadyCollector {
+    store: Arc<OnceLock<Store<DsoSecret>>>,
+}
+
+impl Collector for ReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let family = Family::<DsoSecretLabels, Gauge>::default();
+        for dso in store.state() {
+            let ready = dso.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            let labels = DsoSecretLabels {
+                dsosecret_namespace: dso.metadata.namespace.clone().unwrap_or_default(),
+                dsosecret: dso.metadata.name.clone().unwrap_or_default(),
+            };
+            family.get_or_create(&labels).set(i64::from(ready));
+        }
+        let metric = encoder.encode_descriptor(
+            "dsosecret_ready",
+            "1 while the DsoSecret's Ready condition is True, else 0 (leader only)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
 /// The operator's metrics. Cheap to clone (every metric is shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -32,7 +80,9 @@ pub struct Metrics {
     aws_calls: Family<OperationLabel, Counter>,
     rotations: Counter,
     rollouts: Family<KindLabel, Counter>,
+    rollout_timeouts: Family<KindLabel, Counter>,
     leader: Gauge,
+    ready: ReadyCollector,
 }
 
 impl Default for Metrics {
@@ -44,7 +94,9 @@ impl Default for Metrics {
             aws_calls: Family::default(),
             rotations: Counter::default(),
             rollouts: Family::default(),
+            rollout_timeouts: Family::default(),
             leader: Gauge::default(),
+            ready: ReadyCollector::default(),
         }
     }
 }
@@ -81,10 +133,16 @@ impl Metrics {
             m.rollouts.clone(),
         );
         r.register(
+            "rollout_timeouts",
+            "Rollouts DSO started that were not complete within --rollout-timeout, by kind",
+            m.rollout_timeouts.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
         );
+        r.register_collector(Box::new(m.ready.clone()));
         m
     }
 
@@ -129,6 +187,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one rollout not complete in time.
+    pub fn rollout_timed_out(&self, kind: &str) {
+        self.rollout_timeouts
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Publishes `dso_dsosecret_ready` from this watch cache (once this replica leads).
+    pub fn watch_readiness(&self, store: Store<DsoSecret>) {
+        let _ = self.ready.store.set(store);
+    }
+
     /// Records leadership.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
@@ -145,6 +217,43 @@ impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
     }
+}
+
+/// The `(name, type)` rows of docs/monitoring.md's metric table for which `keep(name)` holds,
+/// counters named as exposed in `# TYPE` lines (without `_total`).
+#[cfg(test)]
+pub(crate) fn documented_metrics(
+    keep: impl Fn(&str) -> bool,
+) -> std::collections::BTreeSet<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/monitoring.md"
+    ))
+    .expect("docs/monitoring.md");
+    doc.lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix("| `")?.split(" | ");
+            let name = cells.next()?.strip_suffix('`')?;
+            let kind = cells.next()?.trim();
+            let name = if kind == "counter" {
+                name.strip_suffix("_total")?
+            } else {
+                name
+            };
+            keep(name).then(|| (name.to_string(), kind.to_string()))
+        })
+        .collect()
+}
+
+/// The `(name, type)` of every `# TYPE` line of an exposition.
+#[cfg(test)]
+pub(crate) fn exposed_metrics(text: &str) -> std::collections::BTreeSet<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.strip_prefix("# TYPE ")?.split(' ');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,5 +279,106 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dso_reconciles_total 1"), "{text}");
+    }
+
+    fn dsosecret(name: &str, ready: Option<&str>) -> DsoSecret {
+        let conditions = match ready {
+            Some(status) => {
+                serde_json::json!([{"type": "Ready", "status": status, "reason": "Synced",
+                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+            }
+            None => serde_json::json!([]),
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret",
+            "metadata": {"name": name, "namespace": "shop", "uid": name},
+            "spec": {"files": [{"path": "p", "secretId": "canary-secret-id-7f3a"}]},
+            "status": {"conditions": conditions},
+        }))
+        .expect("a DsoSecret")
+    }
+
+    #[test]
+    fn readiness_is_one_series_per_live_dsosecret_read_at_scrape_time() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let encode = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+            text
+        };
+        assert!(
+            !encode(&registry).contains("dso_dsosecret_ready"),
+            "a standby has no series"
+        );
+
+        let mut writer = Writer::<DsoSecret>::default();
+        m.watch_readiness(writer.as_reader());
+        for d in [
+            dsosecret("db", Some("True")),
+            dsosecret("api", Some("False")),
+            dsosecret("new", None),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(d));
+        }
+        let text = encode(&registry);
+        assert!(text.contains("# TYPE dso_dsosecret_ready gauge"), "{text}");
+        assert!(
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"db\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"api\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dso_dsosecret_ready{dsosecret_namespace=\"shop\",dsosecret=\"new\"} 0"),
+            "never reconciled is not Ready: {text}"
+        );
+        assert!(!text.contains("canary-secret-id-7f3a"), "{text}");
+
+        writer.apply_watcher_event(&Event::Delete(dsosecret("api", Some("False"))));
+        let text = encode(&registry);
+        assert!(
+            !text.contains("dsosecret=\"api\""),
+            "a deleted DsoSecret leaves no series: {text}"
+        );
+    }
+
+    #[test]
+    fn rollout_timeouts_are_counted_by_kind() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.rollout_timed_out("Deployment");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("dso_rollout_timeouts_total{kind=\"Deployment\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_monitoring_md_with_its_type() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let writer = kube::runtime::reflector::store::Writer::<DsoSecret>::default();
+        m.watch_readiness(writer.as_reader());
+        // Families declare themselves once they have a series.
+        m.aws_call("DescribeSecret");
+        m.reconcile_failed("kube");
+        m.rolled("Deployment");
+        m.rollout_timed_out("Deployment");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let exposed = super::exposed_metrics(&text);
+        let documented =
+            super::documented_metrics(|n| n.starts_with("dso_") && !n.starts_with("dso_webhook_"));
+        assert_eq!(
+            exposed, documented,
+            "docs/monitoring.md's table and /metrics differ:\n{text}"
+        );
     }
 }

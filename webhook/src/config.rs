@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 pub use crate::limits::Limits;
+use crate::patch::CaBundle;
 pub use crate::patch::InjectConfig;
 pub use crate::runtime_tls::RuntimeTls;
 use dso_api::allowlist::Allowlist;
@@ -136,6 +137,15 @@ pub struct Args {
     /// Values may hold commas (NO_PROXY=a,b), not newlines.
     #[arg(long = "init-env", env = "DSO_WEBHOOK_INIT_ENV", value_delimiter = '\n', value_parser = parse_key_value)]
     pub init_env: Vec<(String, String)>,
+
+    /// ConfigMap, in the namespace of each injected pod, holding CA certificates (PEM) that
+    /// dso-init trusts beside its image's public roots: for TLS-intercepting proxies. Mounted
+    /// into dso-init only; a pod waits until the ConfigMap exists (e.g. a trust-manager Bundle).
+    #[arg(long, env = "DSO_WEBHOOK_INIT_CA_BUNDLE_CONFIGMAP")]
+    pub init_ca_bundle_configmap: Option<String>,
+    /// Key of that ConfigMap holding the certificates.
+    #[arg(long, env = "DSO_WEBHOOK_INIT_CA_BUNDLE_KEY", default_value = "ca.crt")]
+    pub init_ca_bundle_key: String,
 
     /// fsGroup set on pods that have none, so that containers running as any user can read the
     /// group-readable files dso-init writes. Negative: never set one.
@@ -396,6 +406,37 @@ impl InjectConfig {
                 ),
             ));
         }
+        let ca_bundle = match a.init_ca_bundle_configmap.as_deref() {
+            None | Some("") => None,
+            Some(name) => {
+                if !is_dns_subdomain(name) {
+                    return Err(bad(
+                        "init-ca-bundle-configmap",
+                        format!(
+                            "{name:?} is not a ConfigMap name (a DNS subdomain: lowercase letters, digits, '-' and '.')"
+                        ),
+                    ));
+                }
+                let key = &a.init_ca_bundle_key;
+                if key.is_empty()
+                    || key.len() > 253
+                    || !key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                {
+                    return Err(bad(
+                        "init-ca-bundle-key",
+                        format!(
+                            "{key:?} is not a ConfigMap key (letters, digits, '-', '_' and '.')"
+                        ),
+                    ));
+                }
+                Some(CaBundle {
+                    config_map: name.to_string(),
+                    key: key.clone(),
+                })
+            }
+        };
         let pair = |cpu: &str, mem: &str| {
             BTreeMap::from([
                 ("cpu".to_string(), Quantity(cpu.to_string())),
@@ -420,8 +461,22 @@ impl InjectConfig {
             token_expiration_seconds: a.token_expiration_seconds,
             allow_default_credentials: a.allow_default_credentials,
             allowlist: std::sync::Arc::new(a.secret_allowlist.clone().unwrap_or_default()),
+            ca_bundle,
         })
     }
+}
+
+/// A Kubernetes object name of the DNS-1123 subdomain kind (ConfigMaps).
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The lifetimes `--token-expiration-seconds` accepts.
@@ -618,6 +673,41 @@ mod tests {
         }
         let a = args(&["--init-cpu-limit", "fast"]).expect("parse");
         assert!(InjectConfig::from_args(&a).is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_configmap_is_checked_at_start() {
+        let c = InjectConfig::from_args(&args(&[]).expect("parse")).expect("config");
+        assert_eq!(c.ca_bundle, None);
+        let a = args(&["--init-ca-bundle-configmap", "corp-ca"]).expect("parse");
+        let c = InjectConfig::from_args(&a).expect("config");
+        assert_eq!(
+            c.ca_bundle,
+            Some(CaBundle {
+                config_map: "corp-ca".into(),
+                key: "ca.crt".into()
+            })
+        );
+        for (flags, named) in [
+            (
+                &["--init-ca-bundle-configmap", "Corp_CA"][..],
+                "init-ca-bundle-configmap",
+            ),
+            (
+                &[
+                    "--init-ca-bundle-configmap",
+                    "corp-ca",
+                    "--init-ca-bundle-key",
+                    "a/b",
+                ][..],
+                "init-ca-bundle-key",
+            ),
+        ] {
+            let e = InjectConfig::from_args(&args(flags).expect("parse"))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(named), "{e}");
+        }
     }
 
     #[test]

@@ -62,14 +62,16 @@ pub use identity::{
 };
 pub use init::{API_TOKEN_MOUNT_PATH, API_TOKEN_VOLUME_PREFIX};
 pub use reserved::RESERVED_VOLUMES;
-pub use settings::{FILE_CEILING_BYTES, InjectConfig};
+pub use settings::{CaBundle, FILE_CEILING_BYTES, InjectConfig};
 
 use crate::error::Result;
 use dso_api::DsoSecret;
 use dso_api::annotations as ann;
 use dso_api::contract::{InitPlan, PLAN_VERSION};
 use json_patch::Patch;
-use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodSpec, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, Pod, PodSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::sync::Arc;
 
@@ -147,6 +149,7 @@ pub fn mutate(
     };
     let mut volumes = vec![secrets_volume(cfg)];
     volumes.extend(credentials.volumes.iter().cloned());
+    volumes.extend(cfg.ca_bundle.as_ref().map(ca_bundle_volume));
     let init = init::init_container(spec, &plan, credentials, cfg);
     let operations = ops::operations(
         spec,
@@ -184,6 +187,26 @@ fn secrets_volume(cfg: &InjectConfig) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource {
             medium: Some("Memory".to_string()),
             size_limit: Some(Quantity(cfg.size_limit.clone())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The CA bundle ConfigMap, its one key as [`ann::CA_BUNDLE_FILE`]. Not optional: without the
+/// ConfigMap the pod waits in ContainerCreating with an event naming it, rather than dso-init
+/// failing on an untrusted proxy.
+fn ca_bundle_volume(ca: &CaBundle) -> Volume {
+    Volume {
+        name: ann::CA_BUNDLE_VOLUME_NAME.to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: ca.config_map.clone(),
+            items: Some(vec![KeyToPath {
+                key: ca.key.clone(),
+                path: ann::CA_BUNDLE_FILE.to_string(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
         }),
         ..Default::default()
     }

@@ -82,15 +82,37 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* An image reference: (dict "ctx" $ "image" .Values.operator.image) */}}
+{{/* An image reference: (dict "ctx" $ "image" .Values.operator.image). global.imageRegistry
+replaces the repository's registry (its first part when that has a dot or a port, or is
+localhost; else it is prefixed); a digest pins the image (repository@digest, the tag unused). */}}
 {{- define "dso.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- $repo := .image.repository -}}
+{{- with (.ctx.Values.global).imageRegistry -}}
+{{- $parts := splitn "/" 2 $repo -}}
+{{- if and $parts._1 (or (contains "." $parts._0) (contains ":" $parts._0) (eq $parts._0 "localhost")) -}}
+{{- $repo = $parts._1 -}}
+{{- end -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
 {{- end -}}
 
-{{/* Default affinity: prefer replicas on different nodes. (dict "ctx" $ "component" "x" "affinity" {}) */}}
+{{/* Default affinity: replicas on different nodes, preferred (podAntiAffinity: soft) or
+required (hard). (dict "ctx" $ "component" "x" "affinity" {} "antiAffinity" "soft") */}}
 {{- define "dso.affinity" -}}
 {{- if .affinity -}}
 {{ toYaml .affinity }}
+{{- else if eq .antiAffinity "hard" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "dso.selectorLabels" . | nindent 10 }}
 {{- else -}}
 podAntiAffinity:
   preferredDuringSchedulingIgnoredDuringExecution:
@@ -100,6 +122,29 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "dso.selectorLabels" . | nindent 12 }}
+{{- end -}}
+{{- end -}}
+
+{{/* topologySpreadConstraints, each without a labelSelector given the component's pods.
+(dict "ctx" $ "component" "x" "constraints" list) */}}
+{{- define "dso.topologySpread" -}}
+{{- $out := list -}}
+{{- range .constraints -}}
+{{- $c := deepCopy . -}}
+{{- if not $c.labelSelector -}}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "dso.selectorLabels" $ | fromYaml)) -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Whether the webhook runs on the node's network: webhook.hostNetwork, else hostNetwork. */}}
+{{- define "dso.webhook.hostNetwork" -}}
+{{- if kindIs "invalid" .Values.webhook.hostNetwork -}}
+{{- if .Values.hostNetwork }}true{{ end -}}
+{{- else if .Values.webhook.hostNetwork -}}
+true
 {{- end -}}
 {{- end -}}
 

@@ -554,3 +554,155 @@ async fn each_opted_in_pod_costs_exactly_one_review() {
         "{N} opted-in pods: reviews by outcome (injected, unchanged)"
     );
 }
+
+/// A TLS-intercepting proxy's situation: Secrets Manager is reached over HTTPS through a
+/// proxy whose certificate a private CA signed (socat terminating TLS in front of moto, on the
+/// node's address). The CA reaches dso-init only as the webhook mounts it
+/// (`--init-ca-bundle-configmap`: a ConfigMap of the pod's namespace), and the pod gets its secret.
+#[tokio::test]
+async fn dso_init_trusts_a_private_ca_given_as_a_configmap_through_the_webhook() {
+    let node_ip = node_internal_ip().await;
+    // The proxy: TLS on the node's address, plain HTTP to moto (both in the cluster's netns).
+    let moto_addr = env("DSO_MOTO_ENDPOINT")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let dir = std::env::temp_dir().join(unique("dso-e2e-tls-proxy"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "corp TLS-intercepting proxy CA");
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![node_ip.clone()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("proxy certificate");
+    let pem = dir.join("proxy.pem");
+    std::fs::write(&pem, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write pem");
+    let port = 18431;
+    let mut proxy = std::process::Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind={node_ip},reuseaddr,fork,verify=0,cert={}",
+            pem.display()
+        ))
+        .arg(format!("TCP:{moto_addr}"))
+        .stderr(std::fs::File::create(dir.join("socat.log")).expect("log"))
+        .spawn()
+        .expect("socat (tests/cluster/deps.sh installs it)");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = Kill(&mut proxy);
+
+    let moto = env("DSO_POD_AWS_ENDPOINT");
+    let mut wh = Webhook::start(
+        18407,
+        &[
+            // STS stays on moto over HTTP; Secrets Manager goes through the proxy.
+            "--init-env",
+            &format!("AWS_ENDPOINT_URL={moto}"),
+            "--init-env",
+            &format!("AWS_ENDPOINT_URL_SECRETS_MANAGER=https://{node_ip}:{port}"),
+            "--init-ca-bundle-configmap",
+            "corp-proxy-ca",
+            "--init-ca-bundle-key",
+            "bundle.pem",
+        ],
+    )
+    .await;
+    let ns = wh.namespace(&[]).await;
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "corp-proxy-ca", "namespace": ns},
+        "data": {"bundle.pem": ca.pem()}});
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client().await, &ns);
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(cm).expect("ConfigMap"),
+        )
+        .await
+        .expect("create the CA ConfigMap");
+    let secret_id = unique("e2e/webhook/proxied");
+    let canary = unique("canary-through-the-proxy");
+    create_secret(&secret_id, &json!({"password": canary}).to_string()).await;
+    apply(
+        &ns,
+        &dso_secret(
+            "db",
+            &secret_id,
+            json!({"aws": {"roleArn": "arn:aws:iam::123456789012:role/e2e-webhook"}}),
+        ),
+    );
+    let mut sent = pod("proxied", &annotated("db"));
+    sent["spec"]["containers"] = json!([app_container(
+        "app",
+        "if [ -s /run/secrets/dso/db/password ]; then echo READABLE; else echo UNREADABLE; fi; sleep 3600"
+    )]);
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    let created = create_pod(&pods, sent).await.expect("the pod is admitted");
+    let volume = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name == "dso-ca-bundle"))
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.clone());
+    assert_eq!(volume.as_deref(), Some("corp-proxy-ca"));
+    wait_for("the pod to run", Duration::from_secs(120), || async {
+        let p = pods.get("proxied").await?;
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        anyhow::ensure!(
+            phase != "Failed",
+            "pod failed: {:?}\ninit log: {}",
+            p.status,
+            container_log(&ns, "proxied", "dso-init").unwrap_or_default()
+        );
+        Ok((phase == "Running").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nsocat: {}",
+            std::fs::read_to_string(dir.join("socat.log")).unwrap_or_default()
+        )
+    });
+    let log = wait_for("the app's verdict", TIMEOUT, || async {
+        let log = container_log(&ns, "proxied", "app")?;
+        Ok(log.contains("READABLE").then_some(log))
+    })
+    .await
+    .expect("app log");
+    assert!(
+        log.contains("READABLE") && !log.contains("UNREADABLE"),
+        "{log}"
+    );
+    let init_log = container_log(&ns, "proxied", "dso-init").unwrap_or_default();
+    assert!(!init_log.contains(&canary), "{init_log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The node's InternalIP: where pods reach processes of the cluster's network namespace.
+async fn node_internal_ip() -> String {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client().await);
+    let list = nodes.list(&ListParams::default()).await.expect("nodes");
+    list.items
+        .iter()
+        .flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten()))
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .expect("a node with an InternalIP")
+}

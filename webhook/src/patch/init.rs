@@ -32,6 +32,10 @@ pub(super) fn init_container(
     for (k, v) in credentials.env.iter().chain(&cfg.init_env) {
         set_env(&mut env, k, v);
     }
+    if cfg.ca_bundle.is_some() {
+        // rustls-native-certs reads SSL_CERT_DIR beside the image's SSL_CERT_FILE.
+        set_env(&mut env, "SSL_CERT_DIR", ann::CA_BUNDLE_MOUNT_PATH);
+    }
     // Who is fetching, for the IRSA role session name (CloudTrail shows it): from the
     // downward API, so a generated pod name is the real one.
     for (name, field) in [
@@ -57,6 +61,14 @@ pub(super) fn init_container(
         ..Default::default()
     }];
     mounts.extend(credentials.mounts);
+    if cfg.ca_bundle.is_some() {
+        mounts.push(VolumeMount {
+            name: ann::CA_BUNDLE_VOLUME_NAME.to_string(),
+            mount_path: ann::CA_BUNDLE_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let api_token = api_token_mount(spec, &mounts);
     mounts.extend(api_token);
     Container {

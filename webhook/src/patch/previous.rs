@@ -55,8 +55,10 @@ pub(super) fn already_injected(
     if has_volume(ann::VOLUME_NAME) {
         reserved.push(format!("a volume named {:?}", ann::VOLUME_NAME));
     }
-    if has_volume(ann::TOKEN_VOLUME_NAME) {
-        reserved.push(format!("a volume named {:?}", ann::TOKEN_VOLUME_NAME));
+    for name in [ann::TOKEN_VOLUME_NAME, ann::CA_BUNDLE_VOLUME_NAME] {
+        if has_volume(name) {
+            reserved.push(format!("a volume named {name:?}"));
+        }
     }
     if init_named
         || spec

@@ -9,7 +9,11 @@ use dso_api::annotations as ann;
 use k8s_openapi::api::core::v1::{PodSpec, VolumeMount};
 
 /// Volume names only DSO may mount.
-pub const RESERVED_VOLUMES: [&str; 2] = [ann::VOLUME_NAME, ann::TOKEN_VOLUME_NAME];
+pub const RESERVED_VOLUMES: [&str; 3] = [
+    ann::VOLUME_NAME,
+    ann::TOKEN_VOLUME_NAME,
+    ann::CA_BUNDLE_VOLUME_NAME,
+];
 
 /// Refuses a mount of a reserved volume DSO did not add. `injected`: the pod carries a
 /// previous injection (see `previous`).

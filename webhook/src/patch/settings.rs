@@ -27,4 +27,14 @@ pub struct InjectConfig {
     pub allow_default_credentials: bool,
     /// The secrets each namespace's DsoSecrets may name (`--secret-allowlist`; default: all).
     pub allowlist: std::sync::Arc<dso_api::allowlist::Allowlist>,
+    /// Extra CA certificates dso-init trusts, from a ConfigMap of the pod's namespace.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// A ConfigMap, in the namespace of every injected pod, whose `key` holds PEM CA certificates
+/// (a TLS-intercepting proxy's): mounted into dso-init only, trusted beside its image's roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    pub config_map: String,
+    pub key: String,
 }

@@ -6,6 +6,7 @@ use rstest::rstest;
 #[rstest]
 #[case::our_volume_name(json!({"spec": {"volumes": [{"name": "dso-secrets", "emptyDir": {}}]}}), "a volume named \"dso-secrets\"")]
 #[case::our_token_volume_name(json!({"spec": {"volumes": [{"name": "dso-aws-iam-token", "emptyDir": {}}]}}), "dso-aws-iam-token")]
+#[case::our_ca_bundle_volume_name(json!({"spec": {"volumes": [{"name": "dso-ca-bundle", "emptyDir": {}}]}}), "a volume named \"dso-ca-bundle\"")]
 #[case::our_container_name(json!({"spec": {"containers": [{"name": "dso-init", "image": "x"}]}}), "a container named \"dso-init\"")]
 #[case::our_init_container_name(json!({"spec": {"initContainers": [{"name": "dso-init", "image": "x"}]}}), "a container named \"dso-init\"")]
 fn a_pod_using_a_reserved_name_is_refused(#[case] extra: Value, #[case] names: &str) {
@@ -209,6 +210,8 @@ fn bad_input_is_denied_with_a_message_naming_the_problem(
     "volumeMounts": [{"name": "dso-secrets", "mountPath": "/elsewhere"}]}]}}), "container \"app\"", "dso-secrets")]
 #[case::the_secrets_in_an_init_container(json!({"spec": {"initContainers": [{"name": "setup", "image": "a",
     "volumeMounts": [{"name": "dso-secrets", "mountPath": "/s", "readOnly": true}]}]}}), "init container \"setup\"", "dso-secrets")]
+#[case::the_ca_bundle_in_an_app_container(json!({"spec": {"containers": [{"name": "app", "image": "a",
+    "volumeMounts": [{"name": "dso-ca-bundle", "mountPath": "/ca"}]}]}}), "container \"app\"", "dso-ca-bundle")]
 #[case::the_token_in_an_ephemeral_container(json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "a",
     "volumeMounts": [{"name": "dso-aws-iam-token", "mountPath": "/t"}]}]}}), "ephemeral container \"debug\"", "dso-aws-iam-token")]
 fn a_pod_mounting_a_reserved_volume_itself_is_refused(

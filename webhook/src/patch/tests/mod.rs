@@ -88,6 +88,7 @@ fn cfg() -> InjectConfig {
         // The shape tests use pods without a role; the identity tests turn this off.
         allow_default_credentials: true,
         allowlist: Default::default(),
+        ca_bundle: None,
     }
 }
 

@@ -193,3 +193,83 @@ fn a_custom_mount_path_is_used_everywhere() {
         serde_json::from_str(env(init(&p), PLAN_ENV).expect("plan")).expect("json");
     assert_eq!(plan.mount_path, "/etc/app/secrets");
 }
+
+#[test]
+fn a_ca_bundle_configmap_is_mounted_into_dso_init_only_and_named_by_ssl_cert_dir() {
+    let with_ca = InjectConfig {
+        ca_bundle: Some(crate::patch::CaBundle {
+            config_map: "corp-proxy-ca".into(),
+            key: "bundle.pem".into(),
+        }),
+        ..cfg()
+    };
+    let p = pod(json!({}));
+    let Mutation::Inject(i) = mutate(&p, NS, &catalog(), &with_ca).expect("admitted") else {
+        panic!("expected an injection");
+    };
+    let p = apply(&p, &i.patch);
+    let vol = spec(&p)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "dso-ca-bundle")
+        .expect("the CA bundle volume");
+    let cm = vol.config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(cm.name, "corp-proxy-ca");
+    assert_eq!(
+        serde_json::to_value(&cm.items).expect("json"),
+        json!([{"key": "bundle.pem", "path": "ca.crt"}])
+    );
+    assert_eq!(
+        cm.optional,
+        Some(false),
+        "no ConfigMap: the pod waits, naming it"
+    );
+    let c = init(&p);
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "dso-ca-bundle")
+        .expect("dso-init mounts it");
+    assert_eq!(
+        (m.mount_path.as_str(), m.read_only),
+        ("/etc/dso/ca-bundle", Some(true))
+    );
+    assert_eq!(env(c, "SSL_CERT_DIR"), Some("/etc/dso/ca-bundle"));
+    assert_eq!(
+        env(c, "SSL_CERT_FILE"),
+        None,
+        "the image's public roots stay"
+    );
+    let app_mounts: Vec<_> = spec(&p).containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        app_mounts,
+        ["dso-secrets"],
+        "the app container gets no CA mount"
+    );
+
+    // The injected pod, seen again (reinvocation), is left alone: dso-init's mount is DSO's own.
+    assert_eq!(
+        mutate(&p, NS, &catalog(), &with_ca).expect("admitted"),
+        Mutation::AlreadyInjected
+    );
+}
+
+#[test]
+fn without_a_ca_bundle_nothing_about_it_is_added() {
+    let p = injected(&pod(json!({})));
+    assert!(
+        !spec(&p)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "dso-ca-bundle")
+    );
+    assert_eq!(env(init(&p), "SSL_CERT_DIR"), None);
+}
