@@ -5,7 +5,7 @@
 //! keeps a floor under the wait, the random half spreads clients that failed together (many
 //! pods throttled at once, many DsoSecrets after an AWS outage) so they do not retry in step.
 //! The randomness is an argument, so the function stays pure and testable; callers pass e.g.
-//! `fastrand::u64(..)`.
+//! `fastrand::u64(..)`. [`spread`] jitters a periodic requeue without ever lengthening it.
 
 use std::time::Duration;
 
@@ -18,6 +18,15 @@ pub fn delay(attempt: u32, base: Duration, cap: Duration, random: u64) -> Durati
     let half = exp / 2;
     let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
     (exp - half) + half.mul_f64(fraction)
+}
+
+/// A periodic delay spread over its last `fraction` (0 to 1): between `period * (1 - fraction)`
+/// and `period`. For requeues that must not come later than their period (a refresh interval
+/// is an upper bound) yet should not all fire in step (many DsoSecrets created together).
+pub fn spread(period: Duration, fraction: f64, random: u64) -> Duration {
+    let fraction = fraction.clamp(0.0, 1.0);
+    let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+    period.saturating_sub(period.mul_f64(fraction * unit))
 }
 
 #[cfg(test)]
@@ -53,7 +62,27 @@ mod tests {
         assert_eq!(delay(0, BASE, CAP, 42), delay(1, BASE, CAP, 42));
     }
 
+    #[test]
+    fn a_spread_period_is_never_longer_than_the_period() {
+        let p = Duration::from_secs(60);
+        assert_eq!(spread(p, 0.1, 0), p);
+        assert_eq!(spread(p, 0.1, u64::MAX).as_secs(), 54);
+        assert_eq!(
+            spread(p, 5.0, u64::MAX),
+            Duration::ZERO,
+            "fraction clamped to 1"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn a_spread_period_stays_within_its_fraction(period_ms in 0u64..10_000_000, random: u64) {
+            let p = Duration::from_millis(period_ms);
+            let d = spread(p, 0.1, random);
+            prop_assert!(d <= p && d >= p.mul_f64(0.9), "{d:?} outside 90-100% of {p:?}");
+        }
+
+
         #[test]
         fn the_delay_stays_between_half_and_all_of_the_capped_exponential(
             attempt in 0u32..200,

@@ -42,6 +42,16 @@ pub struct Args {
     #[arg(long, env = "DSO_ROLLOUT_TIMEOUT", default_value = "5m", value_parser = positive)]
     pub rollout_timeout: Duration,
 
+    /// Shortest time between two forced checks (`dso.dev/refresh`) of one DsoSecret, such as
+    /// 30s; a new value sooner is refused with a RefreshRateLimited event and handled once the
+    /// time has passed.
+    #[arg(long, env = "DSO_REFRESH_MIN_INTERVAL", default_value = "30s", value_parser = positive)]
+    pub refresh_min_interval: Duration,
+
+    /// How long an AWS client of a region no DsoSecret uses any more is kept, such as 1h.
+    #[arg(long, env = "DSO_AWS_CLIENT_IDLE", default_value = "1h", value_parser = positive)]
+    pub aws_client_idle: Duration,
+
     /// Most DsoSecrets reconciled at the same time.
     #[arg(long, env = "DSO_RECONCILE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 16)]
     pub reconcile_concurrency: u16,
@@ -212,6 +222,8 @@ mod tests {
         assert_eq!(a.backoff_base, Duration::from_secs(1));
         assert_eq!(a.backoff_max, Duration::from_secs(300));
         assert_eq!(a.lease_duration, Duration::from_secs(15));
+        assert_eq!(a.refresh_min_interval, Duration::from_secs(30));
+        assert_eq!(a.aws_client_idle, Duration::from_secs(3600));
         assert_eq!(a.log_format, LogFormat::Plain);
     }
 
@@ -220,6 +232,8 @@ mod tests {
     #[case::duration_without_unit("--aws-timeout", "10")]
     #[case::no_rollout_slot("--max-concurrent-rollouts", "0")]
     #[case::rollout_timeout_of_zero("--rollout-timeout", "0s")]
+    #[case::refresh_min_interval_of_zero("--refresh-min-interval", "0s")]
+    #[case::aws_client_idle_of_zero("--aws-client-idle", "0s")]
     #[case::no_reconcile_worker("--reconcile-concurrency", "0")]
     #[case::backoff_base_of_zero("--backoff-base", "0ms")]
     #[case::backoff_max_of_zero("--backoff-max", "0s")]

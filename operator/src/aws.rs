@@ -13,6 +13,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A classified AWS failure, with a message a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -110,10 +111,12 @@ fn stages(map: Option<&HashMap<String, Vec<String>>>) -> BTreeMap<String, Vec<St
         .unwrap_or_default()
 }
 
-/// Secrets Manager clients (one per region, built lazily from one base configuration).
+/// Secrets Manager clients (one per region, built lazily from one base configuration, dropped
+/// when unused for a while: [`Aws::forget_idle`]).
 pub struct Aws {
     base: aws_config::SdkConfig,
-    clients: Mutex<HashMap<String, Client>>,
+    /// Region → its client and when it was last used.
+    clients: Mutex<HashMap<String, (Client, Instant)>>,
     metrics: Metrics,
 }
 
@@ -137,16 +140,32 @@ impl Aws {
 
     fn client(&self, region: &str) -> Client {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let mut conf = aws_sdk_secretsmanager::config::Builder::from(&self.base);
-                if !region.is_empty() {
-                    conf = conf.region(aws_config::Region::new(region.to_string()));
-                }
-                Client::from_conf(conf.build())
-            })
-            .clone()
+        let (client, used) = clients.entry(region.to_string()).or_insert_with(|| {
+            let mut conf = aws_sdk_secretsmanager::config::Builder::from(&self.base);
+            if !region.is_empty() {
+                conf = conf.region(aws_config::Region::new(region.to_string()));
+            }
+            (Client::from_conf(conf.build()), Instant::now())
+        });
+        *used = Instant::now();
+        client.clone()
+    }
+
+    /// Drops the clients last used `idle` or longer before `now` (a region whose secrets no
+    /// DsoSecret names any more); returns how many. A later call builds one again.
+    pub fn forget_idle(&self, now: Instant, idle: Duration) -> usize {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let before = clients.len();
+        clients.retain(|_, (_, used)| now.saturating_duration_since(*used) < idle);
+        before - clients.len()
+    }
+
+    /// The regions it holds a client for, sorted.
+    pub fn regions(&self) -> Vec<String> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut regions: Vec<String> = clients.keys().cloned().collect();
+        regions.sort();
+        regions
     }
 
     /// `DescribeSecret`: the versions and staging labels of one secret.

@@ -9,12 +9,14 @@
 //!
 //! Concurrent callers of one secret (or one sweep) wait for a single call (single flight).
 //! Transient failures are never cached; permanent ones are, for the caller's interval.
+//! Entries of secrets no DsoSecret names any more are dropped by [`VersionCache::forget_unused`]
+//! (run on a timer), with the AWS clients of regions unused for a while.
 
 use crate::aws::Aws;
 use crate::domain::{Lookup, SecretKey};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex as AsyncMutex;
 
 /// How stale entries are refreshed.
@@ -60,6 +62,40 @@ impl VersionCache {
     fn slot(&self, key: &SecretKey) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(key.clone()).or_default().clone()
+    }
+
+    /// Drops the entries of secrets not in `live` (a sweep fills entries for every secret of a
+    /// region; only those named by a DsoSecret are worth keeping), the sweep state of regions
+    /// no live secret is in, and AWS clients unused for `client_idle`. Returns how many entries
+    /// and clients were dropped.
+    pub fn forget_unused(
+        &self,
+        live: &HashSet<SecretKey>,
+        client_idle: Duration,
+    ) -> (usize, usize) {
+        let entries = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let before = slots.len();
+            slots.retain(|k, _| live.contains(k));
+            before - slots.len()
+        };
+        let regions: HashSet<&str> = live.iter().map(|k| k.region.as_str()).collect();
+        self.sweeps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r, _| regions.contains(r.as_str()));
+        let clients = self.aws.forget_idle(Instant::now(), client_idle);
+        (entries, clients)
+    }
+
+    /// How many secrets the cache holds an entry (or a slot) for.
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The metadata of `key`, fetched at or after `not_before` (`None`: any cached answer).

@@ -6,8 +6,10 @@
 use crate::cache::VersionCache;
 use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
+use crate::slots::Slots;
 use crate::status::{now, publish, write_status};
 use crate::workload::{Workload, WorkloadKind};
 use dso_api::annotations::REFRESH;
@@ -17,12 +19,11 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// The field manager of every write (status and workload annotations).
@@ -71,6 +72,10 @@ pub struct Settings {
     pub rollout_timeout: Duration,
     /// The secrets each namespace may name (`--secret-allowlist`; default: all).
     pub allowlist: Arc<dso_api::allowlist::Allowlist>,
+    /// Shortest time between two forced checks (`dso.dev/refresh`) of one DsoSecret.
+    pub refresh_min_interval: Duration,
+    /// Most rollouts in progress (`--max-concurrent-rollouts`).
+    pub max_concurrent_rollouts: usize,
 }
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
@@ -84,10 +89,12 @@ pub struct Context {
     pub metrics: Metrics,
     pub stores: Stores,
     pub settings: Settings,
-    /// Rollouts in progress (`--max-concurrent-rollouts`).
-    pub(crate) rollouts: Arc<Semaphore>,
+    /// Rollouts in progress (`--max-concurrent-rollouts`), shared fairly between namespaces.
+    pub(crate) slots: Slots,
+    /// Whether this replica may still write (leader election).
+    pub leadership: Leadership,
     failures: Mutex<HashMap<(String, String), u32>>,
-    refreshes: Mutex<HashMap<(String, String), String>>,
+    refreshes: Mutex<HashMap<(String, String), RefreshState>>,
     /// The last status written per DsoSecret uid: the watch cache may not have seen it yet
     /// when the next reconcile starts (a workload event right after a rollout).
     pub(crate) written: Mutex<HashMap<String, DsoSecretStatus>>,
@@ -101,7 +108,7 @@ impl Context {
         metrics: Metrics,
         stores: Stores,
         settings: Settings,
-        max_concurrent_rollouts: usize,
+        leadership: Leadership,
     ) -> Self {
         Context {
             client,
@@ -109,8 +116,9 @@ impl Context {
             recorder,
             metrics,
             stores,
+            slots: Slots::new(settings.max_concurrent_rollouts),
             settings,
-            rollouts: Arc::new(Semaphore::new(max_concurrent_rollouts.max(1))),
+            leadership,
             failures: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
@@ -131,7 +139,11 @@ pub async fn reconcile(dso: Arc<DsoSecret>, ctx: Arc<Context>) -> Result<Action>
         generation = dso.metadata.generation.unwrap_or_default(),
     );
     let _timer = ctx.metrics.reconcile_started();
-    let result = apply(&dso, &ctx).instrument(span).await;
+    // Losing the Lease cancels the reconcile where it is: no write after the loss.
+    let result = tokio::select! {
+        result = apply(&dso, &ctx).instrument(span) => result,
+        () = ctx.leadership.lost() => Err(Error::NotLeader),
+    };
     if result.is_ok() {
         lock(&ctx.failures).remove(&key_of(&dso));
     }
@@ -201,6 +213,78 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What was done with one DsoSecret's `dso.dev/refresh` values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshState {
+    /// The last value handled (its forced check was made).
+    pub handled: Option<String>,
+    /// When that forced check was made.
+    pub forced_at: Option<Instant>,
+    /// A value refused for coming too soon (its event is published once).
+    pub refused: Option<String>,
+}
+
+/// What to do with the `dso.dev/refresh` value of a DsoSecret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshGate {
+    /// No new value: the cache as usual.
+    Usual,
+    /// A new value, allowed: check AWS now.
+    Force,
+    /// A new value within `min` of the last forced check: not now; allowed in `retry_in`.
+    /// `first` is true the first time this value is refused (publish the event then).
+    TooSoon { retry_in: Duration, first: bool },
+}
+
+/// The rate limit on `dso.dev/refresh`: one forced check per `min` per DsoSecret.
+pub fn refresh_gate(
+    state: &RefreshState,
+    value: Option<&str>,
+    now: Instant,
+    min: Duration,
+) -> RefreshGate {
+    let Some(value) = value else {
+        return RefreshGate::Usual;
+    };
+    if state.handled.as_deref() == Some(value) {
+        return RefreshGate::Usual;
+    }
+    match state.forced_at {
+        Some(at) if now.saturating_duration_since(at) < min => RefreshGate::TooSoon {
+            retry_in: min - now.saturating_duration_since(at),
+            first: state.refused.as_deref() != Some(value),
+        },
+        _ => RefreshGate::Force,
+    }
+}
+
+/// A periodic requeue, spread over its last tenth ([`dso_api::backoff::spread`]): never later
+/// than `period`, and DsoSecrets created together do not stay in step.
+pub fn requeue_after(period: Duration) -> Action {
+    Action::requeue(dso_api::backoff::spread(period, 0.1, fastrand::u64(..)))
+}
+
+/// Drops what nothing references any more: cache entries of secrets no DsoSecret names, and
+/// AWS clients of regions unused for `client_idle`. Run on a timer.
+pub fn forget_unused(ctx: &Context, client_idle: Duration) {
+    let region = ctx.cache.default_region();
+    let live: HashSet<SecretKey> = ctx
+        .stores
+        .dsosecrets
+        .state()
+        .iter()
+        .filter(|d| dso_api::validate::validate_spec(&d.spec).is_ok())
+        .flat_map(|d| domain::secret_keys(&d.spec, &region))
+        .collect();
+    let (entries, clients) = ctx.cache.forget_unused(&live, client_idle);
+    if entries + clients > 0 {
+        debug!(
+            entries,
+            clients, "forgot cache entries and AWS clients no DsoSecret uses"
+        );
+    }
+}
+
 /// Looks up every secret of a DsoSecret (concurrently, through the cache) and resolves it.
 pub(crate) async fn lookup(
     ctx: &Context,
@@ -250,11 +334,42 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    // `dso.dev/refresh` set to a value not handled yet: bypass the cache for this DsoSecret.
+    // `dso.dev/refresh` set to a value not handled yet: bypass the cache for this DsoSecret,
+    // at most once per --refresh-min-interval.
     let refresh = dso.annotations().get(REFRESH).cloned();
-    let forced = refresh
-        .as_ref()
-        .is_some_and(|v| lock(&ctx.refreshes).get(&key_of(dso)) != Some(v));
+    let gate = {
+        let refreshes = lock(&ctx.refreshes);
+        let state = refreshes.get(&key_of(dso)).cloned().unwrap_or_default();
+        refresh_gate(
+            &state,
+            refresh.as_deref(),
+            Instant::now(),
+            ctx.settings.refresh_min_interval,
+        )
+    };
+    let forced = gate == RefreshGate::Force;
+    let mut refresh_retry = None;
+    if let RefreshGate::TooSoon { retry_in, first } = gate {
+        refresh_retry = Some(retry_in);
+        if first && let Some(v) = &refresh {
+            lock(&ctx.refreshes).entry(key_of(dso)).or_default().refused = Some(v.clone());
+            info!(refresh = %v, retry_in = ?retry_in, "forced check refused: too soon after the last one");
+            publish(
+                ctx,
+                dso,
+                EventType::Warning,
+                "RefreshRateLimited",
+                "Refresh",
+                format!(
+                    "dso.dev/refresh={v} not handled yet: at most one forced check per {} per DsoSecret; it is made in {}s",
+                    humanize(ctx.settings.refresh_min_interval),
+                    retry_in.as_secs().max(1)
+                ),
+                None,
+            )
+            .await;
+        }
+    }
     let resolution = lookup(
         ctx,
         dso,
@@ -268,7 +383,14 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     if forced && let Some(v) = refresh {
         // Handled: one fresh lookup per new value, whatever AWS answered.
         info!(refresh = %v, "forced check (dso.dev/refresh)");
-        lock(&ctx.refreshes).insert(key_of(dso), v);
+        lock(&ctx.refreshes).insert(
+            key_of(dso),
+            RefreshState {
+                handled: Some(v),
+                forced_at: Some(Instant::now()),
+                refused: None,
+            },
+        );
     }
 
     let mut rolled = Vec::new();
@@ -276,10 +398,11 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     let mut failed = Vec::new();
     if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::Rollout {
         let consumers = ctx.stores.consumers(&ns, &name);
+        let this = dso.object_ref(&());
         let outcomes = join_all(
             consumers
                 .iter()
-                .map(|w| act_on(ctx, w, &name, &resolution.following)),
+                .map(|w| act_on(ctx, w, &name, &this, &resolution.following)),
         )
         .await;
         for (w, outcome) in consumers.iter().zip(outcomes) {
@@ -369,11 +492,26 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             message: message.clone(),
         }));
     }
+    let mut next = interval;
     if !deferred.is_empty() {
-        debug!(deferred = ?deferred, "rollout slots all taken; retrying shortly");
-        return Ok(Action::requeue(SLOT_RETRY.min(interval)));
+        debug!(deferred = ?deferred, "no rollout slot for this namespace now; retrying shortly");
+        next = next.min(SLOT_RETRY);
     }
-    Ok(Action::requeue(interval))
+    if let Some(retry_in) = refresh_retry {
+        next = next.min(retry_in);
+    }
+    Ok(requeue_after(next))
+}
+
+/// `30s`, `5m`, `1h`: a duration as the flags spell it.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// The note of the Rotated event: what rotated and what was done about it.
@@ -416,6 +554,8 @@ mod tests {
             backoff_max: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
             allowlist: Default::default(),
+            refresh_min_interval: Duration::from_secs(30),
+            max_concurrent_rollouts: 4,
         };
         let full = [1, 2, 4, 8, 16, 32, 60, 60].map(Duration::from_secs);
         for (n, full) in (1..).zip(full) {
@@ -423,6 +563,65 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "failure {n}: {d:?}");
         }
         assert!(backoff(&s, u32::MAX) <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_refresh_value_is_forced_at_most_once_per_minimum_interval() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let min = Duration::from_secs(30);
+        let fresh = RefreshState::default();
+        assert_eq!(refresh_gate(&fresh, None, t0, min), RefreshGate::Usual);
+        assert_eq!(refresh_gate(&fresh, Some("1"), t0, min), RefreshGate::Force);
+        let handled = RefreshState {
+            handled: Some("1".into()),
+            forced_at: Some(t0),
+            refused: None,
+        };
+        assert_eq!(
+            refresh_gate(&handled, Some("1"), at(1), min),
+            RefreshGate::Usual,
+            "a value is handled once"
+        );
+        assert_eq!(
+            refresh_gate(&handled, Some("2"), at(10), min),
+            RefreshGate::TooSoon {
+                retry_in: Duration::from_secs(20),
+                first: true
+            }
+        );
+        let refused = RefreshState {
+            refused: Some("2".into()),
+            ..handled.clone()
+        };
+        assert_eq!(
+            refresh_gate(&refused, Some("2"), at(25), min),
+            RefreshGate::TooSoon {
+                retry_in: Duration::from_secs(5),
+                first: false
+            },
+            "one event per refused value"
+        );
+        assert_eq!(
+            refresh_gate(&refused, Some("2"), at(30), min),
+            RefreshGate::Force
+        );
+    }
+
+    #[test]
+    fn periodic_requeues_are_spread_but_never_later_than_their_period() {
+        let period = Duration::from_secs(60);
+        let delays: HashSet<Duration> = (0..50)
+            .map(|_| dso_api::backoff::spread(period, 0.1, fastrand::u64(..)))
+            .collect();
+        assert!(delays.len() > 1, "jittered");
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d <= period && *d >= Duration::from_secs(54))
+        );
+        assert_eq!(humanize(Duration::from_secs(30)), "30s");
+        assert_eq!(humanize(Duration::from_secs(300)), "5m");
     }
 
     #[test]

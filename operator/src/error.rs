@@ -31,6 +31,11 @@ pub enum Error {
     /// An object came from the API without a namespace (cannot happen for namespaced kinds).
     #[error("{0} has no namespace")]
     NoNamespace(String),
+
+    /// This replica lost the leader Lease (or could not renew it in time): it writes nothing
+    /// more; the new leader does the work.
+    #[error("not the leader any more: the write is left to the replica holding the Lease")]
+    NotLeader,
 }
 
 /// Result alias of the crate.
@@ -45,6 +50,7 @@ impl Error {
             Error::Rollout { .. } => "rollout",
             Error::CrdMissing(_) => "crd_missing",
             Error::NoNamespace(_) => "no_namespace",
+            Error::NotLeader => "not_leader",
         }
     }
 

@@ -10,6 +10,14 @@
 //! conflict. A leader that shuts down gracefully releases the Lease, so a standby takes over
 //! at once.
 //!
+//! A renewal counts from when its request was **sent**, not from when the answer came: the
+//! Lease on the server runs from the `renewTime` stamped before the request, and a standby
+//! counts from when it saw that write, so a slow answer must not lengthen this replica's
+//! leadership. [`Leadership`] carries that time to every writer: a workload patch or a status
+//! write is refused once the renew deadline has passed or the Lease was lost, and reconciles in
+//! flight are cancelled at the loss ([`Leadership::lost`]), so an old leader writes nothing
+//! after a standby may have taken over.
+//!
 //! [`LeaderElector::acquire`] waits for the Lease; [`keep_renewed`] is the leader's renewal
 //! task.
 
@@ -170,18 +178,19 @@ impl LeaderElector {
         }
     }
 
-    /// Tries every fifth of the Lease duration until this candidate leads (`true`) or `stop`
-    /// turns true (`false`).
-    pub async fn acquire(&self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Tries every fifth of the Lease duration until this candidate leads (its [`Leadership`],
+    /// counted from when the winning request was sent) or `stop` turns true (`None`).
+    pub async fn acquire(&self, stop: &mut watch::Receiver<bool>) -> Option<Leadership> {
         loop {
+            let sent = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(true) => return true,
+                Ok(true) => return Some(Leadership::elected(self.duration, sent)),
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "leader election attempt failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.duration / 5) => {},
-                _ = stop.wait_for(|s| *s) => return false,
+                _ = stop.wait_for(|s| *s) => return None,
             }
         }
     }
@@ -211,29 +220,114 @@ impl LeaderElector {
     }
 }
 
+/// Whether this replica may write now. Cloned into every writer; without leader election it
+/// always leads.
+#[derive(Clone, Debug)]
+pub struct Leadership(Option<Arc<Lead>>);
+
+#[derive(Debug)]
+struct Lead {
+    duration: Duration,
+    /// When the last successful acquire or renew request was sent.
+    renewed: Mutex<Instant>,
+    lost: watch::Sender<bool>,
+}
+
+impl Leadership {
+    /// A replica that runs without leader election.
+    pub fn always() -> Self {
+        Leadership(None)
+    }
+
+    /// A replica that won a Lease of `duration` with a request sent at `sent`.
+    pub fn elected(duration: Duration, sent: Instant) -> Self {
+        Leadership(Some(Arc::new(Lead {
+            duration,
+            renewed: Mutex::new(sent),
+            lost: watch::channel(false).0,
+        })))
+    }
+
+    /// Records a successful renewal whose request was sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        if let Some(lead) = &self.0 {
+            let mut renewed = lead.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            *renewed = (*renewed).max(sent);
+        }
+    }
+
+    /// When the last successful request was sent (`None` without leader election).
+    pub fn last_renewed(&self) -> Option<Instant> {
+        self.0
+            .as_ref()
+            .map(|lead| *lead.renewed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Marks the Lease lost: every later [`Leadership::is_leading`] is false and
+    /// [`Leadership::lost`] resolves.
+    pub fn lose(&self) {
+        if let Some(lead) = &self.0 {
+            lead.lost.send_replace(true);
+        }
+    }
+
+    /// Whether this replica may write at `now`: the Lease was not lost and its last renewal
+    /// request was sent less than the renew deadline ago.
+    pub fn is_leading_at(&self, now: Instant) -> bool {
+        match &self.0 {
+            None => true,
+            Some(lead) => {
+                !*lead.lost.borrow()
+                    && self
+                        .last_renewed()
+                        .is_some_and(|t| still_leading(t, lead.duration, now))
+            }
+        }
+    }
+
+    /// [`Leadership::is_leading_at`] now.
+    pub fn is_leading(&self) -> bool {
+        self.is_leading_at(Instant::now())
+    }
+
+    /// Resolves when the Lease is lost (never without leader election).
+    pub async fn lost(&self) {
+        match &self.0 {
+            None => std::future::pending().await,
+            Some(lead) => {
+                let mut rx = lead.lost.subscribe();
+                let _ = rx.wait_for(|lost| *lost).await;
+            }
+        }
+    }
+}
+
 /// The leader's renewal task: renews every third of the Lease duration (every tenth after a
 /// failure) until `stop` turns true. When the Lease is lost — taken by another replica, or not
-/// renewed before the renew deadline, a hung call included — it calls `on_lost` at once and
-/// ends. The task's output says whether the Lease was lost.
+/// renewed before the renew deadline, a hung call included — it marks `leadership` lost, calls
+/// `on_lost` at once and ends. The task's output says whether the Lease was lost.
 pub fn keep_renewed(
     elector: Arc<LeaderElector>,
+    leadership: Leadership,
     mut stop: watch::Receiver<bool>,
     on_lost: impl FnOnce() + Send + 'static,
 ) -> JoinHandle<bool> {
     tokio::spawn(async move {
         let duration = elector.duration();
-        let mut last_ok = Instant::now();
         let mut pause = duration / 3;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {},
                 _ = stop.wait_for(|s| *s) => return false,
             }
+            let last_ok = leadership.last_renewed().unwrap_or_else(Instant::now);
             // An attempt may not outlive the renew deadline (a hung call included).
             let left = renew_deadline(duration).saturating_sub(last_ok.elapsed());
+            // Stamped before the request: the Lease runs from the renewTime it writes.
+            let sent = Instant::now();
             match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => {
-                    last_ok = Instant::now();
+                    leadership.renewed(sent);
                     pause = duration / 3;
                 }
                 Ok(Ok(false)) => {
@@ -254,6 +348,7 @@ pub fn keep_renewed(
                 }
             }
         }
+        leadership.lose();
         on_lost();
         true
     })
@@ -291,6 +386,40 @@ mod tests {
         let t0 = Instant::now();
         let first = observe(None, "a", Some("2000-01-01T00:00:00Z".into()), t0);
         assert!(!foreign_lease_expired(&first, LEASE, t0));
+    }
+
+    #[test]
+    fn leadership_counts_from_when_the_renewal_was_sent_not_answered() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let lead = Leadership::elected(LEASE, t0);
+        assert!(lead.is_leading_at(at(9)));
+        assert!(
+            !lead.is_leading_at(at(10)),
+            "renew deadline of the first request"
+        );
+        // A renewal sent at 8 s whose answer took until 12 s: leading until 8 + 10 s, not 22 s.
+        lead.renewed(at(8));
+        assert!(lead.is_leading_at(at(17)));
+        assert!(!lead.is_leading_at(at(18)));
+        // An older request answered late never moves the time back.
+        lead.renewed(at(5));
+        assert_eq!(lead.last_renewed(), Some(at(8)));
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_every_writer_at_once() {
+        let lead = Leadership::elected(LEASE, Instant::now());
+        let writer = lead.clone();
+        let waiting = tokio::spawn(async move { writer.lost().await });
+        assert!(lead.is_leading());
+        lead.lose();
+        assert!(!lead.is_leading(), "lost: even within the renew deadline");
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("lost() resolves at the loss")
+            .expect("task");
+        assert!(Leadership::always().is_leading());
     }
 
     #[test]

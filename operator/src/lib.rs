@@ -9,6 +9,7 @@
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
 //! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
+//! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task.
 //! - [`metrics`], [`http`]: Prometheus metrics; /metrics, /healthz, /readyz and readiness.
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod metrics;
 pub mod rollout;
 pub mod run;
+pub mod slots;
 pub mod status;
 pub mod workload;
 

@@ -5,26 +5,34 @@
 //! The bound counts rollouts, not patches: a slot is held from the template patch until the
 //! workload's rollout is complete ([`crate::workload::rollout_complete`], awaited on a watch of
 //! the workload) or [`Settings::rollout_timeout`](crate::controller::Settings) has passed, by a
-//! task of its own. A DsoSecret whose workload finds no free slot does not wait for one (that
-//! would hold a reconcile worker): the workload is left for a retry a few seconds later, and
-//! other DsoSecrets go on.
+//! task of its own. A rollout that cannot go on by itself — a paused Deployment, or one past its
+//! progress deadline — gives its slot back at once, with a `RolloutSlotReleased` event on the
+//! DsoSecret: its owner must act, and other rollouts should not wait for that. Slots are shared
+//! fairly between namespaces ([`crate::slots`]). A DsoSecret whose workload finds no slot does
+//! not wait for one (that would hold a reconcile worker): the workload is left for a retry a
+//! few seconds later, and other DsoSecrets go on.
 
 use crate::controller::{Context, FIELD_MANAGER, lookup, not_before};
 use crate::domain::{self, Decision, Versions};
 use crate::error::{Error, Result};
-use crate::workload::{Kind, Workload, WorkloadKind, rollout_complete};
+use crate::metrics::Metrics;
+use crate::slots::Slot;
+use crate::workload::{Kind, Standing, Workload, WorkloadKind, standing};
 use dso_api::RefreshStrategy;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// How soon a failed watch of a rollout in progress is started again.
-const WATCH_RETRY: Duration = Duration::from_secs(2);
+/// First pause before a failed watch of a rollout in progress is started again (doubles per
+/// failure, jittered, up to [`WATCH_RETRY_MAX`]).
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What was done to one consuming workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +94,7 @@ pub async fn act_on(
     ctx: &Context,
     w: &Workload,
     this: &str,
+    this_ref: &ObjectReference,
     this_versions: &Versions,
 ) -> Result<Outcome> {
     let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
@@ -111,58 +120,108 @@ pub async fn act_on(
             Ok(Outcome::Unchanged)
         }
         Decision::Roll => {
-            let Ok(slot) = ctx.rollouts.clone().try_acquire_owned() else {
+            let Some(slot) = ctx.slots.try_acquire(&w.namespace) else {
                 return Ok(Outcome::Deferred);
             };
             let hash = domain::hash(&current);
             patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
             ctx.metrics.rolled(w.kind.as_str());
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
-            let (client, w, timeout, metrics) = (
+            tokio::spawn(hold_slot(
+                slot,
                 ctx.client.clone(),
+                ctx.recorder.clone(),
+                this_ref.clone(),
                 w.clone(),
                 ctx.settings.rollout_timeout,
                 ctx.metrics.clone(),
-            );
-            tokio::spawn(async move {
-                let _slot = slot;
-                let done = match w.kind {
-                    Kind::Deployment => wait_rolled_out::<Deployment>(client, &w, timeout).await,
-                    Kind::StatefulSet => wait_rolled_out::<StatefulSet>(client, &w, timeout).await,
-                    Kind::DaemonSet => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
-                };
-                if done {
-                    info!(workload = w.id(), "rollout complete");
-                } else {
-                    metrics.rollout_timed_out(w.kind.as_str());
-                    warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
-                }
-            });
+            ));
             Ok(Outcome::Rolled)
         }
     }
 }
 
-/// Waits, on a watch of the workload, until its rollout is complete or it is deleted (`true`),
-/// or `timeout` has passed (`false`). A failed watch is started again until the timeout.
-async fn wait_rolled_out<K>(client: Client, w: &Workload, timeout: Duration) -> bool
+/// Holds a rollout's slot until its rollout is over, paused, stalled, or `timeout` has passed;
+/// says which (a paused or stalled one with an event on the DsoSecret `dso`).
+async fn hold_slot(
+    slot: Slot,
+    client: Client,
+    recorder: Recorder,
+    dso: ObjectReference,
+    w: Workload,
+    timeout: Duration,
+    metrics: Metrics,
+) {
+    let end = match w.kind {
+        Kind::Deployment => wait_rolled_out::<Deployment>(client, &w, timeout).await,
+        Kind::StatefulSet => wait_rolled_out::<StatefulSet>(client, &w, timeout).await,
+        Kind::DaemonSet => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
+    };
+    drop(slot);
+    let why = match end {
+        Some(Standing::Complete) => {
+            info!(workload = w.id(), "rollout complete");
+            return;
+        }
+        None | Some(Standing::Going) => {
+            metrics.rollout_timed_out(w.kind.as_str());
+            warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
+            return;
+        }
+        Some(Standing::Paused) => "is paused (spec.paused): it goes on when it is resumed",
+        Some(Standing::Stalled) => {
+            "stalled (Progressing=False, ProgressDeadlineExceeded): it goes on once its pods can start"
+        }
+    };
+    warn!(
+        workload = w.id(),
+        "rollout {why}; its rollout slot is given back"
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RolloutSlotReleased".into(),
+        note: Some(format!(
+            "{} {why}; its rollout slot was given back to other rollouts",
+            w.id()
+        )),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &dso).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+/// Waits, on a watch of the workload, until its rollout is complete (or it is deleted), paused
+/// or stalled, and says which; `None` when `timeout` passed first. A failed watch is started
+/// again (jittered backoff) until the timeout.
+async fn wait_rolled_out<K>(client: Client, w: &Workload, timeout: Duration) -> Option<Standing>
 where
     K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     let api: Api<K> = Api::namespaced(client, &w.namespace);
-    let complete = |obj: Option<&K>| obj.is_none_or(|o| rollout_complete(&o.progress()));
+    let standing_of = |obj: Option<&K>| obj.map_or(Standing::Complete, |o| standing(&o.progress()));
+    let settled = move |obj: Option<&K>| standing_of(obj) != Standing::Going;
     let watch = async {
+        let mut failures = 0;
         loop {
-            match await_condition(api.clone(), &w.name, complete).await {
-                Ok(_) => return,
+            match await_condition(api.clone(), &w.name, settled).await {
+                Ok(obj) => return standing_of(obj.as_ref()),
                 Err(e) => {
+                    failures += 1;
                     debug!(workload = w.id(), error = %e, "could not watch rollout progress");
-                    tokio::time::sleep(WATCH_RETRY).await;
+                    let pause = dso_api::backoff::delay(
+                        failures,
+                        WATCH_RETRY,
+                        WATCH_RETRY_MAX,
+                        fastrand::u64(..),
+                    );
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
     };
-    tokio::time::timeout(timeout, watch).await.is_ok()
+    tokio::time::timeout(timeout, watch).await.ok()
 }
 
 /// Applies DSO's annotations to a workload (server-side apply, DSO's fields only).
@@ -176,6 +235,10 @@ async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) 
         api.patch(name, &params, &Patch::Apply(patch))
             .await
             .map(drop)
+    }
+    // Checked last thing before the write: a replica that lost the Lease patches nothing.
+    if !ctx.leadership.is_leading() {
+        return Err(Error::NotLeader);
     }
     let (c, ns) = (ctx.client.clone(), w.namespace.as_str());
     match w.kind {

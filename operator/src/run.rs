@@ -7,7 +7,7 @@ use crate::cache::VersionCache;
 use crate::controller::{self, Context, Settings, Stores};
 use crate::error::Error;
 use crate::http::{Health, Phase, Synced};
-use crate::lease::{self, LeaderElector};
+use crate::lease::{self, LeaderElector, Leadership};
 use crate::metrics::Metrics;
 use crate::workload::{self, WorkloadKind};
 use anyhow::Context as _;
@@ -74,6 +74,9 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// How often cache entries and AWS clients nothing uses are looked for.
+const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The watch streams readiness waits for: DsoSecrets and the three workload kinds.
 const STREAMS: usize = 4;
@@ -171,13 +174,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.lease_duration,
         ))
     });
+    let mut leadership = Leadership::always();
     if let Some(elector) = &elector {
         health.set(Phase::Standby);
         info!(identity = elector.identity(), lease = %args.lease_name, "waiting for the leader Lease");
-        if !elector.acquire(&mut stop_rx.clone()).await {
+        let Some(won) = elector.acquire(&mut stop_rx.clone()).await else {
             let _ = server.await;
             return Ok(());
-        }
+        };
+        leadership = won;
         info!(identity = elector.identity(), "became leader");
     }
     metrics.set_leader(true);
@@ -186,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Lease renewal: losing it stops the controller (another replica takes over).
     let renewal = elector.clone().map(|elector| {
         let (stop_tx, health, metrics) = (stop_tx.clone(), health.clone(), metrics.clone());
-        lease::keep_renewed(elector, stop_rx.clone(), move || {
+        lease::keep_renewed(elector, leadership.clone(), stop_rx.clone(), move || {
             metrics.set_leader(false);
             health.set(Phase::Failed);
             let _ = stop_tx.send(true);
@@ -242,9 +247,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             backoff_max: args.backoff_max,
             rollout_timeout: args.rollout_timeout,
             allowlist: Arc::new(args.secret_allowlist.clone().unwrap_or_default()),
+            refresh_min_interval: args.refresh_min_interval,
+            max_concurrent_rollouts: args.max_concurrent_rollouts,
         },
-        args.max_concurrent_rollouts,
+        leadership,
     ));
+    // Forget cache entries and AWS clients nothing uses any more, every minute or so.
+    {
+        let (ctx, mut stop, idle) = (ctx.clone(), stop_rx.clone(), args.aws_client_idle);
+        tokio::spawn(async move {
+            loop {
+                let pause = dso_api::backoff::spread(FORGET_EVERY, 0.2, fastrand::u64(..));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => controller::forget_unused(&ctx, idle),
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     controller
         .run(controller::reconcile, controller::error_policy, ctx)
         .for_each(|res| async move {

@@ -61,6 +61,9 @@ pub async fn write_status(
         .find(|c| c.type_ == "Ready")
         .map(|c| c.reason.clone());
     if &status != previous {
+        if !ctx.leadership.is_leading() {
+            return Err(Error::NotLeader);
+        }
         let api: Api<DsoSecret> = Api::namespaced(ctx.client.clone(), ns);
         let patch = json!({
             "apiVersion": DsoSecret::api_version(&()),

@@ -75,6 +75,38 @@ pub struct Progress {
     pub updated: i32,
     /// Pods (or scheduled nodes) there are, old and new.
     pub total: i32,
+    /// The rollout is paused (`spec.paused` of a Deployment): it will not go on by itself.
+    pub paused: bool,
+    /// The rollout has stalled (a Deployment's `Progressing` condition is `False` with reason
+    /// `ProgressDeadlineExceeded`): it will not go on by itself either.
+    pub stalled: bool,
+}
+
+/// Where a rollout in progress stands, for the slot it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Still going: keep the slot.
+    Going,
+    /// Over (or the workload is gone).
+    Complete,
+    /// Paused by its owner.
+    Paused,
+    /// Past its progress deadline.
+    Stalled,
+}
+
+/// Where a rollout stands: complete first (a paused Deployment may have finished), then paused,
+/// then stalled.
+pub fn standing(p: &Progress) -> Standing {
+    if rollout_complete(p) {
+        Standing::Complete
+    } else if p.paused {
+        Standing::Paused
+    } else if p.stalled {
+        Standing::Stalled
+    } else {
+        Standing::Going
+    }
 }
 
 /// Whether a rollout is over: the workload's controller has seen the new template, every
@@ -85,12 +117,19 @@ pub fn rollout_complete(p: &Progress) -> bool {
 
 fn deployment_progress(d: &Deployment) -> Progress {
     let st = d.status.clone().unwrap_or_default();
+    let stalled = st.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
     Progress {
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: st.observed_generation.unwrap_or(0),
         desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas.unwrap_or(0),
+        paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
+        stalled,
     }
 }
 
@@ -102,6 +141,7 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
         desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas,
+        ..Progress::default()
     }
 }
 
@@ -113,6 +153,7 @@ fn daemonset_progress(d: &DaemonSet) -> Progress {
         desired: st.desired_number_scheduled,
         updated: st.updated_number_scheduled.unwrap_or(0),
         total: st.desired_number_scheduled,
+        ..Progress::default()
     }
 }
 
@@ -242,6 +283,7 @@ mod tests {
             desired,
             updated,
             total,
+            ..Progress::default()
         }
     }
 
@@ -258,6 +300,50 @@ mod tests {
         #[case] complete: bool,
     ) {
         assert_eq!(rollout_complete(&progress), complete, "{progress:?}");
+    }
+
+    #[test]
+    fn a_paused_or_stalled_rollout_is_told_apart_from_one_still_going() {
+        let going = p(2, 2, 3, 1, 3);
+        assert_eq!(standing(&going), Standing::Going);
+        let paused = Progress {
+            paused: true,
+            ..going
+        };
+        assert_eq!(standing(&paused), Standing::Paused);
+        let stalled = Progress {
+            stalled: true,
+            ..going
+        };
+        assert_eq!(standing(&stalled), Standing::Stalled);
+        let done_while_paused = Progress {
+            paused: true,
+            ..p(2, 2, 3, 3, 3)
+        };
+        assert_eq!(standing(&done_while_paused), Standing::Complete);
+    }
+
+    #[test]
+    fn a_deployment_past_its_progress_deadline_is_stalled_and_spec_paused_is_paused() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 4},
+            "spec": {"replicas": 2, "paused": true, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 1, "replicas": 3,
+                       "conditions": [{"type": "Progressing", "status": "False",
+                                       "reason": "ProgressDeadlineExceeded"}]}
+        }))
+        .expect("deployment");
+        let progress = d.progress();
+        assert!(progress.paused && progress.stalled, "{progress:?}");
+        let fine: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 4},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 1, "replicas": 3,
+                       "conditions": [{"type": "Progressing", "status": "True",
+                                       "reason": "ReplicaSetUpdated"}]}
+        }))
+        .expect("deployment");
+        assert_eq!(standing(&fine.progress()), Standing::Going);
     }
 
     #[test]

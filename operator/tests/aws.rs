@@ -156,6 +156,56 @@ async fn two_lookups_of_one_secret_within_the_interval_cost_one_call() {
 }
 
 #[tokio::test]
+async fn entries_no_dsosecret_names_and_idle_region_clients_are_forgotten() {
+    let sm = admin().await;
+    let (kept, dropped) = (unique("kept"), unique("dropped"));
+    create(&sm, &kept).await;
+    create(&sm, &dropped).await;
+    let (aws, calls) = aws(&moto()).await;
+    let cache = VersionCache::new(aws.clone(), LookupMode::Describe);
+    let any = None;
+    cache.get(&key(&kept), any).await.expect("kept");
+    cache.get(&key(&dropped), any).await.expect("dropped");
+    assert_eq!(calls("DescribeSecret"), 2);
+    assert_eq!(cache.len(), 2);
+
+    // Only `kept` is still named by a DsoSecret; its region's client was just used.
+    let live = std::collections::HashSet::from([key(&kept)]);
+    assert_eq!(
+        cache.forget_unused(&live, Duration::from_secs(3600)),
+        (1, 0)
+    );
+    assert_eq!(cache.len(), 1);
+    assert_eq!(aws.regions(), ["us-east-1"]);
+    cache.get(&key(&kept), any).await.expect("kept, cached");
+    assert_eq!(calls("DescribeSecret"), 2, "the kept entry is still cached");
+    cache
+        .get(&key(&dropped), any)
+        .await
+        .expect("dropped, fetched again");
+    assert_eq!(
+        calls("DescribeSecret"),
+        3,
+        "the forgotten entry costs a call again"
+    );
+
+    // A client unused for the idle time is dropped; the next lookup builds one again.
+    assert_eq!(
+        aws.forget_idle(
+            Instant::now() + Duration::from_secs(61),
+            Duration::from_secs(60)
+        ),
+        1
+    );
+    assert!(aws.regions().is_empty());
+    cache
+        .get(&key(&kept), Some(Instant::now()))
+        .await
+        .expect("a new client works");
+    assert_eq!(aws.regions(), ["us-east-1"]);
+}
+
+#[tokio::test]
 async fn a_sweep_lists_by_pages_of_100_and_describes_only_what_the_list_misses() {
     let sm = admin().await;
     let names: Vec<String> = (0..120).map(|i| unique(&format!("sweep{i}"))).collect();

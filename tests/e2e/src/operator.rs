@@ -126,6 +126,30 @@ impl Operator {
         }
     }
 
+    /// Waits up to `timeout` for the operator to exit by itself (it does when it loses its
+    /// Lease); its exit status, or `None` while it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("poll the operator") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reconciles it has finished, by its own count (0 before the first).
+    pub async fn reconciles(&self) -> f64 {
+        self.try_metric("dso_reconcile_duration_seconds_count")
+            .await
+            .unwrap_or(0.0)
+    }
+
     /// SIGTERM (a graceful stop releases the Lease), then waits for the exit.
     pub fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -255,4 +279,72 @@ pub async fn wait_printed(ns: &str, app: &str, line: &str) -> anyhow::Result<Pod
         },
     )
     .await
+}
+
+/// A Deployment consuming `secrets` whose rollout, once DSO starts one, never completes by
+/// itself: a pod is ready only while its template has no `dso.dev/versions-hash` (read through
+/// the downward API), so the first pod becomes ready and the pods of a DSO rollout never do,
+/// and the old pod stays (maxUnavailable 0). With `progress_deadline` the Deployment is marked
+/// `ProgressDeadlineExceeded` that many seconds into the rollout.
+pub fn slow_rollout_deployment(
+    name: &str,
+    secrets: &str,
+    progress_deadline: Option<u32>,
+) -> serde_json::Value {
+    let mut app = crate::app_container("app", "sleep 3600");
+    app["readinessProbe"] = serde_json::json!({
+        "exec": {"command": ["/bin/sh", "-c", "! grep -q versions-hash /etc/podinfo/annotations"]},
+        "periodSeconds": 1
+    });
+    app["volumeMounts"] = serde_json::json!([{"name": "podinfo", "mountPath": "/etc/podinfo"}]);
+    let mut d = crate::deployment(name, &crate::annotated(secrets), vec![app]);
+    let spec = &mut d["spec"];
+    spec["strategy"] = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    if let Some(secs) = progress_deadline {
+        spec["progressDeadlineSeconds"] = serde_json::json!(secs);
+    }
+    let pod = &mut spec["template"]["spec"];
+    pod["terminationGracePeriodSeconds"] = serde_json::json!(1);
+    pod["volumes"] = serde_json::json!([{"name": "podinfo", "downwardAPI": {"items": [
+        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+    ]}}]);
+    d
+}
+
+/// Waits until the Deployment `name` has a ready, available pod.
+pub async fn wait_available(ns: &str, name: &str) {
+    wait_for(
+        &format!("Deployment {name} available"),
+        Duration::from_secs(90),
+        || async move {
+            let d: Api<Deployment> = Api::namespaced(client().await, ns);
+            let d = d.get(name).await?;
+            Ok((d.status.and_then(|s| s.available_replicas).unwrap_or(0) >= 1).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The Deployment's revision (`deployment.kubernetes.io/revision`): one more per rollout.
+pub async fn revision(ns: &str, name: &str) -> Option<String> {
+    let d: Api<Deployment> = Api::namespaced(client().await, ns);
+    d.get(name)
+        .await
+        .ok()?
+        .metadata
+        .annotations?
+        .get("deployment.kubernetes.io/revision")
+        .cloned()
+}
+
+/// Waits until the Deployment `app` has `n` ReplicaSets.
+pub async fn wait_replicasets(ns: &str, app: &str, n: usize, timeout: Duration) {
+    wait_for(
+        &format!("{n} ReplicaSets of {app}"),
+        timeout,
+        || async move { Ok((replicasets(ns, app).await == n).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -15,10 +15,11 @@
 
 use dso_api::DsoSecret;
 use dso_e2e::operator::{
-    events, get_dso, replicasets, series_value, wait_printed, wait_ready, wait_recorded,
+    events, get_dso, replicasets, series_value, slow_rollout_deployment, wait_available,
+    wait_printed, wait_ready, wait_recorded,
 };
 use dso_e2e::{
-    Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, check, client,
+    Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, client,
     create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, pod,
     put_secret_value, ready, unique, wait_for,
 };
@@ -356,8 +357,9 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
     let ns = operator_namespace("op-bound").await;
     let secret = unique("e2e/op/bound");
     new_secret(&secret).await;
-    // One slot, and rollouts that cannot complete (paused Deployments create no new pods):
-    // the second workload must wait for the first rollout's timeout.
+    // One slot, and rollouts that cannot complete (their new pods never become ready; a paused
+    // Deployment would give its slot back at once): the second workload must wait for the
+    // first rollout's timeout.
     let timeout = Duration::from_secs(15);
     let op = Operator::start_with(
         &ns,
@@ -373,21 +375,9 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
     op.ready().await;
     dsosecret(&ns, "db", &secret, SHORT, "Rollout");
     for name in ["a", "b"] {
-        consuming_deployment(&ns, name, "db");
+        apply(&ns, &slow_rollout_deployment(name, "db", None));
+        wait_available(&ns, name).await;
         wait_recorded(&ns, name).await;
-        check(
-            kubectl(&[
-                "patch",
-                "deployment",
-                name,
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"paused":true}}"#,
-            ]),
-            "pause the Deployment",
-        );
     }
     wait_ready(&ns, "db", "True", "Synced").await;
 
