@@ -9,6 +9,7 @@
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
 #         CoreDNS, helm, actionlint, kubeconform
+#   cargo: cargo-fuzz (and rustup's nightly toolchain)
 set -euo pipefail
 # versions, CACHE, BIN, log and die
 . "$(dirname "$0")/common.sh"
@@ -103,4 +104,10 @@ for tool in "actionlint github.com/rhysd/actionlint/cmd/actionlint $ACTIONLINT_V
   fi
   ln -sf "$CACHE/$name-$version/$name" "$BIN/$name"
 done
+# cargo-fuzz (tests/fuzz.sh) and the nightly toolchain its targets build with.
+if [ ! -x "$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install -q cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION"
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 log "components ready in $BIN ($(du -sh "$CACHE" | cut -f1) cache)"
