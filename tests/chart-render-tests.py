@@ -233,9 +233,9 @@ for bad, field in (("init.tokenExpirationSeconds=86400", "tokenExpirationSeconds
     check(f"{bad} refused", objs is None and field in err, err)
 
 test("the operator's fence: a ValidatingAdmissionPolicy for its ServiceAccount, bound with Deny")
-def fence(objs):
-    vaps = find(objs, "ValidatingAdmissionPolicy")
-    bindings = find(objs, "ValidatingAdmissionPolicyBinding")
+def fence(objs, name="dso-operator-fence"):
+    vaps = [o for o in find(objs, "ValidatingAdmissionPolicy") if o["metadata"]["name"] == name]
+    bindings = [o for o in find(objs, "ValidatingAdmissionPolicyBinding") if o["metadata"]["name"] == name]
     return (vaps[0] if len(vaps) == 1 else None), (bindings[0] if len(bindings) == 1 else None)
 objs, err = render()
 check("rendered", objs is not None, err)
@@ -260,6 +260,21 @@ objs, err = render("--set", "operator.admissionPolicy.enabled=false")
 check("admissionPolicy.enabled=false: none", objs is not None and fence(objs) == (None, None), err)
 objs, err = render("--set", "operator.watchNamespace=dso-system")
 check("watching the release namespace with the fence: refused", objs is None and "operator.watchNamespace" in err, err)
+
+test("dso:// in pods that do not opt in: a ValidatingAdmissionPolicy, bound with Deny, on by default")
+objs, err = render("--set", "webhook.excludeNamespaces={legacy}")
+vap, binding = fence(objs or [], "dso-env-references")
+check("one binding of it, Deny", binding is not None and binding["spec"] == {"policyName": "dso-env-references", "validationActions": ["Deny"]}, binding)
+if vap:
+    rules = vap["spec"]["matchConstraints"]["resourceRules"]
+    check("pods on CREATE, ephemeral containers on UPDATE", [(r["resources"], r["operations"]) for r in rules] == [(["pods"], ["CREATE"]), (["pods/ephemeralcontainers"], ["UPDATE"])], rules)
+    excluded = vap["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]["values"]
+    check("not in the release namespace, kube-system, excludeNamespaces", excluded == ["dso-system", "kube-system", "legacy"], excluded)
+    check("fails closed", vap["spec"]["failurePolicy"] == "Fail", vap["spec"])
+else:
+    check("rendered by default", False, err)
+objs, err = render("--set", "webhook.envReferencePolicy.enabled=false")
+check("envReferencePolicy.enabled=false: none", objs is not None and fence(objs, "dso-env-references") == (None, None), err)
 
 test("operator RBAC: a ClusterRole for all namespaces, a Role in watchNamespace otherwise")
 OPERATOR_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")

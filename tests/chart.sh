@@ -41,6 +41,7 @@ combinations=(
   "webhook NetworkPolicy: control-plane CIDRs, monitoring namespace; default credentials allowed|--set webhook.networkPolicy.enabled=true --set webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16 --set webhook.networkPolicy.from[1].ipBlock.cidr=10.1.0.0/16 --set webhook.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring --set init.allowDefaultCredentials=true"
   "no operator fence (clusters before 1.30 policies, or your own)|--set operator.admissionPolicy.enabled=false"
   "secret allowlist per namespace|--set secretAllowlist.default[0]=shared/ --set secretAllowlist.namespaces.payments[0]=shared/payments-"
+  "no dso:// policy for pods that do not opt in|--set webhook.envReferencePolicy.enabled=false"
   "host network (clusters without a pod network)|--set hostNetwork=true --set webhook.url=https://127.0.0.1:8443/mutate --set webhook.replicas=1"
   "monitoring: ServiceMonitor, PrometheusRule, Grafana dashboard ConfigMap|--set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=kube-prometheus-stack --set metrics.prometheusRule.enabled=true --set metrics.prometheusRule.additionalRuleLabels.team=platform --set metrics.dashboard.enabled=true --set metrics.dashboard.namespace=monitoring"
   "monitoring: PodMonitor, default scrape interval|--set metrics.podMonitor.enabled=true --set metrics.podMonitor.interval="

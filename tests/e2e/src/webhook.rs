@@ -5,7 +5,8 @@
 //! Each [`Webhook`] runs on its own port with its own configuration, which selects only the
 //! namespaces it makes ([`Webhook::namespace`]: a label unique to it) and, through
 //! `matchConditions`, only pods annotated `dso.dev/inject: "true"`, like the chart's: other tests
-//! sharing the cluster never see it.
+//! sharing the cluster never see it. [`Webhook::register_validation`] adds `/validate` for the
+//! DsoSecrets of those namespaces.
 
 use crate::process::{LogFile, http_get};
 use crate::{
@@ -13,9 +14,11 @@ use crate::{
     wait_for,
 };
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -179,6 +182,67 @@ impl Webhook {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Registers `/validate` for the DsoSecrets of this webhook's namespaces (a
+    /// ValidatingWebhookConfiguration named like the mutating one, `failurePolicy: Fail`), as
+    /// the chart does, and waits until the apiserver uses it.
+    pub async fn register_validation(&mut self, port: u16) {
+        let mut config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": self.config_name},
+            "webhooks": [{
+                "name": "validate.dso.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "timeoutSeconds": 5,
+                "failurePolicy": "Fail",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate")},
+                "rules": [{"apiGroups": ["dso.dev"], "apiVersions": ["v1alpha1"],
+                           "operations": ["CREATE", "UPDATE"], "resources": ["dsosecrets"],
+                           "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: self.run}},
+            }]
+        }))
+        .expect("webhook configuration");
+        if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
+            w.client_config.ca_bundle = Some(ByteString(self.ca.pem().into_bytes()));
+        }
+        Api::<ValidatingWebhookConfiguration>::all(client().await)
+            .create(&PostParams::default(), &config)
+            .await
+            .expect("create the ValidatingWebhookConfiguration");
+        let probe_ns = self.namespace(&[]).await;
+        let broken: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "dso.dev/v1alpha1", "kind": "DsoSecret",
+            "metadata": {"name": "probe"},
+            "spec": {"files": [{"path": "x", "template": "{{ nothing-here", "sources": {"a": {"secretId": "a"}}}]}
+        }))
+        .expect("probe");
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client().await,
+            &probe_ns,
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("dso.dev", "v1alpha1", "DsoSecret"),
+                "dsosecrets",
+            ),
+        );
+        wait_for("the apiserver to call /validate", TIMEOUT, || {
+            let (api, broken) = (api.clone(), broken.clone());
+            async move {
+                let dry = PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                match api.create(&dry, &broken).await {
+                    Err(kube::Error::Api(s)) if s.message.contains("validate.dso.dev") => {
+                        Ok(Some(()))
+                    }
+                    other => anyhow::bail!("not routed to /validate yet: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// A fresh namespace this webhook serves, deleted with the webhook.
     pub async fn namespace(&mut self, extra_labels: &[(&str, &str)]) -> String {
         let mut labels = vec![(SELECTOR_LABEL, self.run.as_str())];
@@ -225,6 +289,12 @@ impl Drop for Webhook {
         kubectl_best_effort(&[
             "delete",
             "mutatingwebhookconfiguration",
+            &self.config_name,
+            "--ignore-not-found",
+        ]);
+        kubectl_best_effort(&[
+            "delete",
+            "validatingwebhookconfiguration",
             &self.config_name,
             "--ignore-not-found",
         ]);

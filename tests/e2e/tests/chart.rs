@@ -335,6 +335,88 @@ fn probe_pod(ns: &str, name: &str, inject: bool) -> String {
     p.to_string()
 }
 
+/// A pod of ServiceAccount `web` in `ns` whose container `app` has `X: <value>`.
+fn env_pod(ns: &str, name: &str, inject: bool, value: &str) -> String {
+    let annotations = if inject {
+        annotated("db")
+    } else {
+        serde_json::json!({})
+    };
+    let mut p = pod(name, &annotations);
+    p["metadata"]["namespace"] = ns.into();
+    p["spec"]["serviceAccountName"] = "web".into();
+    p["spec"]["containers"][0]["env"] = serde_json::json!([{"name": "X", "value": value}]);
+    p.to_string()
+}
+
+/// `kubectl create --dry-run=server -o json`: the admitted object, or the refusal.
+fn dry_create(manifest: &str) -> Result<serde_json::Value, String> {
+    let out = kubectl_stdin(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        manifest,
+    );
+    if out.status.success() {
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Issue 14 through the installed chart: its ValidatingAdmissionPolicy refuses `dso://` in a
+/// pod that does not opt in (the webhook never sees it), naming container and variable, while
+/// an opted-in pod is still rewritten and an ordinary value passes; its ValidatingWebhookConfiguration
+/// makes `kubectl apply` refuse a DsoSecret whose template does not parse or reads an undeclared
+/// source, naming `spec.files[N].template`.
+async fn env_references_and_templates_at_admission(app_ns: &str) -> anyhow::Result<()> {
+    let refusal = dry_create(&env_pod(app_ns, "unopted", false, "dso://db/password"))
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a pod with dso:// that does not opt in was admitted"))?;
+    anyhow::ensure!(
+        refusal.contains("-env-references")
+            && refusal.contains(r#"container "app", env X: dso://db/password"#)
+            && refusal.contains("does not opt in"),
+        "the refusal does not name the policy, the container and the variable: {refusal}"
+    );
+    let admitted = dry_create(&env_pod(app_ns, "opted-in", true, "dso://db/password"))
+        .map_err(|e| anyhow::anyhow!("an opted-in pod with dso:// was refused: {e}"))?;
+    let x = &admitted["spec"]["containers"][0]["env"][0];
+    anyhow::ensure!(
+        x["value"].is_null() && x["valueFrom"]["fileKeyRef"]["volumeName"] == "dso-secrets",
+        "the opted-in pod's dso:// was not rewritten: {x}"
+    );
+    dry_create(&env_pod(app_ns, "plain-value", false, "postgres://db:5432"))
+        .map_err(|e| anyhow::anyhow!("a pod with an ordinary value was refused: {e}"))?;
+
+    // (files, the field, a phrase of the message)
+    let broken = [
+        (
+            r#"[{path: password, secretId: a}, {path: url, template: "{{ db.password", sources: {db: {secretId: a}}}]"#,
+            "spec.files[1].template",
+            "syntax error",
+        ),
+        (
+            r#"[{path: url, template: "{{ api.key }}", sources: {db: {secretId: a}}}]"#,
+            "spec.files[0].template",
+            "\"api\"",
+        ),
+    ];
+    for (files, field, phrase) in broken {
+        let manifest = format!(
+            "apiVersion: dso.dev/v1alpha1\nkind: DsoSecret\nmetadata: {{name: broken, namespace: {app_ns}}}\nspec:\n  files: {files}\n"
+        );
+        let out = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            !out.status.success()
+                && stderr.contains("validate.dso.dev")
+                && stderr.contains(field)
+                && stderr.contains(phrase),
+            "kubectl apply of a DsoSecret with files {files} was not refused by validate.dso.dev naming {field} / {phrase}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// What a user would look at when the story breaks: printed on failure.
 fn diagnostics(rel_ns: &str, app_ns: &str) -> String {
     let mut out = String::new();
@@ -695,6 +777,8 @@ async fn scenario(
     .await?;
 
     progress("pod injected and Running; the app printed the first value");
+    env_references_and_templates_at_admission(app_ns).await?;
+    progress("dso:// without opting in refused, opted in rewritten; broken templates refused");
     // Rotation in AWS: the operator rolls the Deployment; the new pod reads the new value.
     put_secret_value(&secret_id, &secret_json(&canary2)).await;
     let second_rs = wait_for(
