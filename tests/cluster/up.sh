@@ -318,13 +318,14 @@ metadata: {name: dso-local:kube-network-policies}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: dso-local:kube-network-policies}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "dso-local:kube-network-policies"}]
 YAML
-# NRI needs containerd 1.7+ (Debian 12 has 1.6): pod IPs come from the API server. Its DNS
-# workaround is only for kernels before 6.12.
+# NRI needs containerd 1.7+ (Debian 12 has 1.6): its plugin fails to connect and pod IPs come
+# from the API server. (Not --disable-nri: then an address no pod holds, e.g. the bridge's,
+# crashes v0.8.0 on a nil NRI plugin.) The DNS workaround is only for kernels before 6.12.
 knp_dns_fix=true
 if printf '6.12\n%s\n' "$(uname -r | cut -d- -f1)" | sort -C -V; then knp_dns_fix=false; fi
 start kube-network-policies "$KNP_BIN" --kubeconfig "$STATE/kube-network-policies.kubeconfig" \
   --hostname-override "$NODE_NAME" --metrics-bind-address "127.0.0.1:$KNP_METRICS_PORT" \
-  --disable-nri --netfilter-bug-1766-fix="$knp_dns_fix" --v=1
+  --netfilter-bug-1766-fix="$knp_dns_fix" --v=1
 
 log "CoreDNS $COREDNS_VERSION for $CLUSTER_DOMAIN"
 kubeconfig "$STATE/coredns.kubeconfig" admin
