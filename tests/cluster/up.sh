@@ -2,7 +2,7 @@
 # Starts a real single-node Kubernetes from pinned upstream components, shaped like a kind node:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a node (kubelet + containerd +
 # runc) with a pod network (CNI bridge + host-local), kube-proxy (iptables mode) for Services,
-# CoreDNS for cluster.local, and moto (the AWS emulator) behind the Service moto.aws.
+# kube-network-policies (SIG Network) enforcing NetworkPolicies, CoreDNS for cluster.local, and moto (the AWS emulator) behind the Service moto.aws.
 #
 # All of it runs in one network namespace ($NETNS) with no route out of the machine; the host
 # reaches the API server through a forward on 127.0.0.1:$API_PORT and moto on
@@ -21,7 +21,8 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
   [ -x "$BIN/$c" ] || die "$BIN/$c is missing: run tests/cluster/deps.sh first"
 done
 [ -x "$COREDNS_BIN" ] || die "$COREDNS_BIN is missing: run tests/cluster/deps.sh first"
-for c in etcd containerd runc ctr openssl python3 cc ip nsenter iptables-restore socat moto_server; do
+[ -x "$KNP_BIN" ] || die "$KNP_BIN is missing: run tests/cluster/deps.sh first"
+for c in etcd containerd runc ctr openssl python3 cc ip nsenter iptables-restore nft socat moto_server; do
   command -v "$c" >/dev/null || die "$c is missing: run tests/cluster/deps.sh first"
 done
 [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static (tests/cluster/deps.sh does)"
@@ -115,6 +116,7 @@ pki="$STATE/pki"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
   cert kube-proxy "/CN=system:kube-proxy"
+  cert kube-network-policies "/CN=dso-local:kube-network-policies"
   cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl genrsa -out sa.key 2048 2>/dev/null
@@ -143,7 +145,7 @@ KC
 }
 # The same file works on the host (through the forward) and inside the namespace (directly).
 kubeconfig "$KUBECONFIG_OUT" admin
-for c in controller-manager scheduler kubelet kube-proxy; do kubeconfig "$STATE/$c.kubeconfig" "$c"; done
+for c in controller-manager scheduler kubelet kube-proxy kube-network-policies; do kubeconfig "$STATE/$c.kubeconfig" "$c"; done
 
 log "etcd"
 start etcd etcd --name dso --data-dir "$STATE/etcd" \
@@ -295,6 +297,36 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 YAML
 start kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml" --v=1
 
+# NetworkPolicy enforcement, as a node process like kube-proxy: its nftables table (inet
+# kube-network-policies) sends the first packet of every connection to or from a pod that a
+# policy selects to its nfqueue, and it answers accept or drop. Traffic of root processes on
+# the node (the API server, the kubelet's probes) is never queued: upstream's own rule. The
+# table lives in the cluster's network namespace and goes with it. It reads what the upstream
+# ClusterRole grants (install.yaml), under its own client certificate.
+log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION (NetworkPolicy)"
+k apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: dso-local:kube-network-policies}
+rules:
+- {apiGroups: [""], resources: [pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: dso-local:kube-network-policies}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: dso-local:kube-network-policies}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "dso-local:kube-network-policies"}]
+YAML
+# NRI needs containerd 1.7+ (Debian 12 has 1.6): its plugin fails to connect and pod IPs come
+# from the API server. (Not --disable-nri: then an address no pod holds, e.g. the bridge's,
+# crashes v0.8.0 on a nil NRI plugin.) The DNS workaround is only for kernels before 6.12.
+knp_dns_fix=true
+if printf '6.12\n%s\n' "$(uname -r | cut -d- -f1)" | sort -C -V; then knp_dns_fix=false; fi
+start kube-network-policies "$KNP_BIN" --kubeconfig "$STATE/kube-network-policies.kubeconfig" \
+  --hostname-override "$NODE_NAME" --metrics-bind-address "127.0.0.1:$KNP_METRICS_PORT" \
+  --netfilter-bug-1766-fix="$knp_dns_fix" --v=1
+
 log "CoreDNS $COREDNS_VERSION for $CLUSTER_DOMAIN"
 kubeconfig "$STATE/coredns.kubeconfig" admin
 cat > "$STATE/Corefile" <<COREFILE
@@ -349,8 +381,12 @@ ports: [{name: http, port: $MOTO_NS_PORT, protocol: TCP}]
 YAML
 
 WAIT_LOG=kubelet wait_for "node $NODE_NAME" 90 sh -c "nsenter --net=$NETNS_PATH \"$BIN/kubectl\" get node \"$NODE_NAME\" -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
-for c in kube-proxy coredns moto; do alive "$c"; done
+for c in kube-proxy kube-network-policies coredns moto; do alive "$c"; done
 WAIT_LOG=kube-proxy wait_for kube-proxy 30 in_ns curl -fs -m 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
+# Enforcing means: its rules are in the kernel (a kernel that refuses them leaves no table, and
+# upstream carries on enforcing nothing) and its nfqueue is bound.
+WAIT_LOG=kube-network-policies wait_for "kube-network-policies' nftables rules" 30 sh -c "nsenter --net=$NETNS_PATH nft list chain inet kube-network-policies postrouting | grep -Eq 'queue num $KNP_QUEUE|NFQUEUE'"
+WAIT_LOG=kube-network-policies wait_for "kube-network-policies' nfqueue $KNP_QUEUE" 30 sh -c "nsenter --net=$NETNS_PATH cat /proc/net/netfilter/nfnetlink_queue | awk '\$1 == $KNP_QUEUE' | grep -q ."
 WAIT_LOG=coredns wait_for CoreDNS 30 in_ns curl -fs -m 2 "http://127.0.0.1:$DNS_READY_PORT/ready"
 # Through the Service IP (kube-proxy's rules) and by name (CoreDNS): what pods will do. Every
 # try is short (-m 2): a SYN sent before kube-proxy's rules exist is lost, and curl would wait

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs down.sh and proves it: every process the cluster started (recorded PIDs — control plane,
-# node, kube-proxy, CoreDNS, moto, the forwards — pod processes, containerd shims) is gone, and
-# so is every host path and network piece it created ($STATE with the CNI address state, the
-# paths recorded in $STATE/created, kubepods cgroups, mounts under $STATE, the cluster's network
-# namespace — and with it its bridge, veths and iptables chains — and the pods' namespaces).
+# node, kube-proxy, kube-network-policies, CoreDNS, moto, the forwards — pod processes,
+# containerd shims) is gone, and so is every host path and network piece it created ($STATE
+# with the CNI address state, the paths recorded in $STATE/created, kubepods cgroups, mounts
+# under $STATE, the cluster's network namespace — and with it its bridge, veths, iptables
+# chains and nftables table — and the pods' namespaces).
 # Exits non-zero naming what is left.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
@@ -27,5 +28,6 @@ if grep -q " $STATE" /proc/self/mounts; then echo "mounts left under $STATE"; ba
 if [ -n "$netns" ] && ip netns list | grep -qw "$netns"; then echo "network namespace left: $netns"; bad=1; fi
 for ns in $pod_netns; do grep -q " $ns " /proc/self/mounts && { echo "pod network namespace still mounted: $ns"; bad=1; }; done
 if iptables -t nat -S 2>/dev/null | grep -q -- "$POD_CIDR"; then echo "host iptables mention the pod network $POD_CIDR"; bad=1; fi
+if nft list table inet kube-network-policies >/dev/null 2>&1; then echo "host nftables hold the table kube-network-policies"; bad=1; fi
 [ $bad = 0 ] || die "teardown left things behind"
 echo "teardown verified: $n processes ended, no host path, network namespace ($netns + $(echo "$pod_netns" | wc -w) pod namespaces) or host iptables rule left"
