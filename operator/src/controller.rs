@@ -6,6 +6,7 @@
 use crate::cache::VersionCache;
 use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
+use crate::events::Detection;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::status::{now, publish, write_status};
@@ -69,6 +70,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Longest time a rollout holds its slot (`--max-concurrent-rollouts`) waiting to complete.
     pub rollout_timeout: Duration,
+    /// Periodic checks alone, or change events with the periodic check as fallback: sets the
+    /// refresh interval of DsoSecrets that set none.
+    pub detection: Detection,
 }
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
@@ -229,7 +233,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .cloned()
         .or_else(|| dso.status.clone())
         .unwrap_or_default();
-    let interval = dso_api::validate::interval(&dso.spec);
+    let interval = ctx.settings.detection.interval(&dso.spec);
 
     if let Some(resolution) = domain::invalid_spec(&dso.spec) {
         write_status(
@@ -409,6 +413,7 @@ mod tests {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
+            detection: Detection::default(),
         };
         let full = [1, 2, 4, 8, 16, 32, 60, 60].map(Duration::from_secs);
         for (n, full) in (1..).zip(full) {
