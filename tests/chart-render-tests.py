@@ -623,6 +623,19 @@ got = webhook_args("--set", "init.caBundle.configMap=corp-proxy-ca", "--set", "i
 check("--init-ca-bundle-configmap and -key", "--init-ca-bundle-configmap=corp-proxy-ca" in got and "--init-ca-bundle-key=bundle.pem" in got, got)
 objs, err = render("--set", "init.caBundle.configMap=Corp_CA")
 check("a ConfigMap name that is not one: refused", objs is None and "configMap" in err, err)
+test("operator.events: the SQS queue of Secrets Manager change events, and its fallback interval")
+def operator_args(objs):
+    return pod(objs, "dso-operator")["containers"][0]["args"]
+objs, err = render()
+check("defaults: no queue flag", objs is not None and not [a for a in operator_args(objs) if a.startswith("--events-")], objs and operator_args(objs))
+QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/dso-secret-events"
+objs, err = render("--set", f"operator.events.queueUrl={QUEUE}", "--set", "operator.events.fallbackInterval=1h")
+args = operator_args(objs) if objs else err
+check("queueUrl set: the queue and the fallback interval", objs is not None and f"--events-queue-url={QUEUE}" in args and "--events-fallback-interval=1h" in args, args)
+objs, err = render("--set", "operator.events.queueUrl=arn:aws:sqs:eu-west-1:123456789012:dso-secret-events")
+check("a queue ARN for its URL: refused, naming queueUrl", objs is None and "queueUrl" in err, err)
+objs, err = render("--set", "operator.events.fallbackInterval=30")
+check("an interval without unit: refused, naming fallbackInterval", objs is None and "fallbackInterval" in err, err)
 
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)

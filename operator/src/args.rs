@@ -97,6 +97,19 @@ pub struct Args {
     #[arg(long, env = "DSO_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
 
+    /// URL of an SQS queue that an EventBridge rule feeds with Secrets Manager change events
+    /// (docs/rotation.md): rotations are then seen within seconds, and the periodic check
+    /// becomes a fallback (--events-fallback-interval). Needs sqs:ReceiveMessage and
+    /// sqs:DeleteMessage on the queue.
+    #[arg(long, env = "DSO_EVENTS_QUEUE_URL", value_parser = queue_url)]
+    pub events_queue_url: Option<String>,
+
+    /// With --events-queue-url, while the queue can be read: how often DsoSecrets that set no
+    /// refresh.interval are checked anyway, such as 30m (between 10s and 24h). When the queue
+    /// cannot be read they go back to refresh.interval's default, 5m.
+    #[arg(long, env = "DSO_EVENTS_FALLBACK_INTERVAL", default_value = "30m", value_parser = fallback_interval)]
+    pub events_fallback_interval: Duration,
+
     #[command(flatten)]
     legacy: Legacy,
 }
@@ -139,6 +152,32 @@ fn positive(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be more than 0s".into()),
         d => Ok(d),
     }
+}
+
+/// An http(s) URL with a path (`https://sqs.<region>.amazonaws.com/<account>/<queue>`).
+fn queue_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or("must start with https:// (the queue URL, not its ARN or name)")?;
+    match rest.split_once('/') {
+        Some((host, path)) if !host.is_empty() && !path.trim_matches('/').is_empty() => {
+            Ok(s.to_string())
+        }
+        _ => Err(
+            "must name the queue, as https://sqs.<region>.amazonaws.com/<account>/<queue>".into(),
+        ),
+    }
+}
+
+/// Within the bounds of `refresh.interval`.
+fn fallback_interval(s: &str) -> Result<Duration, String> {
+    use dso_api::duration::{MAX_INTERVAL, MIN_INTERVAL};
+    let d = dso_api::duration::parse(s).map_err(|e| e.to_string())?;
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+        return Err("must be between 10s and 24h".into());
+    }
+    Ok(d)
 }
 
 /// A Lease records whole seconds (`leaseDurationSeconds`): no fractions, at least 3 s.
@@ -225,6 +264,8 @@ mod tests {
         assert_eq!(a.refresh_min_interval, Duration::from_secs(30));
         assert_eq!(a.aws_client_idle, Duration::from_secs(3600));
         assert_eq!(a.log_format, LogFormat::Plain);
+        assert_eq!(a.events_queue_url, None);
+        assert_eq!(a.events_fallback_interval, Duration::from_secs(1800));
     }
 
     #[rstest]
@@ -244,6 +285,13 @@ mod tests {
     #[case::unknown_log_format("--log-format", "yaml")]
     #[case::legacy_aws_timeout_of_zero("--aws-timeout-seconds", "0")]
     #[case::legacy_lease_too_short("--lease-seconds", "2")]
+    #[case::queue_arn_for_url(
+        "--events-queue-url",
+        "arn:aws:sqs:us-east-1:123456789012:dso-events"
+    )]
+    #[case::queue_url_without_queue("--events-queue-url", "https://sqs.us-east-1.amazonaws.com/")]
+    #[case::fallback_below_the_shortest_interval("--events-fallback-interval", "5s")]
+    #[case::fallback_above_a_day("--events-fallback-interval", "25h")]
     fn an_out_of_range_value_is_refused_at_start(#[case] flag: &str, #[case] value: &str) {
         let arg = format!("{flag}={value}");
         let e = parse(&[arg.as_str()]).expect_err("refused");
@@ -256,6 +304,11 @@ mod tests {
     #[case("--reconcile-concurrency", "1")]
     #[case("--lease-duration", "3s")]
     #[case("--log-format", "json")]
+    #[case(
+        "--events-queue-url",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/dso-events"
+    )]
+    #[case("--events-fallback-interval", "10s")]
     fn the_smallest_allowed_value_is_accepted(#[case] flag: &str, #[case] value: &str) {
         parse(&[flag, value]).expect("accepted");
     }

@@ -127,6 +127,12 @@ impl VersionCache {
         result
     }
 
+    /// Drops what is cached about `key` (an event said it changed): the next lookup asks AWS.
+    /// Waits for a lookup in flight, so its answer (older than the change) is dropped too.
+    pub async fn forget(&self, key: &SecretKey) {
+        *self.slot(key).lock().await = None;
+    }
+
     /// One `ListSecrets` pass over `region`, unless one started at or after `not_before`.
     async fn sweep(&self, region: &str, not_before: Option<Instant>) {
         let lock = {

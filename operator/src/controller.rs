@@ -7,6 +7,7 @@ use crate::cache::VersionCache;
 use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
 use crate::lease::Leadership;
+use crate::events::Detection;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::slots::Slots;
@@ -76,6 +77,9 @@ pub struct Settings {
     pub refresh_min_interval: Duration,
     /// Most rollouts in progress (`--max-concurrent-rollouts`).
     pub max_concurrent_rollouts: usize,
+    /// Periodic checks alone, or change events with the periodic check as fallback: sets the
+    /// refresh interval of DsoSecrets that set none.
+    pub detection: Detection,
 }
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
@@ -315,7 +319,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         .cloned()
         .or_else(|| dso.status.clone())
         .unwrap_or_default();
-    let interval = dso_api::validate::interval(&dso.spec);
+    let interval = ctx.settings.detection.interval(&dso.spec);
 
     // A spec that is invalid, or names a secret outside the namespace's allowlist, never
     // reaches AWS: the operator's role would otherwise describe it on the tenant's behalf.
@@ -556,6 +560,7 @@ mod tests {
             allowlist: Default::default(),
             refresh_min_interval: Duration::from_secs(30),
             max_concurrent_rollouts: 4,
+            detection: Detection::default(),
         };
         let full = [1, 2, 4, 8, 16, 32, 60, 60].map(Duration::from_secs);
         for (n, full) in (1..).zip(full) {

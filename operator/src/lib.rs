@@ -6,6 +6,8 @@
 //!   decision.
 //! - [`aws`]: DescribeSecret / ListSecrets and the one classifier of AWS errors.
 //! - [`cache`]: the version cache shared by every DsoSecret (describe or sweep mode).
+//! - [`events`]: Secrets Manager change events — what they name, which are worth a reconcile.
+//! - [`sqs`]: the events queue reader (EventBridge → SQS), triggering reconciles at once.
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
 //! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
@@ -25,12 +27,14 @@ pub mod controller;
 pub mod crd;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod rollout;
 pub mod run;
 pub mod slots;
+pub mod sqs;
 pub mod status;
 pub mod workload;
 

@@ -119,7 +119,7 @@ impl Metrics {
         );
         r.register(
             "aws_calls",
-            "Calls to AWS Secrets Manager, by operation (metadata only: never GetSecretValue)",
+            "Calls to AWS, by operation: Secrets Manager metadata (never GetSecretValue) and the events queue",
             m.aws_calls.clone(),
         );
         r.register(

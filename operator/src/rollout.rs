@@ -73,7 +73,7 @@ async fn consumed_versions(
         let r = lookup(
             ctx,
             &other,
-            not_before(dso_api::validate::interval(&other.spec)),
+            not_before(ctx.settings.detection.interval(&other.spec)),
         )
         .await;
         if r.problem.is_some() {

@@ -126,6 +126,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let event_metrics = args
+        .events_queue_url
+        .is_some()
+        .then(|| crate::sqs::EventMetrics::register(&mut registry));
     let health = Health::new(registry);
     let (stop_tx, stop_rx) = watch::channel(false);
     {
@@ -163,6 +167,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .load()
         .await;
+    let queue = args
+        .events_queue_url
+        .as_deref()
+        .map(|url| crate::sqs::Queue::new(&aws_config, url, args.aws_timeout));
     let aws = Arc::new(crate::aws::Aws::new(aws_config, metrics.clone()));
     info!(region = %aws.default_region(), lookup = ?args.aws_lookup, namespace = ns.unwrap_or("<all>"), secret_allowlist = args.secret_allowlist.is_some(), "AWS metadata client ready");
 
@@ -205,6 +213,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (statefulsets, statefulset_changes) =
         watch::<StatefulSet>(&client, ns, StatefulSet::slim, &synced);
     let (daemonsets, daemonset_changes) = watch::<DaemonSet>(&client, ns, DaemonSet::slim, &synced);
+    // Secrets Manager change events trigger reconciles (crate::sqs).
+    let (event_tx, event_rx) = futures::channel::mpsc::unbounded();
     let controller = Controller::for_stream(dsosecret_changes, dsosecrets.clone())
         .watches_stream(deployment_changes, workload::dsosecrets_of::<Deployment>)
         .watches_stream(statefulset_changes, workload::dsosecrets_of::<StatefulSet>)
@@ -214,6 +224,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .graceful_shutdown_on(stopped(stop_rx.clone()));
     metrics.watch_readiness(dsosecrets.clone());
+    let controller = if queue.is_some() {
+        controller.reconcile_on(event_rx)
+    } else {
+        controller
+    };
     let stores = Stores {
         dsosecrets,
         deployments,
@@ -221,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         daemonsets,
     };
     {
-        let (health, stop) = (health.clone(), stop_rx.clone());
+        let (health, stop, synced) = (health.clone(), stop_rx.clone(), synced.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = health.running_once_synced(&synced, STREAMS) => {}
@@ -249,6 +264,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allowlist: Arc::new(args.secret_allowlist.clone().unwrap_or_default()),
             refresh_min_interval: args.refresh_min_interval,
             max_concurrent_rollouts: args.max_concurrent_rollouts,
+            detection: match &queue {
+                Some(_) => crate::events::Detection::with_events(args.events_fallback_interval),
+                None => crate::events::Detection::default(),
+            },
         },
         leadership,
     ));
@@ -262,6 +281,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(pause) => controller::forget_unused(&ctx, idle),
                     _ = stop.wait_for(|s| *s) => return,
                 }
+            }
+        });
+    }
+    if let (Some(queue), Some(event_metrics)) = (queue, event_metrics) {
+        let watch = crate::sqs::ControllerWatch {
+            ctx: ctx.clone(),
+            trigger: event_tx,
+        };
+        let reader = crate::sqs::Reader::new(queue, watch, event_metrics, metrics.clone());
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            // "No DsoSecret names this secret" is only true once the cache is synced.
+            tokio::select! {
+                () = synced.all(STREAMS) => reader.run(stop).await,
+                () = stopped(stop.clone()) => {}
             }
         });
     }

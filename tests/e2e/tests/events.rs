@@ -1,0 +1,232 @@
+//! Event-driven detection on the real cluster: `dso-operator --events-queue-url` reading an SQS
+//! queue in moto that an EventBridge rule (the one of `docs/aws/eventbridge-sqs.cfn.yaml`)
+//! fills. moto has no CloudTrail, so the test hands EventBridge what CloudTrail would: the
+//! `PutSecretValue` entry, right after the PutSecretValue call. The figure printed is the
+//! operator's share (event → rollout started); CloudTrail's own delivery comes on top in AWS.
+//!
+//! Like the operator tests, it runs its own operator process in its own namespace (port 18531).
+
+use dso_e2e::operator::wait_ready;
+use dso_e2e::operator::wait_recorded;
+use dso_e2e::{
+    Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
+    dso_secret, env, moto, namespace, put_secret_value, unique, wait_for,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ACCOUNT: &str = "123456789012";
+
+/// One AWS JSON-protocol call to moto (it does not check signatures).
+async fn aws_json(target: &str, content_type: &str, body: Value) -> Value {
+    let endpoint = env("DSO_MOTO_ENDPOINT");
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let service = if target.starts_with("AWSEvents") {
+        "events"
+    } else {
+        "sqs"
+    };
+    let body = body.to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nX-Amz-Target: {target}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("moto");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{target}: {response}");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+async fn eventbridge(action: &str, body: Value) -> Value {
+    aws_json(
+        &format!("AWSEvents.{action}"),
+        "application/x-amz-json-1.1",
+        body,
+    )
+    .await
+}
+
+/// The event pattern of the documented rule.
+fn documented_pattern() -> Value {
+    let path = dso_e2e::repo_root().join("docs/aws/eventbridge-sqs.cfn.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the CloudFormation example");
+    let template: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+    let template: Value = serde_json::to_value(template).expect("json");
+    template["Resources"]["Rule"]["Properties"]["EventPattern"].clone()
+}
+
+/// A queue fed by the documented rule; its URL.
+async fn events_queue() -> String {
+    let name = unique("dso-events").replace('/', "-");
+    let url = aws_json(
+        "AmazonSQS.CreateQueue",
+        "application/x-amz-json-1.0",
+        json!({"QueueName": name}),
+    )
+    .await["QueueUrl"]
+        .as_str()
+        .expect("QueueUrl")
+        .to_string();
+    eventbridge(
+        "PutRule",
+        json!({"Name": name, "EventPattern": documented_pattern().to_string()}),
+    )
+    .await;
+    eventbridge(
+        "PutTargets",
+        json!({"Rule": name, "Targets": [{"Id": "dso-operator", "Arn": format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{name}")}]}),
+    )
+    .await;
+    url
+}
+
+/// What CloudTrail hands EventBridge for a PutSecretValue of `secret_id` (ARN `arn`).
+fn put_secret_value_entry(secret_id: &str, arn: &str) -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let detail = json!({
+        "eventVersion": "1.09",
+        "userIdentity": {"type": "AssumedRole", "accountId": ACCOUNT},
+        "eventTime": now,
+        "eventSource": "secretsmanager.amazonaws.com",
+        "eventName": "PutSecretValue",
+        "awsRegion": "us-east-1",
+        "requestParameters": {"secretId": secret_id, "secretString": "HIDDEN_DUE_TO_SECURITY_REASONS"},
+        "responseElements": {"arn": arn},
+        "eventID": unique("event"),
+        "readOnly": false,
+        "eventType": "AwsApiCall",
+        "managementEvent": true,
+        "recipientAccountId": ACCOUNT,
+        "eventCategory": "Management",
+    });
+    json!({
+        "Source": "aws.secretsmanager",
+        "DetailType": "AWS API Call via CloudTrail",
+        "Detail": detail.to_string(),
+        "Resources": [],
+    })
+}
+
+async fn template_hash(ns: &str, name: &str) -> Option<String> {
+    let d: Api<Deployment> = Api::namespaced(client().await, ns);
+    d.get(name)
+        .await
+        .ok()?
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("dso.dev/versions-hash")
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_put_secret_value_event_rolls_the_consumer_within_seconds_with_a_ten_minute_interval() {
+    apply_crd();
+    let ns = namespace(&client().await, "op-events", &[]).await;
+    let secret = unique("e2e/op/events");
+    create_secret(&secret, "canary-events-value").await;
+    let arn = moto()
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .expect("DescribeSecret")
+        .arn
+        .expect("ARN");
+    let url = events_queue().await;
+    let op = Operator::start_with(
+        &ns,
+        18531,
+        &env("DSO_MOTO_ENDPOINT"),
+        &["--events-queue-url", &url],
+    );
+    op.ready().await;
+
+    // A 10-minute interval: only the event can make the operator look within the test.
+    apply(
+        &ns,
+        &dso_secret(
+            "db",
+            &secret,
+            json!({"refresh": {"interval": "10m", "strategy": "Rollout"}}),
+        ),
+    );
+    let mut web = deployment(
+        "web",
+        &annotated("db"),
+        vec![app_container("app", "sleep 3600")],
+    );
+    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    apply(&ns, &web);
+    wait_ready(&ns, "db", "True", "Synced").await;
+    wait_recorded(&ns, "web").await;
+    assert_eq!(
+        template_hash(&ns, "web").await,
+        None,
+        "not rolled at first sight"
+    );
+    wait_for("the events queue read", Duration::from_secs(30), || async {
+        Ok((op.try_metric("dso_events_queue_up").await? == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let describes = op.describe_calls().await;
+
+    let rotated = Instant::now();
+    put_secret_value(&secret, "canary-events-rotated").await;
+    let sent = Instant::now();
+    eventbridge(
+        "PutEvents",
+        json!({"Entries": [put_secret_value_entry(&secret, &arn)]}),
+    )
+    .await;
+    let rolled = loop {
+        if template_hash(&ns, "web").await.is_some() {
+            break Instant::now();
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(30),
+            "no rollout 30 s after the event:\n{}",
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    println!(
+        "PutSecretValue → rollout started (template patched): {:?}; event put → rollout started: {:?}",
+        rolled - rotated,
+        rolled - sent
+    );
+    assert!(
+        rolled - rotated <= Duration::from_secs(5),
+        "rolled {:?} after PutSecretValue",
+        rolled - rotated
+    );
+    assert_eq!(
+        op.metric("dso_secret_events_total{outcome=\"reconciled\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        op.describe_calls().await - describes,
+        1.0,
+        "one DescribeSecret for the event"
+    );
+    println!(
+        "AWS calls: ReceiveMessage {}, DeleteMessageBatch {}",
+        op.metric("dso_aws_calls_total{operation=\"ReceiveMessage\"}")
+            .await,
+        op.metric("dso_aws_calls_total{operation=\"DeleteMessageBatch\"}")
+            .await
+    );
+    assert!(!op.log().contains("canary-events"), "no value in the log");
+    op.stop();
+}
