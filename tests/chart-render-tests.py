@@ -231,9 +231,10 @@ for bad, field in (("init.tokenExpirationSeconds=86400", "tokenExpirationSeconds
     check(f"{bad} refused", objs is None and field in err, err)
 
 test("the operator's fence: a ValidatingAdmissionPolicy for its ServiceAccount, bound with Deny")
-def fence(objs):
-    vaps = find(objs, "ValidatingAdmissionPolicy")
-    bindings = find(objs, "ValidatingAdmissionPolicyBinding")
+def fence(objs, suffix=""):
+    named = lambda o: not o["metadata"]["name"].endswith("-pods") if not suffix else o["metadata"]["name"].endswith(suffix)
+    vaps = [o for o in find(objs, "ValidatingAdmissionPolicy") if named(o)]
+    bindings = [o for o in find(objs, "ValidatingAdmissionPolicyBinding") if named(o)]
     return (vaps[0] if len(vaps) == 1 else None), (bindings[0] if len(bindings) == 1 else None)
 objs, err = render()
 check("rendered", objs is not None, err)
@@ -251,6 +252,14 @@ if vap:
     check("names the two annotations", "dso.dev/versions-hash" in text and "dso.dev/recorded-versions" in text, text)
     check("refuses kube-system and the release namespace", "['kube-system', 'dso-system']" in vap["spec"]["validations"][0]["expression"], vap["spec"]["validations"][0])
     check("fails closed", vap["spec"]["failurePolicy"] == "Fail", vap["spec"])
+pods, pods_binding = fence(objs or [], "-pods")
+check("a second policy fences pods", pods is not None and pods_binding is not None and pods_binding["spec"]["validationActions"] == ["Deny"], pods)
+if pods:
+    resources = sorted(r for rule in pods["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"])
+    check("it matches pods and their subresources", resources == ["pods", "pods/*"], resources)
+    text = yaml.safe_dump(pods["spec"]["validations"])
+    check("it names only dso.dev/desired-versions", "dso.dev/desired-versions" in text and "versions-hash" not in text, text)
+    check("it applies to the operator's ServiceAccount only", pods["spec"]["matchConditions"] == vap["spec"]["matchConditions"], pods["spec"]["matchConditions"])
 objs, err = render("--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=dso-irsa")
 vap, _ = fence(objs or [])
 check("an existing ServiceAccount is the one fenced", vap is not None and "system:serviceaccount:dso-system:dso-irsa'" in vap["spec"]["matchConditions"][0]["expression"], vap)

@@ -71,6 +71,9 @@ pub struct Settings {
     pub rollout_timeout: Duration,
 }
 
+/// How soon an InPlace DsoSecret with pods just told, or stale, is looked at again.
+const IN_PLACE_FOLLOW_UP: Duration = Duration::from_secs(5);
+
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
 const SLOT_RETRY: Duration = Duration::from_secs(2);
 
@@ -239,6 +242,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             &previous,
             &resolution,
             previous.last_rotation.clone(),
+            previous.in_place.clone(),
         )
         .await?;
         return Ok(Action::await_change());
@@ -286,6 +290,21 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         }
     }
 
+    // InPlace: tell the consuming pods (hook into crate::inplace).
+    let mut in_place = None;
+    let mut follow_up = false;
+    if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::InPlace {
+        match crate::inplace::tell_pods(ctx, &ns, &name, &resolution.following).await {
+            Ok((status, told)) => {
+                follow_up = told > 0 || status.stale > 0;
+                in_place = Some(status);
+            }
+            Err(e) => failed.push(format!("pods: {e}")),
+        }
+    } else if dso.spec.strategy() == RefreshStrategy::InPlace {
+        in_place = previous.in_place.clone();
+    }
+
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
     // Status records the new versions even when a rollout failed: the Rotated event is then
     // published once, and the failed workloads are retried after backoff all the same (the
@@ -298,7 +317,30 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             workloads: rolled.clone(),
         })
     };
-    let written = write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await;
+    let stale_before = previous.in_place.as_ref().and_then(|s| s.message.clone());
+    let stale_now = in_place.as_ref().and_then(|s| s.message.clone());
+    let written = write_status(
+        ctx,
+        dso,
+        &ns,
+        &previous,
+        &resolution,
+        last_rotation,
+        in_place,
+    )
+    .await;
+    if let Some(why) = stale_now.filter(|m| Some(m) != stale_before.as_ref()) {
+        publish(
+            ctx,
+            dso,
+            EventType::Warning,
+            "RefreshFailed",
+            "InPlaceRefresh",
+            why,
+            None,
+        )
+        .await;
+    }
     if !rotations.is_empty() && written.is_ok() {
         ctx.metrics.rotated(rotations.len());
         let what = rotations
@@ -367,6 +409,11 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         debug!(deferred = ?deferred, "rollout slots all taken; retrying shortly");
         return Ok(Action::requeue(SLOT_RETRY.min(interval)));
     }
+    if follow_up {
+        // Pods just told, or stale: look again soon to count them (no AWS call: the cache
+        // answers until the interval has passed).
+        return Ok(Action::requeue(IN_PLACE_FOLLOW_UP.min(interval)));
+    }
     Ok(Action::requeue(interval))
 }
 
@@ -380,6 +427,10 @@ fn rotation_note(
 ) -> String {
     match strategy {
         RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
+        RefreshStrategy::InPlace if !ready => format!("{what}; pods not told: DsoSecret not Ready"),
+        RefreshStrategy::InPlace => {
+            format!("{what}; strategy InPlace: consuming pods told to swap their files")
+        }
         RefreshStrategy::Rollout if !ready => format!("{what}; not rolled: DsoSecret not Ready"),
         RefreshStrategy::Rollout if rolled.is_empty() && deferred.is_empty() => {
             format!("{what}; no consuming workload needed a restart")

@@ -8,6 +8,8 @@
 //! - [`cache`]: the version cache shared by every DsoSecret (describe or sweep mode).
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
 //! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
+//! - [`inplace`]: `strategy: InPlace` — the pod annotation that tells consuming pods' sidecars
+//!   which versions to serve, and the count of stale pods.
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
 //! - [`status`]: the DsoSecret's status and events.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task.
@@ -25,6 +27,7 @@ pub mod crd;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod inplace;
 pub mod lease;
 pub mod metrics;
 pub mod rollout;
