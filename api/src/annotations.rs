@@ -17,6 +17,11 @@ pub const VERSIONS_HASH: &str = "dso.dev/versions-hash";
 /// Written by the operator on a workload's own metadata: the versions its pods run (JSON), as
 /// last seen. Changing it restarts nothing; it lets the operator tell a rotation from first sight.
 pub const RECORDED_VERSIONS: &str = "dso.dev/recorded-versions";
+/// Written by the operator on running pods that consume a `strategy: InPlace` DsoSecret: JSON
+/// `{"<DsoSecret>": "<versions hash>"}` ([`crate::inplace`]). The pod's `dso-refresh` sidecar
+/// reads it through a downward-API volume and fetches when an entry changes. The only field the
+/// operator may change on a pod (the chart's admission policy enforces it).
+pub const DESIRED_VERSIONS: &str = "dso.dev/desired-versions";
 /// Set to any new value on a DsoSecret to force an immediate check against AWS.
 pub const REFRESH: &str = "dso.dev/refresh";
 
@@ -26,6 +31,15 @@ pub const DEFAULT_MOUNT_PATH: &str = "/run/secrets/dso";
 pub const VOLUME_NAME: &str = "dso-secrets";
 /// Name of the injected init container.
 pub const INIT_CONTAINER_NAME: &str = "dso-init";
+/// Name of the injected refresh sidecar (a native sidecar: an init container with
+/// `restartPolicy: Always`) of pods that consume a `strategy: InPlace` DsoSecret.
+pub const REFRESH_CONTAINER_NAME: &str = "dso-refresh";
+/// Name of the downward-API volume that gives the sidecar [`DESIRED_VERSIONS`].
+pub const REFRESH_VOLUME_NAME: &str = "dso-desired-versions";
+/// Where that volume is mounted in the sidecar.
+pub const REFRESH_MOUNT_PATH: &str = "/etc/dso-refresh";
+/// The file of that volume holding the annotation's value.
+pub const DESIRED_FILE: &str = "desired-versions";
 /// Name of the projected IRSA token volume the webhook adds when it sets up web identity.
 pub const TOKEN_VOLUME_NAME: &str = "dso-aws-iam-token";
 /// Where that token is mounted in the init container.

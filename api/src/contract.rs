@@ -109,6 +109,10 @@ pub struct PlanSecret {
     pub file_mode: u32,
     /// The files.
     pub files: Vec<PlanFile>,
+    /// `strategy: InPlace`: the files live in a generation directory that `<name>` links to
+    /// ([`crate::inplace`]), so that the `dso-refresh` sidecar can swap them all at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
 }
 
 /// One file (or, with `expand`, one file per JSON key).
@@ -156,6 +160,7 @@ impl PlanSecret {
             name: name.to_string(),
             region: spec.aws.as_ref().and_then(|a| a.region.clone()),
             file_mode: crate::validate::file_mode(spec),
+            in_place: spec.strategy() == crate::RefreshStrategy::InPlace,
             files: spec
                 .files
                 .iter()
@@ -229,6 +234,7 @@ mod tests {
                     template: None,
                     sources: BTreeMap::new(),
                 }],
+                in_place: false,
             }],
             env_files: vec![PlanEnvFile {
                 container: "app".into(),

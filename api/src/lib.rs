@@ -8,6 +8,8 @@
 //! - [`annotations`]: the pod and workload annotation keys users and components write.
 //! - [`contract`]: what the webhook hands the `dso-init` container (the resolved file list) and
 //!   what `dso-init` reports back (version ids) — never a secret value.
+//! - [`inplace`]: `strategy: InPlace` — the pod annotation the operator writes and the sidecar
+//!   reads, and the layout that lets a DsoSecret's directory be swapped at once.
 //! - [`env`]: `dso://` env references and the env files (KEP-3721) that carry them.
 //! - [`template`]: file templates (sandboxed minijinja), checked at admission, rendered by
 //!   `dso-init`.
@@ -23,12 +25,13 @@ pub mod backoff;
 pub mod contract;
 pub mod duration;
 pub mod env;
+pub mod inplace;
 pub mod secret;
 pub mod template;
 pub mod validate;
 pub mod versions;
 
 pub use secret::{
-    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, RefreshSpec, RefreshStrategy,
-    RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
+    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, RefreshSpec,
+    RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
 };

@@ -38,6 +38,7 @@ pub const MAX_PATH_LEN: usize = 253;
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.files[*].secretId"}"#,
     printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.refresh.strategy","priority":1}"#,
+    printcolumn = r#"{"name":"Stale","type":"integer","jsonPath":".status.inPlace.stale","priority":1}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation.at"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -260,13 +261,17 @@ pub struct RefreshSpec {
     pub interval: Option<String>,
 
     /// What to do when a consumed version changes. Rollout (default): restart the Deployments,
-    /// StatefulSets and DaemonSets whose pods mount this DsoSecret. None: only record it.
+    /// StatefulSets and DaemonSets whose pods mount this DsoSecret. InPlace: a sidecar in each
+    /// consuming pod swaps the files while the pod runs. None: only record it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RefreshStrategy>,
 }
 
 /// What to do when a consumed version changes. Rollout (default): restart the Deployments,
-/// StatefulSets and DaemonSets whose pods mount this DsoSecret. None: only record it in status.
+/// StatefulSets and DaemonSets whose pods mount this DsoSecret. InPlace: the `dso-refresh`
+/// sidecar of each consuming pod fetches the new version and swaps the DsoSecret's directory
+/// atomically; nothing restarts (values read through `dso://` env references keep their start
+/// value). None: only record it in status.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RefreshStrategy {
     /// Roll the consuming workloads (a pod-template annotation derived from the versions).
@@ -274,6 +279,9 @@ pub enum RefreshStrategy {
     Rollout,
     /// Record the new version in status; restart nothing.
     None,
+    /// Swap the files inside the running pods (the `dso-refresh` sidecar, told by the operator
+    /// through the pod annotation `dso.dev/desired-versions`); restart nothing.
+    InPlace,
 }
 
 /// Observed state. Never contains a secret value.
@@ -296,6 +304,37 @@ pub struct DsoSecretStatus {
     /// The last rotation DSO acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<RotationStatus>,
+
+    /// Under `strategy: InPlace`: how far the current versions have reached the consuming pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceStatus>,
+}
+
+/// How far the current versions of an `InPlace` DsoSecret have reached its consuming pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceStatus {
+    /// Running pods that mount this DsoSecret with a `dso-refresh` sidecar.
+    pub pods: i32,
+    /// Of those, pods not known to serve the current versions: not told yet, or whose sidecar
+    /// failed its last fetch (it keeps the previous files and exits with the reason).
+    pub stale: i32,
+    /// Pods that mount this DsoSecret without a `dso-refresh` sidecar (injected before the
+    /// strategy became InPlace): they keep their files until restarted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub without_sidecar: i32,
+    /// Pods that read this DsoSecret through `dso://` env references: the kubelet reads env
+    /// files once, at container start, so those variables keep their start value (the files
+    /// are refreshed) until the pod restarts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub env_var_pods: i32,
+    /// Why pods are stale: up to three pods with their sidecar's last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// The version one referenced secret resolves to.

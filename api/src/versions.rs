@@ -7,6 +7,16 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The key of one stage-following secret in the hash: `<dsosecret>/<secretId>`, plus
+/// `@<stage>` for a stage other than AWSCURRENT. The operator and `dso-init` build the same keys.
+pub fn key(dso_name: &str, secret_id: &str, stage: &str) -> String {
+    if stage == crate::secret::DEFAULT_STAGE {
+        format!("{dso_name}/{secret_id}")
+    } else {
+        format!("{dso_name}/{secret_id}@{stage}")
+    }
+}
+
 /// Hash of `(secret reference → version id)` pairs; independent of insertion order.
 /// Keys are whatever identifies a consumed secret (the operator uses `dsosecret/secretId`).
 pub fn versions_hash(versions: &BTreeMap<String, String>) -> String {

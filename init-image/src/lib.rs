@@ -12,6 +12,10 @@
 //! - [`extract`]: whole value, one JSON key, or one file per key (`expand`).
 //! - [`envfile`]: the env files the kubelet reads for `dso://` env references.
 //! - [`write`]: layout and size checks, then atomic writes with tight modes.
+//! - [`swap`]: `strategy: InPlace` DsoSecrets — a generation directory behind a symbolic link,
+//!   replaced at once.
+//! - [`refresh`]: the `dso-refresh` sidecar (`dso-init refresh`): waits for the operator's
+//!   word (a downward-API file) and swaps the InPlace DsoSecrets whose versions changed.
 //! - [`report`]: the termination message (version ids per secret id; never a value or a key
 //!   name that came from one).
 //! - [`value`]: the value-holding types, whose `Debug` is redacted and which wipe their bytes
@@ -23,7 +27,9 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod plan;
+pub mod refresh;
 pub mod report;
+pub mod swap;
 pub mod value;
 pub mod write;
 
@@ -47,8 +53,82 @@ pub struct Outcome {
     pub fetched: usize,
 }
 
+/// What fetching a plan's secrets gave, checked and ready to write.
+struct Prepared {
+    pending: Vec<write::Pending>,
+    versions: BTreeSet<ReportedVersion>,
+    /// InPlace DsoSecret → the versions hash of what was fetched for it.
+    hashes: BTreeMap<String, String>,
+    fetched: usize,
+}
+
 /// Fills the volume described by `plan` (already parsed with [`plan::parse`]).
 pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
+    let prepared = prepare(plan, settings).await?;
+    let mount = Path::new(&plan.mount_path);
+    if !mount.is_dir() {
+        return Err(Error::MountPath(mount.to_path_buf()));
+    }
+    write::write_under(
+        mount,
+        prepared
+            .pending
+            .iter()
+            .filter(|f| !prepared.hashes.contains_key(&f.dso_secret)),
+        |f| &f.dso_secret,
+    )?;
+    install_in_place(plan, &prepared)?;
+    if !prepared.hashes.is_empty() {
+        swap::write_state(mount, &prepared.hashes)?;
+    }
+    Ok(Outcome {
+        report: InitReport {
+            versions: prepared.versions.into_iter().collect(),
+        },
+        files: prepared.pending.len(),
+        fetched: prepared.fetched,
+    })
+}
+
+/// Fetches the InPlace DsoSecrets `names` of `plan` again and swaps each one's directory
+/// ([`swap`]); returns the versions hash of what each now holds. Nothing is swapped unless
+/// every one of them was fetched and extracted: a failure leaves every file as it was.
+pub async fn refresh(
+    plan: &InitPlan,
+    names: &[String],
+    settings: Settings,
+) -> Result<BTreeMap<String, String>> {
+    let sub = InitPlan {
+        secrets: plan
+            .secrets
+            .iter()
+            .filter(|s| s.in_place && names.contains(&s.name))
+            .cloned()
+            .collect(),
+        env_files: Vec::new(),
+        ..plan.clone()
+    };
+    let prepared = prepare(&sub, settings).await?;
+    install_in_place(&sub, &prepared)?;
+    Ok(prepared.hashes)
+}
+
+/// Writes each InPlace DsoSecret of `plan` as a new generation.
+fn install_in_place(plan: &InitPlan, prepared: &Prepared) -> Result<()> {
+    for s in plan.secrets.iter().filter(|s| s.in_place) {
+        let files: Vec<&write::Pending> = prepared
+            .pending
+            .iter()
+            .filter(|f| f.dso_secret == s.name)
+            .collect();
+        swap::install(Path::new(&plan.mount_path), &s.name, &files, s.file_mode)?;
+    }
+    Ok(())
+}
+
+/// Fetches every distinct secret version of `plan` once, extracts and renders the files, adds
+/// the env files, and checks the layout and the size: nothing is written yet.
+async fn prepare(plan: &InitPlan, settings: Settings) -> Result<Prepared> {
     // Every distinct call, and the first file that needs it (named in messages).
     let mut calls: BTreeMap<FetchKey, Target> = BTreeMap::new();
     for s in &plan.secrets {
@@ -123,6 +203,24 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
             version_id: got.version_id.clone(),
         })
         .collect();
+    // InPlace DsoSecrets: the hash of the stage-following versions, as the operator computes it.
+    let mut hashes = BTreeMap::new();
+    for s in plan.secrets.iter().filter(|s| s.in_place) {
+        let mut followed = BTreeMap::new();
+        for f in &s.files {
+            for (key, _) in plan::fetches(s, f) {
+                if let (plan::VersionSel::Stage(stage), Some(got)) =
+                    (&key.version, fetched.get(&key))
+                {
+                    followed.insert(
+                        dso_api::versions::key(&s.name, &key.secret_id, stage),
+                        got.version_id.clone(),
+                    );
+                }
+            }
+        }
+        hashes.insert(s.name.clone(), dso_api::inplace::desired_hash(&followed));
+    }
     let fetched_count = fetched.len();
     // Every holder of a value wipes it when dropped (see `value`): the fetched values now,
     // since the files' contents are all in `pending`; those once they are written (or when an
@@ -132,15 +230,10 @@ pub async fn run(plan: &InitPlan, settings: Settings) -> Result<Outcome> {
     pending.extend(env_files);
     write::check_layout(&pending)?;
     write::check_size(&pending, plan.size_limit_bytes)?;
-    write::write_all(Path::new(&plan.mount_path), &pending)?;
-    let files = pending.len();
-    drop(pending);
-
-    Ok(Outcome {
-        report: InitReport {
-            versions: versions.into_iter().collect(),
-        },
-        files,
+    Ok(Prepared {
+        pending,
+        versions,
+        hashes,
         fetched: fetched_count,
     })
 }

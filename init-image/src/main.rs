@@ -13,6 +13,23 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "dso-init", version)]
 struct Args {
+    /// `init` (default): fill the volume once and exit. `refresh`: the `dso-refresh` sidecar of
+    /// `strategy: InPlace` pods — swap files when the operator says versions changed.
+    #[arg(value_enum, default_value_t = Mode::Init)]
+    mode: Mode,
+
+    /// The downward-API file holding the pod's `dso.dev/desired-versions` (refresh mode).
+    #[arg(
+        long,
+        env = "DSO_DESIRED_FILE",
+        default_value = "/etc/dso-refresh/desired-versions"
+    )]
+    desired_file: PathBuf,
+
+    /// How often refresh mode reads that file (a local read, no API or AWS call).
+    #[arg(long, env = "DSO_REFRESH_POLL", default_value = "1s", value_parser = duration)]
+    refresh_poll: Duration,
+
     /// The plan the DSO webhook wrote (JSON: secret ids, keys, paths, modes).
     #[arg(long, env = "DSO_PLAN", hide_env_values = true)]
     plan: Option<String>,
@@ -57,6 +74,12 @@ struct Args {
     concurrency: u16,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Init,
+    Refresh,
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     match dso_api::duration::parse(s) {
         Ok(d) if d.is_zero() => Err("must be positive".into()),
@@ -81,6 +104,9 @@ fn main() -> ExitCode {
         }
     };
     let Args {
+        mode,
+        desired_file,
+        refresh_poll,
         plan,
         termination_log,
         deadline,
@@ -121,6 +147,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if mode == Mode::Refresh {
+        let opts = dso_init::refresh::Options {
+            desired_file,
+            poll: refresh_poll,
+        };
+        return match runtime.block_on(dso_init::refresh::run(&plan, settings, &opts)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&termination_log, &e),
+        };
+    }
     let started = std::time::Instant::now();
     match runtime.block_on(dso_init::run(&plan, settings)) {
         Ok(outcome) => {

@@ -128,6 +128,16 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
     if !mount.is_dir() {
         return Err(Error::MountPath(mount.to_path_buf()));
     }
+    write_under(mount, files.iter(), |f| &f.dso_secret)
+}
+
+/// Writes `files` under `<base>/<dir_of(file)>/`: the DsoSecret's directory, or an InPlace
+/// generation directory ([`crate::swap`]).
+pub(crate) fn write_under<'a>(
+    mount: &Path,
+    files: impl Iterator<Item = &'a Pending>,
+    dir_of: impl Fn(&'a Pending) -> &'a str,
+) -> Result<()> {
     let mut synced_dirs: BTreeMap<PathBuf, &Target> = BTreeMap::new();
     for f in files {
         let fail = |path: PathBuf| {
@@ -140,9 +150,9 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
                 names_from_secret,
             }
         };
-        let target = mount.join(&f.dso_secret).join(&f.path);
+        let target = mount.join(dir_of(f)).join(&f.path);
         let dir = target.parent().unwrap_or(mount).to_path_buf();
-        let mut current = mount.join(&f.dso_secret);
+        let mut current = mount.join(dir_of(f));
         ensure_dir(&current, dir_mode(f.mode)).map_err(fail(current.clone()))?;
         if let Some(parent) = Path::new(&f.path).parent() {
             for seg in parent.components() {
@@ -168,7 +178,7 @@ pub fn write_all(mount: &Path, files: &[Pending]) -> Result<()> {
 }
 
 /// Creates a directory if needed and sets its mode, keeping an inherited set-group-ID bit.
-fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -6,8 +6,8 @@
 use crate::cache::VersionCache;
 use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
-use crate::lease::Leadership;
 use crate::events::Detection;
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::slots::Slots;
@@ -81,6 +81,9 @@ pub struct Settings {
     /// refresh interval of DsoSecrets that set none.
     pub detection: Detection,
 }
+
+/// How soon an InPlace DsoSecret with pods just told, or stale, is looked at again.
+const IN_PLACE_FOLLOW_UP: Duration = Duration::from_secs(5);
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
 const SLOT_RETRY: Duration = Duration::from_secs(2);
@@ -333,6 +336,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             &previous,
             &resolution,
             previous.last_rotation.clone(),
+            previous.in_place.clone(),
         )
         .await?;
         return Ok(Action::await_change());
@@ -419,6 +423,21 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         }
     }
 
+    // InPlace: tell the consuming pods (hook into crate::inplace).
+    let mut in_place = None;
+    let mut follow_up = false;
+    if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::InPlace {
+        match crate::inplace::tell_pods(ctx, &ns, &name, &resolution.following).await {
+            Ok((status, told)) => {
+                follow_up = told > 0 || status.stale > 0;
+                in_place = Some(status);
+            }
+            Err(e) => failed.push(format!("pods: {e}")),
+        }
+    } else if dso.spec.strategy() == RefreshStrategy::InPlace {
+        in_place = previous.in_place.clone();
+    }
+
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
     // Status records the new versions even when a rollout failed: the Rotated event is then
     // published once, and the failed workloads are retried after backoff all the same (the
@@ -431,7 +450,30 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             workloads: rolled.clone(),
         })
     };
-    let written = write_status(ctx, dso, &ns, &previous, &resolution, last_rotation).await;
+    let stale_before = previous.in_place.as_ref().and_then(|s| s.message.clone());
+    let stale_now = in_place.as_ref().and_then(|s| s.message.clone());
+    let written = write_status(
+        ctx,
+        dso,
+        &ns,
+        &previous,
+        &resolution,
+        last_rotation,
+        in_place,
+    )
+    .await;
+    if let Some(why) = stale_now.filter(|m| Some(m) != stale_before.as_ref()) {
+        publish(
+            ctx,
+            dso,
+            EventType::Warning,
+            "RefreshFailed",
+            "InPlaceRefresh",
+            why,
+            None,
+        )
+        .await;
+    }
     if !rotations.is_empty() && written.is_ok() {
         ctx.metrics.rotated(rotations.len());
         let what = rotations
@@ -504,6 +546,11 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     if let Some(retry_in) = refresh_retry {
         next = next.min(retry_in);
     }
+    if follow_up {
+        // Pods just told, or stale: look again soon to count them (no AWS call: the cache
+        // answers until the interval has passed).
+        next = next.min(IN_PLACE_FOLLOW_UP);
+    }
     Ok(requeue_after(next))
 }
 
@@ -528,6 +575,10 @@ fn rotation_note(
 ) -> String {
     match strategy {
         RefreshStrategy::None => format!("{what}; strategy None: nothing restarted"),
+        RefreshStrategy::InPlace if !ready => format!("{what}; pods not told: DsoSecret not Ready"),
+        RefreshStrategy::InPlace => {
+            format!("{what}; strategy InPlace: consuming pods told to swap their files")
+        }
         RefreshStrategy::Rollout if !ready => format!("{what}; not rolled: DsoSecret not Ready"),
         RefreshStrategy::Rollout if rolled.is_empty() && deferred.is_empty() => {
             format!("{what}; no consuming workload needed a restart")

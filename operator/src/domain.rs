@@ -35,7 +35,6 @@ use dso_api::{DsoSecretSpec, SecretVersionStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
-use dso_api::secret::DEFAULT_STAGE;
 use k8s_openapi::jiff::Timestamp;
 
 /// What AWS says about one secret: its versions and their staging labels. Never a value.
@@ -179,11 +178,7 @@ pub type Versions = BTreeMap<String, Consumed>;
 
 /// The hash key of a stage-following entry.
 pub fn version_key(dso_name: &str, secret_id: &str, stage: &str) -> String {
-    if stage == DEFAULT_STAGE {
-        format!("{dso_name}/{secret_id}")
-    } else {
-        format!("{dso_name}/{secret_id}@{stage}")
-    }
+    dso_api::versions::key(dso_name, secret_id, stage)
 }
 
 /// What a DsoSecret resolves to right now.

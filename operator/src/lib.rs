@@ -10,6 +10,8 @@
 //! - [`sqs`]: the events queue reader (EventBridge → SQS), triggering reconciles at once.
 //! - [`workload`]: the three workload kinds in one shape, and the annotation-only patch.
 //! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
+//! - [`inplace`]: `strategy: InPlace` — the pod annotation that tells consuming pods' sidecars
+//!   which versions to serve, and the count of stale pods.
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
 //! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
@@ -29,6 +31,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod inplace;
 pub mod lease;
 pub mod metrics;
 pub mod rollout;

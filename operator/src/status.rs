@@ -5,7 +5,7 @@
 use crate::controller::{Context, FIELD_MANAGER, lock};
 use crate::domain::{self, Reason, Resolution};
 use crate::error::{Error, Result};
-use dso_api::{DsoSecret, DsoSecretStatus, RotationStatus};
+use dso_api::{DsoSecret, DsoSecretStatus, InPlaceStatus, RotationStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -29,6 +29,7 @@ pub async fn write_status(
     previous: &DsoSecretStatus,
     resolution: &Resolution,
     last_rotation: Option<RotationStatus>,
+    in_place: Option<InPlaceStatus>,
 ) -> Result<()> {
     let reason = resolution.reason();
     let message = match &resolution.problem {
@@ -54,6 +55,7 @@ pub async fn write_status(
             resolution.secrets.clone()
         },
         last_rotation,
+        in_place,
     };
     let before = previous
         .conditions

@@ -7,6 +7,10 @@
 //! - the `dso-init` init container, first in `initContainers`, with the [`InitPlan`] as JSON in
 //!   `DSO_PLAN` (secret ids, keys, paths, modes — never a value), the volume mounted
 //!   read-write, a Pod Security `restricted` security context and small requests and limits;
+//! - when a DsoSecret has `refresh.strategy: InPlace`, the `dso-refresh` native sidecar right
+//!   after dso-init (same image, plan and identity, `dso-init refresh`, `restartPolicy:
+//!   Always`) and the `dso-desired-versions` downward-API volume through which the operator
+//!   tells it the versions to serve (see `dso_api::inplace`);
 //! - the volume mounted read-only in the selected containers (`dso.dev/containers`, default
 //!   all regular containers) and nowhere else;
 //! - IRSA for the init container when a role is known (DsoSecret `spec.aws.roleArn`, else the
@@ -151,12 +155,21 @@ pub fn mutate(
     volumes.extend(credentials.volumes.iter().cloned());
     volumes.extend(cfg.ca_bundle.as_ref().map(ca_bundle_volume));
     let init = init::init_container(spec, &plan, credentials, cfg);
+    let sidecar = plan
+        .secrets
+        .iter()
+        .any(|s| s.in_place)
+        .then(|| init::refresh_sidecar(&init));
+    if sidecar.is_some() {
+        volumes.push(init::desired_versions_volume());
+    }
     let operations = ops::operations(
         spec,
         &ops::Additions {
             injected: wanted.names.join(","),
             volumes: &volumes,
             init: &init,
+            sidecar: sidecar.as_ref(),
             mount: VolumeMount {
                 name: ann::VOLUME_NAME.to_string(),
                 mount_path: wanted.mount_path.clone(),

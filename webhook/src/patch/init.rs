@@ -6,8 +6,8 @@ use super::settings::InjectConfig;
 use dso_api::annotations as ann;
 use dso_api::contract::{InitPlan, PLAN_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, SeccompProfile,
-    SecurityContext, VolumeMount,
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 
 /// Prefix of the volume the in-tree ServiceAccount admission plugin adds for the API token.
@@ -80,6 +80,46 @@ pub(super) fn init_container(
         resources: Some(cfg.resources.clone()),
         termination_message_policy: Some("File".to_string()),
         security_context: Some(security_context(spec, cfg)),
+        ..Default::default()
+    }
+}
+
+/// The `dso-refresh` native sidecar (an init container with `restartPolicy: Always`) for pods
+/// that consume a `strategy: InPlace` DsoSecret: dso-init's image, plan, identity, volume and
+/// security context, run as `dso-init refresh`, plus the downward-API file through which the
+/// operator tells it the desired versions ([`desired_versions_volume`]).
+pub(super) fn refresh_sidecar(init: &Container) -> Container {
+    let mut c = init.clone();
+    c.name = ann::REFRESH_CONTAINER_NAME.to_string();
+    c.args = Some(vec!["refresh".to_string()]);
+    c.restart_policy = Some("Always".to_string());
+    c.volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: ann::REFRESH_VOLUME_NAME.to_string(),
+            mount_path: ann::REFRESH_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    c
+}
+
+/// The downward-API volume holding the pod's `dso.dev/desired-versions` annotation (an empty
+/// file until the operator writes it). The kubelet rewrites it when the annotation changes.
+pub(super) fn desired_versions_volume() -> Volume {
+    Volume {
+        name: ann::REFRESH_VOLUME_NAME.to_string(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: ann::DESIRED_FILE.to_string(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{}']", ann::DESIRED_VERSIONS),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

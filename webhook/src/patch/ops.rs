@@ -14,6 +14,8 @@ pub(super) struct Additions<'a> {
     pub injected: String,
     pub volumes: &'a [Volume],
     pub init: &'a Container,
+    /// The `dso-refresh` sidecar, right after `init`, when a DsoSecret is `InPlace`.
+    pub sidecar: Option<&'a Container>,
     /// The read-only mount for the selected containers.
     pub mount: VolumeMount,
     /// Indexes of the regular containers that get `mount`.
@@ -35,13 +37,17 @@ pub(super) fn operations(spec: &PodSpec, a: &Additions<'_>) -> Vec<PatchOperatio
         spec.volumes.is_some(),
         a.volumes.iter().map(to_value).collect(),
     );
+    // dso-init first, then the sidecar: init containers start in order, so the sidecar starts
+    // once the files are there, and before the pod's own init containers.
     if spec.init_containers.is_some() {
         ops.push(add(ptr(["spec", "initContainers", "0"]), to_value(a.init)));
+        if let Some(sidecar) = a.sidecar {
+            ops.push(add(ptr(["spec", "initContainers", "1"]), to_value(sidecar)));
+        }
     } else {
-        ops.push(add(
-            ptr(["spec", "initContainers"]),
-            json!([to_value(a.init)]),
-        ));
+        let mut list = vec![to_value(a.init)];
+        list.extend(a.sidecar.map(to_value));
+        ops.push(add(ptr(["spec", "initContainers"]), Value::Array(list)));
     }
     let mount = to_value(&a.mount);
     for &i in a.selected {

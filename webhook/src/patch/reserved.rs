@@ -2,17 +2,18 @@
 //! (and, for IRSA, the `dso-aws-iam-token` token volume) itself; a mount of either already in
 //! the pod would hand a container the secrets read-write, or dso-init's AWS token. Refused in
 //! every init, regular and ephemeral container, except, in a pod injected before, the mounts
-//! DSO added: dso-init's, and the read-only `dso-secrets` mounts of regular containers.
+//! DSO added: dso-init's and the dso-refresh sidecar's, and the read-only `dso-secrets` mounts of regular containers.
 
 use crate::error::{Error, Result};
 use dso_api::annotations as ann;
 use k8s_openapi::api::core::v1::{PodSpec, VolumeMount};
 
 /// Volume names only DSO may mount.
-pub const RESERVED_VOLUMES: [&str; 3] = [
+pub const RESERVED_VOLUMES: [&str; 4] = [
     ann::VOLUME_NAME,
     ann::TOKEN_VOLUME_NAME,
     ann::CA_BUNDLE_VOLUME_NAME,
+    ann::REFRESH_VOLUME_NAME,
 ];
 
 /// Refuses a mount of a reserved volume DSO did not add. `injected`: the pod carries a
@@ -21,7 +22,10 @@ pub(super) fn check_mounts(spec: &PodSpec, injected: bool) -> Result<()> {
     let is_ours = |kind: Kind, container: &str, m: &VolumeMount| {
         injected
             && match kind {
-                Kind::Init => container == ann::INIT_CONTAINER_NAME,
+                Kind::Init => {
+                    container == ann::INIT_CONTAINER_NAME
+                        || container == ann::REFRESH_CONTAINER_NAME
+                }
                 Kind::Regular => m.name == ann::VOLUME_NAME && m.read_only == Some(true),
                 Kind::Ephemeral => false,
             }

@@ -56,15 +56,25 @@ pub(super) fn resolve(
 }
 
 /// Refuses DsoSecrets whose files, plus `env_files` env files, may not fit `--size-limit` at
-/// [`FILE_CEILING_BYTES`] each (an env file holds at most 64 KiB too).
+/// [`FILE_CEILING_BYTES`] each (an env file holds at most 64 KiB too); an InPlace DsoSecret's
+/// files count three times (generations during a swap).
 pub(super) fn check_size(
     secrets: &[(String, Arc<DsoSecret>)],
     env_files: usize,
     cfg: &InjectConfig,
 ) -> Result<()> {
+    // An InPlace DsoSecret holds up to three generations at once during a swap: the current
+    // one, the previous one (kept for readers that resolved it), and the new one.
     let files: u64 = secrets
         .iter()
-        .map(|(_, s)| s.spec.files.len() as u64)
+        .map(|(_, s)| {
+            let n = s.spec.files.len() as u64;
+            if s.spec.strategy() == dso_api::RefreshStrategy::InPlace {
+                3 * n
+            } else {
+                n
+            }
+        })
         .sum::<u64>()
         + env_files as u64;
     let needed = files.saturating_mul(FILE_CEILING_BYTES);

@@ -6,6 +6,7 @@ mod denials;
 mod env;
 mod examples;
 mod identity;
+mod inplace;
 mod property;
 mod shape;
 

@@ -1,0 +1,328 @@
+//! `strategy: InPlace`: telling the consuming pods which versions to serve, and counting those
+//! that do not yet ([`dso_api::inplace`] has the protocol).
+//!
+//! The operator already follows each secret centrally (the [`crate::cache`], one AWS call per
+//! distinct secret, never per pod). For an InPlace DsoSecret it lists the running pods of the
+//! namespace that mount it (`dso.dev/injected`), and sets its entry of each pod's
+//! `dso.dev/desired-versions` annotation to the hash of the versions it follows — a merge patch
+//! of that one annotation, guarded by the pod's `resourceVersion`. The `dso-refresh` sidecar of
+//! the pod does the rest with the pod's own identity. Pods whose sidecar is not running (it
+//! exits with the reason when a fetch fails, and the kubelet restarts it after a back-off) count
+//! as stale, with the sidecar's termination message in the status.
+//!
+//! [`assess`] is the pure part; [`tell_pods`] the I/O around it.
+
+use crate::controller::Context;
+use crate::domain::{self, Versions};
+use crate::error::{Error, Result};
+use dso_api::InPlaceStatus;
+use dso_api::annotations as ann;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tracing::{debug, info};
+
+/// Pod annotation patches in flight at once.
+const PATCH_CONCURRENCY: usize = 16;
+/// At most this many stale pods are named in the status message.
+const NAMED_IN_MESSAGE: usize = 3;
+
+/// A pod to patch: its name, the new annotation value, and the `resourceVersion` it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tell {
+    pub pod: String,
+    pub value: String,
+    pub resource_version: Option<String>,
+}
+
+/// What [`assess`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assessment {
+    pub status: InPlaceStatus,
+    /// Pods to tell the new hash.
+    pub tell: Vec<Tell>,
+}
+
+/// The hash of the versions DsoSecret `name` follows (its own entries only).
+pub fn desired_hash(following: &Versions) -> String {
+    dso_api::inplace::desired_hash(&domain::record(following))
+}
+
+/// Decides, from the pods of the namespace, which ones to tell `hash` for DsoSecret `name`,
+/// and how many are stale.
+pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
+    let mut out = Assessment::default();
+    let mut reasons = Vec::new();
+    for pod in pods.iter().filter(|p| live(p) && mounts(p, name)) {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        if reads_through_env(pod, name) {
+            out.status.env_var_pods += 1;
+        }
+        let Some(spec) = &pod.spec else { continue };
+        let has_sidecar = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == ann::REFRESH_CONTAINER_NAME);
+        if !has_sidecar {
+            out.status.without_sidecar += 1;
+            continue;
+        }
+        out.status.pods += 1;
+        let annotations = pod.metadata.annotations.as_ref();
+        let current = annotations.and_then(|a| a.get(ann::DESIRED_VERSIONS));
+        if let Some(value) = dso_api::inplace::with_entry(current.map(String::as_str), name, hash) {
+            out.status.stale += 1;
+            out.tell.push(Tell {
+                pod: pod_name,
+                value,
+                resource_version: pod.metadata.resource_version.clone(),
+            });
+            continue;
+        }
+        match sidecar_problem(pod) {
+            None => {}
+            Some(why) => {
+                out.status.stale += 1;
+                reasons.push(format!("{pod_name}: {why}"));
+            }
+        }
+    }
+    if !reasons.is_empty() {
+        let more = reasons.len().saturating_sub(NAMED_IN_MESSAGE);
+        let mut message = reasons
+            .into_iter()
+            .take(NAMED_IN_MESSAGE)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if more > 0 {
+            message.push_str(&format!("; and {more} more"));
+        }
+        out.status.message = Some(message);
+    }
+    out
+}
+
+fn live(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+fn mounts(p: &Pod, name: &str) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ann::INJECTED))
+        .is_some_and(|v| ann::split_list(v).contains(&name))
+}
+
+/// True when the pod's plan (dso-init's `DSO_PLAN`) has an env variable from DsoSecret `name`.
+fn reads_through_env(p: &Pod, name: &str) -> bool {
+    p.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.name == ann::INIT_CONTAINER_NAME)
+        .flat_map(|c| c.env.iter().flatten())
+        .filter(|e| e.name == dso_api::contract::PLAN_ENV)
+        .filter_map(|e| e.value.as_deref())
+        .filter_map(|v| serde_json::from_str::<dso_api::contract::InitPlan>(v).ok())
+        .any(|plan| {
+            plan.env_files
+                .iter()
+                .flat_map(|f| &f.vars)
+                .any(|v| v.dso_secret == name)
+        })
+}
+
+/// Why the pod's sidecar does not serve (`None`: it runs, or the pod has not started it yet
+/// and dso-init will fetch the current versions).
+fn sidecar_problem(p: &Pod) -> Option<String> {
+    let status: &ContainerStatus = p
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == ann::REFRESH_CONTAINER_NAME)?;
+    let state = status.state.as_ref()?;
+    if state.running.is_some() {
+        return None;
+    }
+    let terminated = state.terminated.as_ref().or(status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref()));
+    let message = terminated
+        .and_then(|t| t.message.as_deref())
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty());
+    let waiting = state.waiting.as_ref().and_then(|w| w.reason.clone());
+    Some(match (message, waiting) {
+        (Some(m), _) => format!("dso-refresh failed: {m}"),
+        (None, Some(w)) => format!("dso-refresh is {w}"),
+        (None, None) => "dso-refresh is not running".to_string(),
+    })
+}
+
+/// Lists the pods of `ns`, tells those that mount DsoSecret `name` the hash of `following`, and
+/// returns the status to record and how many pods were told.
+pub async fn tell_pods(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    following: &Versions,
+) -> Result<(InPlaceStatus, usize)> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list pods for an InPlace refresh"))?;
+    let hash = desired_hash(following);
+    let assessment = assess(&pods.items, name, &hash);
+    let told = assessment.tell.len();
+    let results: Vec<kube::Result<()>> = futures::stream::iter(assessment.tell)
+        .map(|t: Tell| {
+            let api = api.clone();
+            async move {
+                let patch = json!({"metadata": {
+                    "resourceVersion": t.resource_version,
+                    "annotations": {ann::DESIRED_VERSIONS: t.value},
+                }});
+                api.patch(
+                    &t.pod,
+                    &PatchParams {
+                        field_manager: Some(crate::controller::FIELD_MANAGER.to_string()),
+                        ..PatchParams::default()
+                    },
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map(drop)
+            }
+        })
+        .buffer_unordered(PATCH_CONCURRENCY)
+        .collect()
+        .await;
+    if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+        return Err(Error::kube("patch dso.dev/desired-versions on a pod")(e));
+    }
+    if told > 0 {
+        info!(dsosecret = name, pods = told, hash = %hash, "told pods the versions to serve");
+    } else {
+        debug!(dsosecret = name, "every consuming pod already told");
+    }
+    Ok((assessment.status, told))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn pod(name: &str, injected: &str, desired: Option<&str>, sidecar: Value) -> Pod {
+        let mut annotations = json!({"dso.dev/injected": injected});
+        if let Some(d) = desired {
+            annotations["dso.dev/desired-versions"] = json!(d);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "resourceVersion": "7", "annotations": annotations},
+            "spec": {"initContainers": [{"name": "dso-init"}, {"name": "dso-refresh"}],
+                     "containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "initContainerStatuses": [sidecar]}
+        }))
+        .expect("pod")
+    }
+
+    fn running() -> Value {
+        json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": true,
+               "restartCount": 0, "state": {"running": {}}})
+    }
+
+    fn crashing(message: &str) -> Value {
+        json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": false,
+               "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"exitCode": 4, "message": message}}})
+    }
+
+    #[test]
+    fn pods_not_told_yet_are_told_and_counted_stale_once() {
+        let told = r#"{"db":"h2"}"#;
+        let pods = [
+            pod("a", "db", None, running()),
+            pod("b", "db,api", Some(r#"{"api":"x","db":"h1"}"#), running()),
+            pod("c", "db", Some(told), running()),
+            pod("d", "api", None, running()),
+        ];
+        let got = assess(&pods, "db", "h2");
+        assert_eq!(
+            got.tell.iter().map(|t| t.pod.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            dso_api::inplace::parse(&got.tell[1].value),
+            [("api".into(), "x".into()), ("db".into(), "h2".into())].into(),
+            "other DsoSecrets' entries are kept"
+        );
+        assert_eq!(got.tell[0].resource_version.as_deref(), Some("7"));
+        assert_eq!((got.status.pods, got.status.stale), (3, 2));
+        assert_eq!(got.status.message, None);
+    }
+
+    #[test]
+    fn a_pod_whose_sidecar_failed_is_stale_with_its_reason() {
+        let told = Some(r#"{"db":"h2"}"#);
+        let pods = [
+            pod("ok", "db", told, running()),
+            pod(
+                "bad",
+                "db",
+                told,
+                crashing("db/password (secret x): MissingJsonKey"),
+            ),
+        ];
+        let got = assess(&pods, "db", "h2");
+        assert!(got.tell.is_empty());
+        assert_eq!((got.status.pods, got.status.stale), (2, 1));
+        assert_eq!(
+            got.status.message.as_deref(),
+            Some("bad: dso-refresh failed: db/password (secret x): MissingJsonKey")
+        );
+    }
+
+    #[test]
+    fn pods_without_the_sidecar_or_finished_are_not_told() {
+        let mut old = pod("old", "db", None, running());
+        if let Some(spec) = old.spec.as_mut() {
+            spec.init_containers = Some(vec![]);
+        }
+        let mut done = pod("done", "db", None, running());
+        if let Some(status) = done.status.as_mut() {
+            status.phase = Some("Succeeded".into());
+        }
+        let got = assess(&[old, done], "db", "h");
+        assert!(got.tell.is_empty());
+        assert_eq!((got.status.pods, got.status.without_sidecar), (0, 1));
+    }
+
+    #[test]
+    fn pods_reading_the_dsosecret_through_env_vars_are_counted() {
+        let plan = json!({"version": 1, "mountPath": "/m", "sizeLimitBytes": 1, "secrets": [],
+            "envFiles": [{"container": "app", "vars": [{"name": "P", "dsoSecret": "db", "file": "p"}]}]});
+        let mut p = pod("env", "db", None, running());
+        if let Some(spec) = p.spec.as_mut() {
+            spec.init_containers = Some(
+                serde_json::from_value(json!([
+                    {"name": "dso-init", "env": [{"name": "DSO_PLAN", "value": plan.to_string()}]},
+                    {"name": "dso-refresh"}
+                ]))
+                .expect("containers"),
+            );
+        }
+        assert_eq!(assess(&[p.clone()], "db", "h").status.env_var_pods, 1);
+        assert_eq!(assess(&[p], "api", "h").status.env_var_pods, 0);
+    }
+}
