@@ -1425,6 +1425,8 @@ async fn helm_template_piped_to_kubectl_apply_injects_and_a_second_apply_keeps_t
                 repo("charts/dso").to_str().expect("path"),
                 "-n",
                 &rel_ns,
+                "--kube-version",
+                "1.36.0",
                 "-f",
                 values.to_str().expect("path"),
                 "--set",
