@@ -189,12 +189,14 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                     file(Some("password"), &db, Some("password"), false),
                     file(Some("db.json"), &db, None, false),
                 ],
+                in_place: false,
             },
             PlanSecret {
                 name: "api".into(),
                 region: Some("us-east-1".into()),
                 file_mode: 0o440,
                 files: vec![file(None, &api_id, None, true)],
+                in_place: false,
             },
         ],
     };
@@ -290,6 +292,7 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
             region: None,
             file_mode: 0o440,
             files: vec![file(Some("password"), &missing, None, false)],
+            in_place: false,
         }],
     };
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
