@@ -190,6 +190,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                     file(Some("password"), &db, Some("password"), false),
                     file(Some("db.json"), &db, None, false),
                 ],
+                in_place: false,
             },
             PlanSecret {
                 name: "api".into(),
@@ -197,6 +198,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                 file_mode: 0o440,
                 in_place: false,
                 files: vec![file(None, &api_id, None, true)],
+                in_place: false,
             },
         ],
     };
@@ -293,6 +295,7 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
             file_mode: 0o440,
             in_place: false,
             files: vec![file(Some("password"), &missing, None, false)],
+            in_place: false,
         }],
     };
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
