@@ -185,7 +185,6 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                 name: "db".into(),
                 region: None,
                 file_mode: 0o440,
-                in_place: false,
                 files: vec![
                     file(Some("password"), &db, Some("password"), false),
                     file(Some("db.json"), &db, None, false),
@@ -196,7 +195,6 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                 name: "api".into(),
                 region: Some("us-east-1".into()),
                 file_mode: 0o440,
-                in_place: false,
                 files: vec![file(None, &api_id, None, true)],
                 in_place: false,
             },
@@ -293,7 +291,6 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
             name: "db".into(),
             region: None,
             file_mode: 0o440,
-            in_place: false,
             files: vec![file(Some("password"), &missing, None, false)],
             in_place: false,
         }],
