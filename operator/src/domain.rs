@@ -286,6 +286,36 @@ pub fn resolve<'a>(
     out
 }
 
+/// The versions status shows: what this check resolved, and while AWS cannot be read (a transient
+/// problem: endpoint down, throttling, timeouts), also the last versions read of every entry this
+/// check could not resolve, so an outage does not empty `status.secrets` (the versions pods run
+/// did not change). An invalid spec keeps the previous list as it was.
+pub fn status_versions(
+    previous: &[SecretVersionStatus],
+    resolution: &Resolution,
+) -> Vec<SecretVersionStatus> {
+    if resolution.reason() == Reason::InvalidSpec {
+        return previous.to_vec();
+    }
+    let mut out = resolution.secrets.clone();
+    if resolution.transient {
+        let same = |a: &SecretVersionStatus, b: &SecretVersionStatus| {
+            a.secret_id == b.secret_id && a.version_stage == b.version_stage
+        };
+        for entry in out.iter_mut().filter(|e| e.version_id.is_none()) {
+            if let Some(p) = previous.iter().find(|p| same(p, entry)) {
+                *entry = p.clone();
+            }
+        }
+        for p in previous {
+            if !out.iter().any(|e| same(e, p)) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The Ready condition, keeping `lastTransitionTime` while the status does not change.
 pub fn ready_condition(
     previous: &[Condition],

@@ -49,11 +49,7 @@ pub async fn write_status(
     let status = DsoSecretStatus {
         observed_generation: dso.metadata.generation,
         conditions: vec![condition],
-        secrets: if reason == Reason::InvalidSpec {
-            previous.secrets.clone()
-        } else {
-            resolution.secrets.clone()
-        },
+        secrets: domain::status_versions(&previous.secrets, resolution),
         last_rotation,
         in_place,
     };

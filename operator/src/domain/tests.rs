@@ -452,3 +452,40 @@ fn a_secret_outside_the_namespaces_allowlist_is_an_invalid_spec_naming_file_and_
         "no allowlist: all allowed"
     );
 }
+
+#[test]
+fn an_aws_outage_keeps_the_last_versions_read_in_status() {
+    let s = spec(vec![file("a"), file("b")]);
+    let previous = vec![
+        status("a", Some("AWSCURRENT"), "1"),
+        status("b", Some("AWSCURRENT"), "1"),
+    ];
+    // b cannot be read (endpoint down, throttling), a can: a's new version, b's last one.
+    let l = BTreeMap::from([
+        (key("a"), meta(&[("2", &["AWSCURRENT"])])),
+        (key("b"), problem(ProblemKind::Transient)),
+    ]);
+    let r = resolve_with(&s, &l);
+    assert!(r.transient);
+    let got = status_versions(&previous, &r);
+    let of = |id: &str| {
+        got.iter()
+            .find(|v| v.secret_id == id)
+            .and_then(|v| v.version_id.clone())
+    };
+    assert_eq!(of("a").as_deref(), Some("2"));
+    assert_eq!(of("b").as_deref(), Some("1"), "kept through the outage");
+    assert_eq!(got.len(), 2);
+
+    // Not transient (AccessDenied, SecretNotFound): status says what AWS answers now.
+    let l = BTreeMap::from([
+        (key("a"), meta(&[("2", &["AWSCURRENT"])])),
+        (key("b"), problem(ProblemKind::AccessDenied)),
+    ]);
+    let got = status_versions(&previous, &resolve_with(&s, &l));
+    assert!(
+        got.iter()
+            .all(|v| v.secret_id != "b" || v.version_id.is_none()),
+        "{got:?}"
+    );
+}
