@@ -105,6 +105,10 @@ pub struct Context {
     /// The last status written per DsoSecret uid: the watch cache may not have seen it yet
     /// when the next reconcile starts (a workload event right after a rollout).
     pub(crate) written: Mutex<HashMap<String, DsoSecretStatus>>,
+    /// The versions hash last applied per workload (namespace, Kind/name) and when: the watch
+    /// cache may still show the old template (an apiserver restart, a slow watch), and the same
+    /// rollout must not be applied, counted and announced again.
+    pub(crate) applied: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
 
 impl Context {
@@ -129,6 +133,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
     }
 }

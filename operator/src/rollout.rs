@@ -26,7 +26,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// First pause before a failed watch of a rollout in progress is started again (doubles per
@@ -120,11 +120,23 @@ pub async fn act_on(
             Ok(Outcome::Unchanged)
         }
         Decision::Roll => {
+            let hash = domain::hash(&current);
+            let key = (w.namespace.clone(), w.id());
+            if let Ok(applied) = ctx.applied.lock()
+                && already_applied(applied.get(&key), &hash, Instant::now())
+            {
+                debug!(workload = w.id(), versions_hash = %hash, "rollout already applied; the watch cache has not caught up");
+                return Ok(Outcome::Unchanged);
+            }
             let Some(slot) = ctx.slots.try_acquire(&w.namespace) else {
                 return Ok(Outcome::Deferred);
             };
-            let hash = domain::hash(&current);
             patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            if let Ok(mut applied) = ctx.applied.lock() {
+                let now = Instant::now();
+                applied.retain(|_, (_, at)| now.duration_since(*at) < APPLIED_TRUST);
+                applied.insert(key, (hash.clone(), now));
+            }
             ctx.metrics.rolled(w.kind.as_str());
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
             tokio::spawn(hold_slot(
@@ -139,6 +151,16 @@ pub async fn act_on(
             Ok(Outcome::Rolled)
         }
     }
+}
+
+/// How long a rollout this replica applied is trusted over a watch cache that does not show it.
+/// Longer than an apiserver restart and a watch's relist; short enough that a template someone
+/// set back by hand is rolled again on a later check.
+const APPLIED_TRUST: Duration = Duration::from_secs(120);
+
+/// Whether `hash` is the rollout this replica applied to the workload within `APPLIED_TRUST`.
+fn already_applied(last: Option<&(String, Instant)>, hash: &str, now: Instant) -> bool {
+    last.is_some_and(|(h, at)| h == hash && now.duration_since(*at) < APPLIED_TRUST)
 }
 
 /// Holds a rollout's slot until its rollout is over, paused, stalled, or `timeout` has passed;
@@ -285,4 +307,29 @@ async fn pod_reports(
                 .and_then(domain::parse_report)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod applied_tests {
+    use super::*;
+
+    #[test]
+    fn the_same_rollout_is_not_applied_twice_while_the_cache_lags() {
+        let t0 = Instant::now();
+        let last = ("h1".to_string(), t0);
+        assert!(already_applied(
+            Some(&last),
+            "h1",
+            t0 + Duration::from_secs(5)
+        ));
+        assert!(
+            !already_applied(Some(&last), "h2", t0 + Duration::from_secs(5)),
+            "a new rotation rolls"
+        );
+        assert!(
+            !already_applied(Some(&last), "h1", t0 + APPLIED_TRUST),
+            "trust ends"
+        );
+        assert!(!already_applied(None, "h1", t0));
+    }
 }
