@@ -1446,7 +1446,9 @@ async fn helm_template_piped_to_kubectl_apply_injects_and_a_second_apply_keeps_t
     std::fs::write(&file, &rendered).expect("write the render");
     let applied = Applied { file };
     let apply = |server_side: bool| {
-        let mut args = vec!["apply", "-n", &rel_ns, "-f", "-"];
+        // No -n: every namespaced object of the render names its namespace (the operator's Role
+        // is in the watched namespace), as Argo CD applies it.
+        let mut args = vec!["apply", "-f", "-"];
         if server_side {
             args.extend(["--server-side", "--field-manager=argocd-controller"]);
         }

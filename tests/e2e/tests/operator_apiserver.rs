@@ -120,7 +120,10 @@ async fn an_apiserver_restart_during_a_rotation_leaves_exactly_one_rollout_per_r
     assert_eq!(rev_2.as_deref(), Some("3"));
     // The operator's own count: while its watch cache still shows the old template (the API
     // server away) it must not apply, count and announce the same rollout again (it did: 5).
-    assert_eq!(rollouts, 2.0, "the operator applied one rollout per rotation");
+    assert_eq!(
+        rollouts, 2.0,
+        "the operator applied one rollout per rotation"
+    );
     assert_eq!(
         op.metric("dso_leader").await,
         1.0,
