@@ -15,7 +15,8 @@
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
 //! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
-//! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task.
+//! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task
+//!   (the `dso-lease` crate, shared with the webhook).
 //! - [`metrics`], [`http`]: Prometheus metrics; /metrics, /healthz, /readyz and readiness.
 //! - [`args`]: configuration (one clap struct).
 //! - [`run`]: the wiring `main` runs: clients, leader election, watches, shutdown.
@@ -32,7 +33,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod inplace;
-pub mod lease;
+pub use dso_lease as lease;
 pub mod metrics;
 pub mod rollout;
 pub mod run;

@@ -11,7 +11,7 @@
 //! - [`tls`]: rustls configuration from PEM files (reloaded when they change) or from the Secret.
 //! - [`certs`]: run-time TLS, pure: when to issue, what the caBundle holds, issuing with rcgen.
 //! - [`runtime_tls`]: run-time TLS, the shell: the leader issues and patches, every replica follows.
-//! - [`lease`]: leader election on a Lease.
+//! - [`lease`]: leader election on a Lease (the `dso-lease` crate, shared with the operator).
 //! - [`server`]: TLS serving with graceful shutdown.
 //! - [`limits`]: timeouts, connection and concurrency caps, body size limit.
 //! - [`metrics`]: Prometheus metrics, prefix `dso_webhook`.
@@ -20,7 +20,7 @@
 pub mod certs;
 pub mod config;
 pub mod error;
-pub mod lease;
+pub use dso_lease as lease;
 pub mod limits;
 pub mod metrics;
 pub mod patch;

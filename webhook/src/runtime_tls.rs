@@ -136,12 +136,12 @@ pub async fn lead(client: kube::Client, cfg: RuntimeTls, mut stop: watch::Receiv
         cfg.lease_duration,
     ));
     loop {
-        if !elector.acquire(&mut stop).await {
+        let Some(leadership) = elector.acquire(&mut stop).await else {
             return;
-        }
+        };
         tracing::info!(lease = %cfg.lease, identity = %cfg.identity, "leading: this replica manages the webhook certificate");
         let (lost_tx, mut lost) = watch::channel(false);
-        let renewal = keep_renewed(elector.clone(), stop.clone(), move || {
+        let renewal = keep_renewed(elector.clone(), leadership, stop.clone(), move || {
             let _ = lost_tx.send(true);
         });
         tokio::select! {
