@@ -105,6 +105,8 @@ pub fn cfg() -> InjectConfig {
         run_as_user: 65532,
         token_expiration_seconds: 3600,
         allow_default_credentials: false,
+        allowlist: Default::default(),
+        ca_bundle: None,
     }
 }
 
