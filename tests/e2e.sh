@@ -26,4 +26,4 @@ export DSO_BIN_DIR KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-log
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
 cargo test -p dso-e2e --locked --no-run
 DSO_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_NS_PORT" DSO_POD_AWS_ENDPOINT="$MOTO_POD_ENDPOINT" \
-  DSO_NETNS="$NETNS" in_ns cargo test -p dso-e2e --locked "$@"
+  DSO_NETNS="$NETNS" DSO_CLUSTER_DIR="$STATE" in_ns cargo test -p dso-e2e --locked "$@"

@@ -79,7 +79,7 @@ step "end-to-end suite (run inside the cluster's network namespace $NETNS)"
 # 127.0.0.1 reachable by the API server. Pods reach moto by name.
 cargo test -p dso-e2e --locked --no-run
 DSO_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_NS_PORT" DSO_POD_AWS_ENDPOINT="$MOTO_POD_ENDPOINT" \
-  DSO_NETNS="$NETNS" in_ns cargo test -p dso-e2e --locked --no-fail-fast
+  DSO_NETNS="$NETNS" DSO_CLUSTER_DIR="$STATE" in_ns cargo test -p dso-e2e --locked --no-fail-fast
 
 step "teardown leaves nothing behind"
 tests/cluster/verify-teardown.sh

@@ -97,7 +97,13 @@ const FENCE_KINDS: [&str; 2] = [
 
 /// The chart's policy and binding for release `release` in `rel_ns`, its operator being `SA`.
 fn rendered_fence(release: &str, rel_ns: &str) -> Vec<Value> {
-    let docs = rendered(release, rel_ns, &[], &FENCE_KINDS);
+    // The workload fence only: the chart also renders the pod fence (strategy InPlace) and the
+    // dso:// policy for pods, which have names of their own.
+    let name = format!("{release}-dso-operator-fence");
+    let docs: Vec<Value> = rendered(release, rel_ns, &[], &FENCE_KINDS)
+        .into_iter()
+        .filter(|d| d["metadata"]["name"].as_str() == Some(name.as_str()))
+        .collect();
     assert_eq!(docs.len(), 2, "the chart renders a policy and its binding");
     docs
 }
