@@ -126,43 +126,6 @@ impl Metrics {
     }
 }
 
-/// The `(name, type)` rows of docs/monitoring.md's metric table for which `keep(name)` holds,
-/// counters named as exposed in `# TYPE` lines (without `_total`).
-#[cfg(test)]
-pub(crate) fn documented_metrics(
-    keep: impl Fn(&str) -> bool,
-) -> std::collections::BTreeSet<(String, String)> {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/monitoring.md"
-    ))
-    .expect("docs/monitoring.md");
-    doc.lines()
-        .filter_map(|l| {
-            let mut cells = l.strip_prefix("| `")?.split(" | ");
-            let name = cells.next()?.strip_suffix('`')?;
-            let kind = cells.next()?.trim();
-            let name = if kind == "counter" {
-                name.strip_suffix("_total")?
-            } else {
-                name
-            };
-            keep(name).then(|| (name.to_string(), kind.to_string()))
-        })
-        .collect()
-}
-
-/// The `(name, type)` of every `# TYPE` line of an exposition.
-#[cfg(test)]
-pub(crate) fn exposed_metrics(text: &str) -> std::collections::BTreeSet<(String, String)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.strip_prefix("# TYPE ")?.split(' ');
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,8 +137,17 @@ mod tests {
         m.admission(Outcome::Denied, "no_identity", Instant::now());
         m.refused("overloaded");
         let text = m.encode();
-        let exposed = super::exposed_metrics(&text);
-        let documented = super::documented_metrics(|n| n.starts_with("dso_webhook_"));
+        let exposed = dso_test_support::metrics::exposed_metrics(&text);
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/monitoring.md"
+        ))
+        .expect("docs/monitoring.md");
+        let documented: std::collections::BTreeSet<_> =
+            dso_test_support::metrics::documented_metrics(&doc)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("dso_webhook_"))
+                .collect();
         assert_eq!(
             exposed, documented,
             "docs/monitoring.md's table and /metrics differ:\n{text}"
