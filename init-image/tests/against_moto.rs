@@ -9,6 +9,7 @@
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{Credentials, Region};
 use aws_smithy_types::Blob;
+use dso_test_support::FaultProxy;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -1346,76 +1347,6 @@ async fn a_template_renders_several_secrets_and_a_render_error_names_its_line_no
     ran.assert_silent_about(&[&canary]);
 }
 
-/// tests/aws-fault-proxy.py in front of moto on a free port, its control file and its log
-/// (one line per request: operation and fault). Killed when dropped.
-struct FaultProxy {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl FaultProxy {
-    fn start() -> FaultProxy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = closed_port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/aws-fault-proxy.py");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new("python3")
-            .arg(&script)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--upstream",
-                &moto(),
-                "--control",
-            ])
-            .arg(dir.path().join("control.json"))
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start tests/aws-fault-proxy.py (python3)");
-        let proxy = FaultProxy {
-            child,
-            dir,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        proxy.wait_listening(true);
-        proxy
-    }
-
-    /// Sets the fault (see the script's doc); "down" returns once connections are refused.
-    fn set(&self, control: serde_json::Value) {
-        let tmp = self.dir.path().join("control.json.tmp");
-        std::fs::write(&tmp, control.to_string()).expect("control");
-        std::fs::rename(&tmp, self.dir.path().join("control.json")).expect("control");
-        self.wait_listening(control["mode"] != "down");
-    }
-
-    fn wait_listening(&self, up: bool) {
-        let addr = self.url.trim_start_matches("http://");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_ok() != up {
-            assert!(
-                Instant::now() < deadline,
-                "fault proxy listening != {up}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Three secrets in two containers' files; the middle one is the one a fault hits.
 async fn three_secrets(prefix: &str) -> (Vec<String>, Vec<String>, serde_json::Value) {
     let ids: Vec<String> = ["a", "b", "c"]
@@ -1453,7 +1384,7 @@ fn assert_nothing_written(s: &Scratch, what: &str) {
 
 #[tokio::test]
 async fn a_fault_on_one_secret_mid_fetch_leaves_no_file_at_all_and_exits_with_its_code() {
-    let proxy = FaultProxy::start();
+    let proxy = FaultProxy::start(&moto(), None);
     let (ids, canaries, secrets) = three_secrets("mid").await;
     let canaries: Vec<&str> = canaries.iter().map(String::as_str).collect();
     // STS straight to moto; Secrets Manager through the proxy. Short limits: the transient

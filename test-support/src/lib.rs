@@ -5,5 +5,10 @@
 //!
 //! - [`metrics`]: the metric table of docs/monitoring.md and the `# TYPE` lines of a `/metrics`
 //!   exposition as sets, so a test can assert that every exposed metric is documented.
+//! - [`faults`]: tests/aws-fault-proxy.py in front of an AWS endpoint (moto), an endpoint a test
+//!   can take down, throttle, deny, slow or cut.
 
+pub mod faults;
 pub mod metrics;
+
+pub use faults::FaultProxy;

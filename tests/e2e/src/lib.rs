@@ -15,12 +15,12 @@
 //! | `DSO_POD_LOGS_DIR` | the kubelet's pod log directory (every instance of a container, restarts included) |
 //! | `DSO_E2E_KEEP_FAILED` | optional: when set, a failing test's namespaces are kept for a look (and named) |
 //!
-//! Modules: [`faults`] (an AWS endpoint in front of moto that injects faults), [`manifests`]
-//! (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and plain HTTP of local
-//! processes), [`webhook`] (a `dso-webhook` process and its registration), [`operator`] (a
-//! `dso-operator` process, and the status, events and ReplicaSets it leaves).
+//! Modules: [`manifests`] (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and
+//! plain HTTP of local processes), [`webhook`] (a `dso-webhook` process and its registration),
+//! [`operator`] (a `dso-operator` process, and the status, events and ReplicaSets it leaves).
+//! The AWS endpoint in front of moto that injects faults is `dso_test_support::FaultProxy`,
+//! shared with dso-init's integration tests.
 
-pub mod faults;
 pub mod manifests;
 pub mod operator;
 pub mod process;

@@ -7,12 +7,12 @@
 //! dso-init's side (a fault mid-fetch leaves no file) is in init-image/tests/against_moto.rs.
 
 use dso_api::DsoSecret;
-use dso_e2e::faults::FaultProxy;
 use dso_e2e::operator::{get_dso, replicasets, wait_ready, wait_recorded};
 use dso_e2e::{
     Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
-    dso_secret, namespace, put_secret_value, unique, wait_for,
+    dso_secret, env, namespace, put_secret_value, unique, wait_for,
 };
+use dso_test_support::FaultProxy;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::json;
@@ -65,7 +65,7 @@ async fn aws_down_throttling_or_denied_rolls_nothing_says_why_and_recovers_witho
     let (id_a, id_b) = (unique("e2e/faults/a"), unique("e2e/faults/b"));
     let v1 = create_secret(&id_a, "canary-faults-a").await;
     create_secret(&id_b, "canary-faults-b").await;
-    let proxy = FaultProxy::start(18561);
+    let proxy = FaultProxy::start(&env("DSO_MOTO_ENDPOINT"), Some(18561));
     let op = Operator::start(&ns, 18560, &proxy.url);
     op.ready().await;
     for (name, id) in [("a", &id_a), ("b", &id_b)] {

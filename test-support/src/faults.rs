@@ -1,33 +1,41 @@
-//! tests/aws-fault-proxy.py in front of moto: an AWS endpoint a test can take down, throttle,
-//! deny, slow or cut (see the script), for the processes it starts on this host.
+//! tests/aws-fault-proxy.py in front of an AWS endpoint (moto): one a test can take down,
+//! throttle, deny, slow or cut (the modes are in the script's doc), for the processes it starts
+//! on this host.
 
-use crate::env;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A running proxy; killed when dropped.
+/// A running proxy, its control file and its log; killed (and its files removed) when dropped.
 pub struct FaultProxy {
     child: Child,
     dir: PathBuf,
-    /// Its URL, for AWS_ENDPOINT_URL.
+    /// Its URL (`http://127.0.0.1:<port>`), for `AWS_ENDPOINT_URL`.
     pub url: String,
 }
 
 impl FaultProxy {
-    /// Starts it on 127.0.0.1:`port`, forwarding to `DSO_MOTO_ENDPOINT`, every call passing.
-    pub fn start(port: u16) -> FaultProxy {
-        let dir = std::env::temp_dir().join(format!("dso-fault-proxy-{port}"));
+    /// Starts it on 127.0.0.1:`port` (a free port when `None`), forwarding to `upstream` (e.g.
+    /// `DSO_MOTO_ENDPOINT`), every call passing; returns once it accepts connections.
+    pub fn start(upstream: &str, port: Option<u16>) -> FaultProxy {
+        let port = port.unwrap_or_else(free_port);
+        let dir =
+            std::env::temp_dir().join(format!("dso-fault-proxy-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fault proxy directory");
         let log = std::fs::File::create(dir.join("log")).expect("fault proxy log");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/aws-fault-proxy.py");
         let child = Command::new("python3")
-            .arg(crate::repo_root().join("tests/aws-fault-proxy.py"))
-            .args(["--port", &port.to_string(), "--upstream"])
-            .arg(env("DSO_MOTO_ENDPOINT"))
-            .arg("--control")
+            .arg(script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                upstream,
+                "--control",
+            ])
             .arg(dir.join("control.json"))
-            .stdout(log.try_clone().expect("log"))
+            .stdout(log.try_clone().expect("fault proxy log"))
             .stderr(log)
             .spawn()
             .expect("start tests/aws-fault-proxy.py (python3)");
@@ -44,8 +52,8 @@ impl FaultProxy {
     /// connections are refused, any other mode once they are accepted.
     pub fn set(&self, control: serde_json::Value) {
         let tmp = self.dir.join("control.json.tmp");
-        std::fs::write(&tmp, control.to_string()).expect("control file");
-        std::fs::rename(&tmp, self.dir.join("control.json")).expect("control file");
+        std::fs::write(&tmp, control.to_string()).expect("fault proxy control file");
+        std::fs::rename(&tmp, self.dir.join("control.json")).expect("fault proxy control file");
         self.wait_listening(control["mode"] != "down");
     }
 
@@ -79,4 +87,10 @@ impl Drop for FaultProxy {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A port nothing listens on now (the OS's pick, released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
 }
