@@ -645,6 +645,40 @@ check("a queue ARN for its URL: refused, naming queueUrl", objs is None and "que
 objs, err = render("--set", "operator.events.fallbackInterval=30")
 check("an interval without unit: refused, naming fallbackInterval", objs is None and "fallbackInterval" in err, err)
 
+test("GitOps: every atomic struct or list spells out the API server's defaults (what is rendered is what is stored)")
+# A server-side apply replaces an atomic struct or list as a whole: if the render leaves out a
+# default the API server fills in, the stored value differs from the applied one, and a
+# server-side apply after a client-side one (Argo CD, `kubectl apply --server-side`) conflicts on
+# the whole field. These are the atomic places of the chart's kinds that the API server defaults.
+def missing_defaults(o):
+    name = f'{o["kind"]}/{o["metadata"]["name"]}'
+    missing = []
+    if o["kind"] == "ValidatingAdmissionPolicy":
+        mc = o["spec"].get("matchConstraints", {})
+        missing += [f"{name} matchConstraints.{k}" for k in ("matchPolicy", "namespaceSelector", "objectSelector") if k not in mc]
+        missing += [f"{name} matchConstraints.{rules}[{i}].scope" for rules in ("resourceRules", "excludeResourceRules") for i, r in enumerate(mc.get(rules, [])) if "scope" not in r]
+    if o["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        missing += [f'{name} webhooks[{w["name"]}].rules[{i}].scope' for w in o["webhooks"] for i, r in enumerate(w.get("rules", [])) if "scope" not in r]
+    if o["kind"] == "NetworkPolicy":
+        missing += [f"{name} {way}[{i}].ports[{j}].protocol" for way in ("ingress", "egress") for i, r in enumerate(o["spec"].get(way, [])) for j, p in enumerate(r.get("ports", [])) if "protocol" not in p]
+    if o["kind"] == "Deployment":
+        spec = o["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            missing += [f'{name} container {c["name"]} env {e["name"]} fieldRef.apiVersion' for e in c.get("env", []) if "fieldRef" in e.get("valueFrom", {}) and "apiVersion" not in e["valueFrom"]["fieldRef"]]
+    return missing
+for label, args in (
+    ("defaults", ()),
+    ("values-local.yaml (the e2e render)", ("-f", str(repo / "charts/dso/values-local.yaml"))),
+    ("cert-manager, NetworkPolicy with metrics peers", ("--set", "webhook.tls.mode=certManager", "--set", "webhook.networkPolicy.enabled=true", "--set", "webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/16", "--set", "webhook.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=obs")),
+):
+    objs, err = render(*args)
+    check(f"{label}: rendered", objs is not None, err)
+    missing = [m for o in objs or [] for m in missing_defaults(o)]
+    check(f"{label}: no default left to the API server", not missing, missing)
+    if label == "defaults":
+        kinds = {o["kind"] for o in objs or []}
+        check("defaults render the kinds checked", {"ValidatingAdmissionPolicy", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Deployment"} <= kinds, kinds)
+
 if failures:
     print("chart template tests failed:\n  " + "\n  ".join(failures), file=sys.stderr)
     sys.exit(1)
