@@ -11,14 +11,14 @@ use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::slots::Slots;
-use crate::status::{now, publish, write_status};
+use crate::status::{Events, now, publish, write_status};
 use crate::workload::{Workload, WorkloadKind};
 use dso_api::annotations::REFRESH;
 use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
@@ -92,7 +92,7 @@ const SLOT_RETRY: Duration = Duration::from_secs(2);
 pub struct Context {
     pub client: Client,
     pub cache: VersionCache,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Metrics,
     pub stores: Stores,
     pub settings: Settings,
@@ -115,7 +115,7 @@ impl Context {
     pub fn new(
         client: Client,
         cache: VersionCache,
-        recorder: Recorder,
+        events: Events,
         metrics: Metrics,
         stores: Stores,
         settings: Settings,
@@ -124,7 +124,7 @@ impl Context {
         Context {
             client,
             cache,
-            recorder,
+            events,
             metrics,
             stores,
             slots: Slots::new(settings.max_concurrent_rollouts),

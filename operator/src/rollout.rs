@@ -17,12 +17,13 @@ use crate::domain::{self, Decision, Versions};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::slots::Slot;
+use crate::status::Events;
 use crate::workload::{Kind, Standing, Workload, WorkloadKind, standing};
 use dso_api::RefreshStrategy;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
@@ -142,7 +143,7 @@ pub async fn act_on(
             tokio::spawn(hold_slot(
                 slot,
                 ctx.client.clone(),
-                ctx.recorder.clone(),
+                ctx.events.clone(),
                 this_ref.clone(),
                 w.clone(),
                 ctx.settings.rollout_timeout,
@@ -164,11 +165,12 @@ fn already_applied(last: Option<&(String, Instant)>, hash: &str, now: Instant) -
 }
 
 /// Holds a rollout's slot until its rollout is over, paused, stalled, or `timeout` has passed;
-/// says which (a paused or stalled one with an event on the DsoSecret `dso`).
+/// says which (a paused or stalled one with an event on the DsoSecret `dso` and one on the
+/// workload, each naming the other as related object).
 async fn hold_slot(
     slot: Slot,
     client: Client,
-    recorder: Recorder,
+    events: Events,
     dso: ObjectReference,
     w: Workload,
     timeout: Duration,
@@ -199,19 +201,27 @@ async fn hold_slot(
         workload = w.id(),
         "rollout {why}; its rollout slot is given back"
     );
-    let event = Event {
+    let (on_dso, on_workload) = slot_released_events(&w, &dso, why);
+    events.publish(&on_dso, &dso).await;
+    events.publish(&on_workload, &w.object_ref()).await;
+}
+
+/// The `RolloutSlotReleased` events for workload `w` whose rollout `why` (paused, stalled):
+/// one on the DsoSecret `dso` (related: the workload), one on the workload (related: the
+/// DsoSecret), each note naming the workload, so that `kubectl events --for` either says which.
+fn slot_released_events(w: &Workload, dso: &ObjectReference, why: &str) -> (Event, Event) {
+    let note = format!(
+        "{} {why}; its rollout slot was given back to other rollouts",
+        w.id()
+    );
+    let event = |related: ObjectReference| Event {
         type_: EventType::Warning,
         reason: "RolloutSlotReleased".into(),
-        note: Some(format!(
-            "{} {why}; its rollout slot was given back to other rollouts",
-            w.id()
-        )),
+        note: Some(note.clone()),
         action: "Rollout".into(),
-        secondary: None,
+        secondary: Some(related),
     };
-    if let Err(e) = recorder.publish(&event, &dso).await {
-        warn!(error = %e, "could not publish event");
-    }
+    (event(w.object_ref()), event(dso.clone()))
 }
 
 /// Waits, on a watch of the workload, until its rollout is complete (or it is deleted), paused
@@ -331,5 +341,44 @@ mod applied_tests {
             "trust ends"
         );
         assert!(!already_applied(None, "h1", t0));
+    }
+
+    #[test]
+    fn a_released_slot_is_told_on_the_dsosecret_and_the_workload_naming_each_other() {
+        let w = Workload::of(
+            &serde_json::from_value::<Deployment>(serde_json::json!({
+                "metadata": {"name": "paused", "namespace": "ns", "uid": "w-uid"}
+            }))
+            .expect("deployment"),
+        );
+        let dso = ObjectReference {
+            kind: Some("DsoSecret".into()),
+            name: Some("db".into()),
+            namespace: Some("ns".into()),
+            uid: Some("d-uid".into()),
+            ..ObjectReference::default()
+        };
+        let (on_dso, on_workload) = slot_released_events(&w, &dso, "is paused (spec.paused)");
+        for e in [&on_dso, &on_workload] {
+            assert_eq!(e.reason, "RolloutSlotReleased");
+            assert_eq!(
+                e.note.as_deref(),
+                Some(
+                    "Deployment/paused is paused (spec.paused); its rollout slot was given back to other rollouts"
+                )
+            );
+        }
+        assert_eq!(on_dso.secondary, Some(w.object_ref()));
+        assert_eq!(on_workload.secondary, Some(dso));
+        let r = w.object_ref();
+        assert_eq!(
+            (
+                r.api_version.as_deref(),
+                r.kind.as_deref(),
+                r.uid.as_deref()
+            ),
+            (Some("apps/v1"), Some("Deployment"), Some("w-uid")),
+            "kubectl describe matches events by uid"
+        );
     }
 }

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::http::{Health, Phase, Synced};
 use crate::lease::{self, LeaderElector, Leadership};
 use crate::metrics::Metrics;
+use crate::status::Events;
 use crate::workload::{self, WorkloadKind};
 use anyhow::Context as _;
 use dso_api::DsoSecret;
@@ -16,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::{Predicate, PredicateConfig};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
@@ -244,7 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         });
     }
-    let recorder = Recorder::new(
+    let events = Events::new(
         client.clone(),
         Reporter {
             controller: controller::FIELD_MANAGER.into(),
@@ -254,7 +255,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         VersionCache::new(aws, args.aws_lookup),
-        recorder,
+        events,
         metrics.clone(),
         stores,
         Settings {

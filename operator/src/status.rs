@@ -10,9 +10,12 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Now, to the second (as condition and rotation times are written).
@@ -111,7 +114,155 @@ pub async fn publish(
         action: action.into(),
         secondary,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &dso.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
+    ctx.events.publish(&event, &dso.object_ref(&())).await;
+}
+
+/// How long kube's `Recorder` folds a repeated event into a series (its cache's time to live).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+/// Publishes Kubernetes events (events.k8s.io/v1) and logs a failure to.
+///
+/// kube's `Recorder` folds an event into the last one with the same type, reason, action,
+/// regarding and related object (for six minutes) and keeps that one's note: a second
+/// `RolloutSlotReleased` for another workload, or a second `Rotated` with new versions, only
+/// raised a count under the first note, and what it said was lost. A `Recorder` is kept per
+/// distinct note here, so an event that says something new is a new event, and the same one
+/// again is still folded into a series.
+#[derive(Clone)]
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    by_note: Arc<Mutex<HashMap<String, (Recorder, Instant)>>>,
+}
+
+impl Events {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Events {
+            client,
+            reporter,
+            by_note: Arc::default(),
+        }
+    }
+
+    /// Publishes `event` on `regarding`; a failure is logged (with the reason and the object),
+    /// never returned: an event is worth less than the work it reports on.
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) {
+        let recorder = self.recorder_for(event.note.as_deref().unwrap_or_default(), Instant::now());
+        if let Err(e) = recorder.publish(event, regarding).await {
+            warn!(
+                error = %e,
+                reason = event.reason,
+                regarding = format!(
+                    "{}/{}",
+                    regarding.kind.as_deref().unwrap_or_default(),
+                    regarding.name.as_deref().unwrap_or_default()
+                ),
+                "could not publish event"
+            );
+        }
+    }
+
+    /// The recorder that published `note` last (within the series time to live), or a new one.
+    fn recorder_for(&self, note: &str, now: Instant) -> Recorder {
+        let mut by_note = lock(&self.by_note);
+        by_note.retain(|_, (_, used)| now.duration_since(*used) < SERIES_TTL);
+        let (recorder, used) = by_note.entry(note.to_string()).or_insert_with(|| {
+            (
+                Recorder::new(self.client.clone(), self.reporter.clone()),
+                now,
+            )
+        });
+        *used = now;
+        recorder.clone()
+    }
+}
+
+#[cfg(test)]
+mod events_tests {
+    use super::*;
+    use kube::client::Body;
+
+    /// (method, note) of each request.
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A client whose apiserver answers every request with its own body, and what it was sent.
+    fn recording_client() -> (Client, Seen) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = tower::service_fn(move |req: http::Request<Body>| {
+            let log = log.clone();
+            async move {
+                let method = req.method().to_string();
+                let body = req.into_body().collect_bytes().await?;
+                let event: serde_json::Value = serde_json::from_slice(&body)?;
+                let note = event["note"].as_str().unwrap_or_default().to_string();
+                lock(&log).push((method, note));
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    http::Response::builder()
+                        .status(201)
+                        .body(Body::from(body.to_vec()))?,
+                )
+            }
+        });
+        (Client::new(service, "default"), seen)
+    }
+
+    fn slot_released(note: &str) -> Event {
+        Event {
+            type_: EventType::Warning,
+            reason: "RolloutSlotReleased".into(),
+            note: Some(note.into()),
+            action: "Rollout".into(),
+            secondary: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_that_says_something_new_is_a_new_event_and_a_repeat_is_a_series() {
+        let (client, seen) = recording_client();
+        let events = Events::new(client, "dso-operator".into());
+        let dso = ObjectReference {
+            api_version: Some("dso.dev/v1alpha1".into()),
+            kind: Some("DsoSecret".into()),
+            namespace: Some("ns".into()),
+            name: Some("db".into()),
+            uid: Some("u1".into()),
+            ..ObjectReference::default()
+        };
+        for note in ["Deployment/paused is paused", "Deployment/stalled stalled"] {
+            events.publish(&slot_released(note), &dso).await;
+        }
+        events
+            .publish(&slot_released("Deployment/paused is paused"), &dso)
+            .await;
+        assert_eq!(
+            *lock(&seen),
+            [
+                ("POST", "Deployment/paused is paused"),
+                ("POST", "Deployment/stalled stalled"),
+                ("PATCH", "Deployment/paused is paused"),
+            ]
+            .map(|(m, n)| (m.to_string(), n.to_string()))
+        );
+    }
+
+    #[test]
+    fn a_note_unused_for_longer_than_a_series_lasts_is_forgotten() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let (client, _) = recording_client();
+        let events = Events::new(client, "dso-operator".into());
+        let t0 = Instant::now();
+        events.recorder_for("a", t0);
+        events.recorder_for("b", t0 + SERIES_TTL / 2);
+        assert_eq!(lock(&events.by_note).len(), 2);
+        events.recorder_for("b", t0 + SERIES_TTL);
+        assert_eq!(
+            lock(&events.by_note).keys().collect::<Vec<_>>(),
+            ["b"],
+            "a is forgotten, b was used again"
+        );
     }
 }

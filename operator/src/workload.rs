@@ -5,7 +5,7 @@ use crate::domain;
 use dso_api::DsoSecret;
 use dso_api::annotations::{RECORDED_VERSIONS, VERSIONS_HASH};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -191,6 +191,7 @@ pub struct Workload {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
     pub template_annotations: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub selector: Option<LabelSelector>,
@@ -203,6 +204,7 @@ impl Workload {
             kind: K::KIND,
             namespace: obj.namespace().unwrap_or_default(),
             name: obj.name_any(),
+            uid: obj.uid(),
             template_annotations: obj
                 .template()
                 .and_then(|t| t.metadata.as_ref())
@@ -216,6 +218,18 @@ impl Workload {
     /// `Kind/name`, as listed in `status.lastRotation.workloads`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.kind, self.name)
+    }
+
+    /// A reference to it, for events (`kubectl describe` matches events by uid too).
+    pub fn object_ref(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(self.kind.as_str().into()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            uid: self.uid.clone(),
+            ..ObjectReference::default()
+        }
     }
 
     /// The DsoSecrets its pod template consumes.

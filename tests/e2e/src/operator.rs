@@ -236,9 +236,14 @@ pub async fn wait_recorded(ns: &str, name: &str) {
 
 /// The events about the DsoSecret `name`.
 pub async fn events(ns: &str, name: &str) -> Vec<Event> {
+    events_for(ns, "DsoSecret", name).await
+}
+
+/// The events on the object `kind`/`name` in `ns`.
+pub async fn events_for(ns: &str, kind: &str, name: &str) -> Vec<Event> {
     let ev: Api<Event> = Api::namespaced(client().await, ns);
     ev.list(&ListParams::default().fields(&format!(
-        "involvedObject.kind=DsoSecret,involvedObject.name={name}"
+        "involvedObject.kind={kind},involvedObject.name={name}"
     )))
     .await
     .expect("list events")

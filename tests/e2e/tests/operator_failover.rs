@@ -7,8 +7,8 @@
 //! ReplicaSet and one more `deployment.kubernetes.io/revision` per template change.
 
 use dso_e2e::operator::{
-    events, get_dso, replicasets, revision, slow_rollout_deployment, wait_available, wait_ready,
-    wait_recorded, wait_replicasets,
+    events, events_for, get_dso, replicasets, revision, slow_rollout_deployment, wait_available,
+    wait_ready, wait_recorded, wait_replicasets,
 };
 use dso_e2e::{
     Operator, TestNamespace, annotated, app_container, apply, apply_crd, check, client,
@@ -336,8 +336,11 @@ fn pause(ns: &str, name: &str) {
 /// One rollout slot and a long rollout timeout: a paused Deployment and one past its progress
 /// deadline give the slot back at once (with an event saying so) instead of holding it for the
 /// timeout, so the third workload rolls within seconds.
+///
+/// Each release is its own event on the DsoSecret and on the workload, naming the workload
+/// and why: kube's event recorder used to fold the second one into the first (same reason and
+/// object) and keep the first note, so the stalled workload was never named.
 #[tokio::test]
-#[ignore = "seen failing 2026-11-29: both slots were given back (operator log) and all three workloads rolled, but no RolloutSlotReleased event was found; to investigate before enabling"]
 async fn paused_and_stalled_rollouts_give_their_slot_back_and_say_so() {
     let ns = operator_namespace("op-slot-release").await;
     let secret = unique("e2e/op/slot-release");
@@ -409,6 +412,33 @@ async fn paused_and_stalled_rollouts_give_their_slot_back_and_say_so() {
             .any(|n| n.contains("Deployment/stalled") && n.contains("ProgressDeadlineExceeded")),
         "{notes:?}"
     );
+    // What the user sees: `kubectl events --for` the DsoSecret, and each workload's events.
+    let seen = check(
+        kubectl(&["events", "-n", &ns, "--for", "dsosecret/db"]),
+        "kubectl events --for dsosecret/db",
+    );
+    for name in ["Deployment/paused", "Deployment/stalled"] {
+        assert!(
+            seen.lines()
+                .any(|l| l.contains("RolloutSlotReleased") && l.contains(name)),
+            "{name} in:\n{seen}"
+        );
+    }
+    for (name, why) in [
+        ("paused", "is paused"),
+        ("stalled", "ProgressDeadlineExceeded"),
+    ] {
+        let on_workload: Vec<String> = events_for(&ns, "Deployment", name)
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("RolloutSlotReleased"))
+            .filter_map(|e| e.message)
+            .collect();
+        assert!(
+            on_workload.iter().any(|n| n.contains(why)),
+            "Deployment/{name}: {on_workload:?}"
+        );
+    }
     op.stop();
 }
 
