@@ -17,13 +17,19 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts it on 127.0.0.1:`port`, forwarding to `DSO_MOTO_ENDPOINT`, every call passing.
     pub fn start(port: u16) -> FaultProxy {
+        FaultProxy::start_on("127.0.0.1", port)
+    }
+
+    /// Starts it on `host`:`port` (`0.0.0.0`: also for pods, at the node's address); its
+    /// [`FaultProxy::url`] stays on 127.0.0.1.
+    pub fn start_on(host: &str, port: u16) -> FaultProxy {
         let dir = std::env::temp_dir().join(format!("dso-fault-proxy-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fault proxy directory");
         let log = std::fs::File::create(dir.join("log")).expect("fault proxy log");
         let child = Command::new("python3")
             .arg(crate::repo_root().join("tests/aws-fault-proxy.py"))
-            .args(["--port", &port.to_string(), "--upstream"])
+            .args(["--host", host, "--port", &port.to_string(), "--upstream"])
             .arg(env("DSO_MOTO_ENDPOINT"))
             .arg("--control")
             .arg(dir.join("control.json"))
