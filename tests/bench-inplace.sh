@@ -18,7 +18,15 @@ if ! [ -f "$STATE/pids/kube-apiserver" ] || ! kill -0 "$(cat "$STATE/pids/kube-a
   [ -d "$STATE" ] && tests/cluster/down.sh
   tests/cluster/up.sh
 fi
-DSO_BIN_DIR=$(tests/images.sh --import)
+# DSO_BENCH_BIN_DIR: operator and webhook binaries to use as they are (the images already
+# imported); otherwise tests/images.sh builds and imports them.
+built=${DSO_BENCH_BIN_DIR:-$(tests/images.sh --import)}
+# A private copy: the shared target directory may be rebuilt from another checkout meanwhile.
+DSO_BIN_DIR="$STATE/bench-bin"
+mkdir -p "$DSO_BIN_DIR"
+[ "$built" -ef "$DSO_BIN_DIR" ] || cp "$built/dso-operator" "$built/dso-webhook" "$DSO_BIN_DIR/"
+grep -q rotation_propagation_seconds "$DSO_BIN_DIR/dso-operator" \
+  || { echo "bench: $built/dso-operator lacks dso_rotation_propagation_seconds (built from another checkout?)" >&2; exit 1; }
 export DSO_BIN_DIR KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs" DSO_CLUSTER_DIR="$STATE"
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
 cargo build -p dso-e2e --locked --example inplace_cost
