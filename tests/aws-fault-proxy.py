@@ -55,6 +55,9 @@ def read_control(path):
         return {"mode": "pass"}
 
 
+LOG = threading.Lock()  # one whole line per request, also from concurrent requests
+
+
 def make_handler(upstream, control):
     up = urllib.parse.urlsplit(upstream)
 
@@ -78,7 +81,8 @@ def make_handler(upstream, control):
                 not match or match in target or match.encode() in body
             )
             fault = mode if applies and mode != "pass" else "pass"
-            print(f"{operation} {fault}", flush=True)
+            with LOG:
+                print(f"{operation} {fault}", flush=True)
             if fault in ERRORS:
                 status, code, message = ERRORS[fault]
                 payload = json.dumps({"__type": code, "message": message}).encode()
