@@ -20,7 +20,8 @@ Forwards every request to the upstream (moto) and relays its answer, unless the 
 that text (e.g. a secret id): the others are forwarded. Faults only ever apply to Secrets
 Manager calls (`X-Amz-Target: secretsmanager.*`); STS and moto's own API always pass.
 
-Every request is logged on stdout as one line: `<operation> <fault or pass>`.
+Every request is logged on stdout as one line: `<operation> <fault or pass>` (the operation of
+an STS call is its `Action`). The cost benchmark counts AWS calls from these lines.
 """
 
 import argparse
@@ -54,6 +55,9 @@ def read_control(path):
         return {"mode": "pass"}
 
 
+LOG = threading.Lock()  # one whole line per request, also from concurrent requests
+
+
 def make_handler(upstream, control):
     up = urllib.parse.urlsplit(upstream)
 
@@ -67,6 +71,9 @@ def make_handler(upstream, control):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             target = self.headers.get("X-Amz-Target") or ""
             operation = target.rsplit(".", 1)[-1] if target else self.command + " " + self.path
+            if not target:  # query protocol (STS): the operation is the Action field
+                form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+                operation = form.get("Action", [operation])[0]
             conf = read_control(control)
             mode = conf.get("mode", "pass")
             match = conf.get("match")
@@ -74,7 +81,8 @@ def make_handler(upstream, control):
                 not match or match in target or match.encode() in body
             )
             fault = mode if applies and mode != "pass" else "pass"
-            print(f"{operation} {fault}", flush=True)
+            with LOG:
+                print(f"{operation} {fault}", flush=True)
             if fault in ERRORS:
                 status, code, message = ERRORS[fault]
                 payload = json.dumps({"__type": code, "message": message}).encode()
@@ -121,6 +129,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--control", required=True)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     args = ap.parse_args()
     handler = make_handler(args.upstream, args.control)
     server = None
@@ -132,9 +141,9 @@ def main():
             server = None
             print("listener closed (down)", flush=True)
         elif not down and server is None:
-            server = Server(("127.0.0.1", args.port), handler)
+            server = Server((args.host, args.port), handler)
             threading.Thread(target=server.serve_forever, daemon=True).start()
-            print(f"listening on 127.0.0.1:{args.port}", flush=True)
+            print(f"listening on {args.host}:{args.port}", flush=True)
         time.sleep(0.05)
 
 

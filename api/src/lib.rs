@@ -32,6 +32,7 @@ pub mod validate;
 pub mod versions;
 
 pub use secret::{
-    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, RefreshSpec,
-    RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
+    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, PropagationStatus,
+    RefreshSpec, RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
+    WorkloadPropagation,
 };

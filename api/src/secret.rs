@@ -38,6 +38,7 @@ pub const MAX_PATH_LEN: usize = 253;
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.files[*].secretId"}"#,
     printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.refresh.strategy","priority":1}"#,
+    printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.propagation.current"}"#,
     printcolumn = r#"{"name":"Stale","type":"integer","jsonPath":".status.inPlace.stale","priority":1}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation.at"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -308,6 +309,57 @@ pub struct DsoSecretStatus {
     /// Under `strategy: InPlace`: how far the current versions have reached the consuming pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlaceStatus>,
+
+    /// Under `strategy: InPlace`: how far the versions DSO follows now (those of the last
+    /// rotation) have reached the consuming workloads and their pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<PropagationStatus>,
+}
+
+/// At most this many workloads are listed in `status.propagation.workloads`.
+pub const MAX_PROPAGATION_WORKLOADS: usize = 10;
+
+/// How far one set of versions (a rotation) has reached the pods that consume a DsoSecret.
+/// Names and counts only: never a value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PropagationStatus {
+    /// The hash of the version ids being propagated (the one written on the pods in
+    /// `dso.dev/desired-versions`).
+    pub versions_hash: String,
+    /// When DSO started propagating these versions (it noticed the rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// When every consuming pod was first seen current; absent while some are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Time>,
+    /// `<current pods>/<pods>`, as `kubectl get dsosecrets` shows it (column CURRENT).
+    pub current: String,
+    /// Running pods that mount this DsoSecret.
+    pub pods: i32,
+    /// Of those, pods that serve these versions: told them, and their `dso-refresh` sidecar
+    /// runs without a failure to report (a sidecar that cannot fetch exits with the reason).
+    /// Pods without the sidecar never count as current.
+    pub current_pods: i32,
+    /// The consuming workloads (`Kind/name`; a pod without a controller as `Pod/name`), the
+    /// most stale first, at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadPropagation>,
+    /// Consuming workloads not listed in `workloads` (beyond the first 10).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_workloads: i32,
+}
+
+/// One consuming workload's pods, and how many serve the versions being propagated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPropagation {
+    /// `Kind/name`, such as `Deployment/web`.
+    pub workload: String,
+    /// Its running pods that mount this DsoSecret.
+    pub pods: i32,
+    /// Of those, pods that serve the versions being propagated.
+    pub current: i32,
 }
 
 /// How far the current versions of an `InPlace` DsoSecret have reached its consuming pods.

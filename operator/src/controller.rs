@@ -11,7 +11,7 @@ use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::slots::Slots;
-use crate::status::{Events, now, publish, write_status};
+use crate::status::{Events, InPlaceProgress, now, publish, write_status};
 use crate::workload::{Workload, WorkloadKind};
 use dso_api::annotations::REFRESH;
 use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
@@ -341,7 +341,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             &previous,
             &resolution,
             previous.last_rotation.clone(),
-            previous.in_place.clone(),
+            InPlaceProgress::recorded(&previous),
         )
         .await?;
         return Ok(Action::await_change());
@@ -429,18 +429,32 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     }
 
     // InPlace: tell the consuming pods (hook into crate::inplace).
-    let mut in_place = None;
+    let mut progress = InPlaceProgress::default();
     let mut follow_up = false;
+    let mut propagated = None;
     if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::InPlace {
         match crate::inplace::tell_pods(ctx, &ns, &name, &resolution.following).await {
-            Ok((status, told)) => {
-                follow_up = told > 0 || status.stale > 0;
-                in_place = Some(status);
+            Ok(t) => {
+                follow_up = t.told > 0 || t.status.stale > 0;
+                let (propagation, took) = crate::propagation::advance(
+                    previous.propagation.as_ref(),
+                    &crate::inplace::desired_hash(&resolution.following),
+                    &t.standings,
+                    &now(),
+                );
+                propagated = took;
+                progress = InPlaceProgress {
+                    in_place: Some(t.status),
+                    propagation: Some(propagation),
+                };
             }
-            Err(e) => failed.push(format!("pods: {e}")),
+            Err(e) => {
+                failed.push(format!("pods: {e}"));
+                progress = InPlaceProgress::recorded(&previous);
+            }
         }
     } else if dso.spec.strategy() == RefreshStrategy::InPlace {
-        in_place = previous.in_place.clone();
+        progress = InPlaceProgress::recorded(&previous);
     }
 
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
@@ -456,7 +470,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         })
     };
     let stale_before = previous.in_place.as_ref().and_then(|s| s.message.clone());
-    let stale_now = in_place.as_ref().and_then(|s| s.message.clone());
+    let stale_now = progress.in_place.as_ref().and_then(|s| s.message.clone());
     let written = write_status(
         ctx,
         dso,
@@ -464,9 +478,17 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         &previous,
         &resolution,
         last_rotation,
-        in_place,
+        progress,
     )
     .await;
+    if let Some(took) = propagated.filter(|_| written.is_ok()) {
+        // Observed once: the status now records the completion.
+        ctx.metrics.propagated(took);
+        info!(
+            seconds = took.as_secs(),
+            "rotation reached every consuming pod"
+        );
+    }
     if let Some(why) = stale_now.filter(|m| Some(m) != stale_before.as_ref()) {
         publish(
             ctx,

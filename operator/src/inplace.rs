@@ -15,6 +15,7 @@
 use crate::controller::Context;
 use crate::domain::{self, Versions};
 use crate::error::{Error, Result};
+use crate::propagation::{PodStanding, workload_of};
 use dso_api::InPlaceStatus;
 use dso_api::annotations as ann;
 use futures::StreamExt;
@@ -42,6 +43,18 @@ pub struct Assessment {
     pub status: InPlaceStatus,
     /// Pods to tell the new hash.
     pub tell: Vec<Tell>,
+    /// Every consuming pod, by workload, and whether it serves the versions now.
+    pub standings: Vec<PodStanding>,
+}
+
+/// What [`tell_pods`] did and saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Told {
+    pub status: InPlaceStatus,
+    /// Pods told the new hash in this call.
+    pub told: usize,
+    /// Every consuming pod, by workload, and whether it serves the versions.
+    pub standings: Vec<PodStanding>,
 }
 
 /// The hash of the versions DsoSecret `name` follows (its own entries only).
@@ -56,6 +69,11 @@ pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
     let mut reasons = Vec::new();
     for pod in pods.iter().filter(|p| live(p) && mounts(p, name)) {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        // Not current until proven below.
+        out.standings.push(PodStanding {
+            workload: workload_of(pod),
+            current: false,
+        });
         if reads_through_env(pod, name) {
             out.status.env_var_pods += 1;
         }
@@ -82,7 +100,11 @@ pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
             continue;
         }
         match sidecar_problem(pod) {
-            None => {}
+            None => {
+                if let Some(s) = out.standings.last_mut() {
+                    s.current = true;
+                }
+            }
             Some(why) => {
                 out.status.stale += 1;
                 reasons.push(format!("{pod_name}: {why}"));
@@ -169,13 +191,8 @@ fn sidecar_problem(p: &Pod) -> Option<String> {
 }
 
 /// Lists the pods of `ns`, tells those that mount DsoSecret `name` the hash of `following`, and
-/// returns the status to record and how many pods were told.
-pub async fn tell_pods(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    following: &Versions,
-) -> Result<(InPlaceStatus, usize)> {
+/// returns the status to record, how many pods were told, and which pods are current.
+pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions) -> Result<Told> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pods = api
         .list(&ListParams::default())
@@ -215,7 +232,11 @@ pub async fn tell_pods(
     } else {
         debug!(dsosecret = name, "every consuming pod already told");
     }
-    Ok((assessment.status, told))
+    Ok(Told {
+        status: assessment.status,
+        told,
+        standings: assessment.standings,
+    })
 }
 
 #[cfg(test)]
@@ -270,6 +291,11 @@ mod tests {
         assert_eq!(got.tell[0].resource_version.as_deref(), Some("7"));
         assert_eq!((got.status.pods, got.status.stale), (3, 2));
         assert_eq!(got.status.message, None);
+        assert_eq!(
+            got.standings.iter().map(|s| s.current).collect::<Vec<_>>(),
+            [false, false, true],
+            "pods told only now are not current yet"
+        );
     }
 
     #[test]
@@ -287,6 +313,14 @@ mod tests {
         let got = assess(&pods, "db", "h2");
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.stale), (2, 1));
+        assert_eq!(
+            got.standings
+                .iter()
+                .map(|s| (s.workload.as_str(), s.current))
+                .collect::<Vec<_>>(),
+            [("Pod/ok", true), ("Pod/bad", false)],
+            "a running, told sidecar is current; a failed one is not"
+        );
         assert_eq!(
             got.status.message.as_deref(),
             Some("bad: dso-refresh failed: db/password (secret x): MissingJsonKey")
@@ -306,6 +340,14 @@ mod tests {
         let got = assess(&[old, done], "db", "h");
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.without_sidecar), (0, 1));
+        assert_eq!(
+            got.standings,
+            [PodStanding {
+                workload: "Pod/old".into(),
+                current: false
+            }],
+            "a pod without the sidecar consumes, and never becomes current"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`controller`]: reconcile / error_policy: lookups, backoff, when to look again.
 //! - [`inplace`]: `strategy: InPlace` — the pod annotation that tells consuming pods' sidecars
 //!   which versions to serve, and the count of stale pods.
+//! - [`propagation`]: how far a rotation has reached the consuming workloads' pods (status and
+//!   the propagation histogram).
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
 //! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
@@ -35,6 +37,7 @@ pub mod http;
 pub mod inplace;
 pub use dso_lease as lease;
 pub mod metrics;
+pub mod propagation;
 pub mod rollout;
 pub mod run;
 pub mod slots;

@@ -12,6 +12,12 @@ use prometheus_client::registry::Registry;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+/// Buckets of `dso_rotation_propagation_seconds`: from a second (status times are whole
+/// seconds) to an hour.
+const PROPAGATION_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabel {
     error: String,
@@ -81,6 +87,7 @@ pub struct Metrics {
     rotations: Counter,
     rollouts: Family<KindLabel, Counter>,
     rollout_timeouts: Family<KindLabel, Counter>,
+    propagation: Histogram,
     leader: Gauge,
     ready: ReadyCollector,
 }
@@ -95,6 +102,7 @@ impl Default for Metrics {
             rotations: Counter::default(),
             rollouts: Family::default(),
             rollout_timeouts: Family::default(),
+            propagation: Histogram::new(PROPAGATION_BUCKETS),
             leader: Gauge::default(),
             ready: ReadyCollector::default(),
         }
@@ -136,6 +144,11 @@ impl Metrics {
             "rollout_timeouts",
             "Rollouts DSO started that were not complete within --rollout-timeout, by kind",
             m.rollout_timeouts.clone(),
+        );
+        r.register(
+            "rotation_propagation_seconds",
+            "Time from DSO noticing a rotation of an InPlace DsoSecret to every consuming pod serving it",
+            m.propagation.clone(),
         );
         r.register(
             "leader",
@@ -194,6 +207,11 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Observes one rotation that reached every consuming pod.
+    pub fn propagated(&self, took: std::time::Duration) {
+        self.propagation.observe(took.as_secs_f64());
     }
 
     /// Publishes `dso_dsosecret_ready` from this watch cache (once this replica leads).

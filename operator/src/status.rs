@@ -5,7 +5,7 @@
 use crate::controller::{Context, FIELD_MANAGER, lock};
 use crate::domain::{self, Reason, Resolution};
 use crate::error::{Error, Result};
-use dso_api::{DsoSecret, DsoSecretStatus, InPlaceStatus, RotationStatus};
+use dso_api::{DsoSecret, DsoSecretStatus, InPlaceStatus, PropagationStatus, RotationStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -24,6 +24,24 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
+/// Under `strategy: InPlace`: how far the versions reached the pods (`status.inPlace` and
+/// `status.propagation`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InPlaceProgress {
+    pub in_place: Option<InPlaceStatus>,
+    pub propagation: Option<PropagationStatus>,
+}
+
+impl InPlaceProgress {
+    /// What the previous status recorded.
+    pub fn recorded(status: &DsoSecretStatus) -> Self {
+        InPlaceProgress {
+            in_place: status.in_place.clone(),
+            propagation: status.propagation.clone(),
+        }
+    }
+}
+
 /// Writes status if it changed, and publishes an event when the Ready reason changes.
 pub async fn write_status(
     ctx: &Context,
@@ -32,7 +50,7 @@ pub async fn write_status(
     previous: &DsoSecretStatus,
     resolution: &Resolution,
     last_rotation: Option<RotationStatus>,
-    in_place: Option<InPlaceStatus>,
+    progress: InPlaceProgress,
 ) -> Result<()> {
     let reason = resolution.reason();
     let message = match &resolution.problem {
@@ -54,7 +72,8 @@ pub async fn write_status(
         conditions: vec![condition],
         secrets: domain::status_versions(&previous.secrets, resolution),
         last_rotation,
-        in_place,
+        in_place: progress.in_place,
+        propagation: progress.propagation,
     };
     let before = previous
         .conditions

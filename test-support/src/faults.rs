@@ -18,6 +18,12 @@ impl FaultProxy {
     /// Starts it on 127.0.0.1:`port` (a free port when `None`), forwarding to `upstream` (e.g.
     /// `DSO_MOTO_ENDPOINT`), every call passing; returns once it accepts connections.
     pub fn start(upstream: &str, port: Option<u16>) -> FaultProxy {
+        FaultProxy::start_on("127.0.0.1", upstream, port)
+    }
+
+    /// [`FaultProxy::start`] on `host` (`0.0.0.0`: also for pods, at the node's address); its
+    /// [`FaultProxy::url`] stays on 127.0.0.1.
+    pub fn start_on(host: &str, upstream: &str, port: Option<u16>) -> FaultProxy {
         let port = port.unwrap_or_else(free_port);
         let dir =
             std::env::temp_dir().join(format!("dso-fault-proxy-{}-{port}", std::process::id()));
@@ -28,6 +34,8 @@ impl FaultProxy {
         let child = Command::new("python3")
             .arg(script)
             .args([
+                "--host",
+                host,
                 "--port",
                 &port.to_string(),
                 "--upstream",

@@ -274,6 +274,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: true
+maxPods: ${DSO_KUBELET_MAX_PODS:-110}
 YAML
 log "kubelet"
 start kubelet "$BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \

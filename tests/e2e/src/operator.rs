@@ -72,6 +72,11 @@ impl Operator {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits until its /readyz answers 200.
     pub async fn ready(&self) {
         let port = self.port;

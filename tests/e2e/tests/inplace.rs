@@ -11,8 +11,8 @@
 
 use dso_e2e::operator::{get_dso, wait_ready};
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret, env,
-    pod, put_secret_value, unique, wait_for,
+    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret,
+    deployment, env, pod, put_secret_value, unique, wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -272,4 +272,111 @@ async fn a_failed_fetch_keeps_the_old_files_and_the_status_counts_the_pod_stale(
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(events.contains("RefreshFailed"), "no RefreshFailed event");
     assert!(!events.contains(&canary), "a value in an event");
+}
+
+#[tokio::test]
+async fn after_a_rotation_current_goes_from_no_pod_to_every_pod_and_the_histogram_counts_it_once() {
+    let mut wh = webhook(18474).await;
+    let ns = wh.namespace(&[]).await;
+    let secret = unique("e2e/inplace/propagation");
+    create_secret(&secret, &json!({"password": unique("one")}).to_string()).await;
+    apply(
+        &ns,
+        &in_place(
+            "db",
+            json!([{"path": "password", "secretId": secret, "jsonKey": "password"}]),
+        ),
+    );
+    let mut web = deployment(
+        "web",
+        &annotated("db"),
+        vec![app_container("app", "sleep 3600")],
+    );
+    web["spec"]["replicas"] = json!(2);
+    apply(&ns, &web);
+    let op = Operator::start(&ns, 18574, &env("DSO_MOTO_ENDPOINT"));
+    op.ready().await;
+    wait_ready(&ns, "db", "True", "Synced").await;
+    let propagation = |ns: String| async move {
+        let d = get_dso(&ns, "db").await?;
+        Ok::<_, anyhow::Error>(d.status.and_then(|s| s.propagation))
+    };
+    let first = wait_for("both pods current on the first versions", TIMEOUT, || {
+        let p = propagation(ns.to_string());
+        async move { Ok(p.await?.filter(|p| p.current == "2/2")) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; operator log: {}", op.log()));
+    assert_eq!(
+        first.since, None,
+        "the versions a DsoSecret starts with are no rotation"
+    );
+    let observed = "dso_rotation_propagation_seconds_count";
+    assert_eq!(
+        op.metric(observed).await,
+        0.0,
+        "nothing observed before a rotation"
+    );
+
+    put_secret_value(&secret, &json!({"password": unique("two")}).to_string()).await;
+    // Every CURRENT value the new versions go through, in order.
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    let seen_ref = &seen;
+    let before = first.versions_hash.clone();
+    let done = wait_for("the rotation to reach both pods", TIMEOUT, || {
+        let p = propagation(ns.to_string());
+        let before = before.clone();
+        async move {
+            let Some(p) = p.await?.filter(|p| p.versions_hash != before) else {
+                return Ok(None);
+            };
+            let mut seen = seen_ref.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.last() != Some(&p.current) {
+                seen.push(p.current.clone());
+            }
+            Ok((p.current == "2/2").then_some(p))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; operator log: {}", op.log()));
+    let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(
+        (
+            seen.first().map(String::as_str),
+            seen.last().map(String::as_str)
+        ),
+        (Some("0/2"), Some("2/2")),
+        "CURRENT went from no pod to both: {seen:?}"
+    );
+    assert_eq!(
+        done.workloads,
+        [dso_api::WorkloadPropagation {
+            workload: "Deployment/web".into(),
+            pods: 2,
+            current: 2
+        }]
+    );
+    let (since, completed) = (
+        done.since.expect("since"),
+        done.completed.expect("completed"),
+    );
+    assert!(completed.0 >= since.0, "{since:?} .. {completed:?}");
+    let table = dso_e2e::kubectl(&["-n", &ns, "get", "dsos", "db"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let (header, row) = table.split_once('\n').expect("a header and a row");
+    let column = header
+        .split_whitespace()
+        .position(|c| c == "CURRENT")
+        .unwrap_or_else(|| panic!("no CURRENT column: {table}"));
+    assert_eq!(row.split_whitespace().nth(column), Some("2/2"), "{table}");
+    wait_for(
+        "one observation of the propagation time",
+        TIMEOUT,
+        || async { Ok((op.metric(observed).await == 1.0).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    println!(
+        "InPlace: rotation noticed at {since:?}, both pods current at {completed:?}; seen {seen:?}"
+    );
 }
