@@ -224,6 +224,9 @@ python3 "$here/mkimage.py" -t dso.local/busybox:1 -o "$STATE/images/busybox.tar"
   $(/bin/busybox --list | grep -vx busybox | sed 's|.*|--link /bin/&:busybox|')
 WAIT_LOG=containerd wait_for containerd 30 ctr_ version
 for img in pause busybox; do ctr_ images import --no-unpack "$STATE/images/$img.tar" >/dev/null; done
+# Pinned: the kubelet's image GC and disk-pressure eviction never remove the sandbox image (a
+# full disk once left every new pod without one: "failed to get sandbox image").
+ctr_ images label dso.local/pause:1 io.cri-containerd.pinned=pinned >/dev/null
 for extra in "${DSO_NODE_IMAGES[@]:-}"; do
   [ -n "$extra" ] && ctr_ images import "$extra" >/dev/null
 done

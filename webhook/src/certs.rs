@@ -3,11 +3,12 @@
 //! webhook configurations' `caBundle` trusts. No I/O: [`crate::runtime_tls`] is the shell.
 //!
 //! The Secret holds `tls.crt`, `tls.key` (the serving pair every replica serves) and `ca.crt`
-//! (the bundle: the CA of the serving certificate first, then, during an overlap, the CA of the
-//! previous one). Each issue makes a fresh CA that signs exactly one serving certificate, so no
-//! CA key is ever stored. Annotations on the Secret record what the leader needs to decide
-//! without parsing X.509: the serving certificate's expiry, a hash of its names, and until when
-//! the previous CA stays trusted (the previous certificate's own expiry).
+//! (the bundle: the CA of the serving certificate first, then, during an overlap, the CAs of
+//! the previous ones, at most [`MAX_TRUSTED_CAS`] in all). Each issue makes a fresh CA that
+//! signs exactly one serving certificate, so no CA key is ever stored. Annotations on the
+//! Secret record what the leader needs to decide without parsing X.509: the serving
+//! certificate's expiry, a hash of its names, and until when the previous CAs stay trusted
+//! (the latest expiry of the certificates they signed).
 
 use crate::error::{Error, Result};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -18,7 +19,7 @@ use std::time::Duration;
 pub const ANNOTATION_NOT_AFTER: &str = "dso.dev/tls-not-after";
 /// Hash of the names the serving certificate was issued for.
 pub const ANNOTATION_NAMES: &str = "dso.dev/tls-names";
-/// Until when the second CA of the bundle (the previous one) stays trusted (RFC 3339).
+/// Until when the CAs after the first in the bundle (the previous ones) stay trusted (RFC 3339).
 pub const ANNOTATION_PREVIOUS_CA_UNTIL: &str = "dso.dev/tls-previous-ca-until";
 /// Set by a person (any value) to ask for a new CA and certificate now; removed by the issue.
 pub const ANNOTATION_ROTATE: &str = "dso.dev/rotate";
@@ -145,27 +146,44 @@ pub fn plan(stored: &Stored, names: &str, now: Timestamp, validity: Duration) ->
     Plan::Keep { next: renew_at }
 }
 
+/// Most CAs the bundle holds: the current one and the previous ones still in their overlap.
+pub const MAX_TRUSTED_CAS: usize = 3;
+
 /// The bundle after issuing a certificate signed by `new_ca`: the new CA first, then the CA of
 /// the certificate served until now while that certificate is still valid (replicas swap
-/// within seconds, but the API server must trust both until they have). Returns the bundle
-/// and until when the previous CA stays.
+/// within seconds, but the API server must trust both until they have), then the CAs of an
+/// overlap still running (a second rotation seconds after the first: a replica may still
+/// serve the certificate before the last), at most [`MAX_TRUSTED_CAS`] in all. Returns the
+/// bundle and until when the CAs after the first stay: the latest expiry among the
+/// certificates they signed.
 pub fn rotated_bundle(
     stored: &Stored,
     new_ca: &str,
     now: Timestamp,
 ) -> (Vec<String>, Option<Timestamp>) {
     let mut bundle = vec![new_ca.to_string()];
-    let previous = stored
+    let current = stored
         .not_after
-        .filter(|until| stored.has_pair && *until > now)
-        .and_then(|until| stored.bundle.first().map(|ca| (ca, until)));
-    match previous {
-        Some((ca, until)) if ca != new_ca => {
+        .filter(|until| stored.has_pair && *until > now);
+    let Some(current_until) = current else {
+        return (bundle, None);
+    };
+    let overlap = stored.previous_ca_until.filter(|until| *until > now);
+    let kept = stored
+        .bundle
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || overlap.is_some());
+    for (_, ca) in kept {
+        if bundle.len() < MAX_TRUSTED_CAS && !bundle.contains(ca) {
             bundle.push(ca.clone());
-            (bundle, Some(until))
         }
-        _ => (bundle, None),
     }
+    if bundle.len() == 1 {
+        return (bundle, None);
+    }
+    let until = overlap.map_or(current_until, |o| o.max(current_until));
+    (bundle, Some(until))
 }
 
 /// A freshly issued CA and serving certificate. Holds the private key: no `Debug`.
@@ -331,12 +349,14 @@ mod tests {
     #[test]
     fn a_rotation_keeps_the_ca_of_the_certificate_still_served() {
         let now = at("2030-09-03T00:00:00Z");
+        // The previous overlap is over: the new CA first, the current one second, the one
+        // before dropped.
         let s = Stored {
             bundle: vec![pem(1), pem(0)],
+            previous_ca_until: Some(at("2030-09-01T00:00:00Z")),
             ..stored("2031-01-01T00:00:00Z")
         };
         let (bundle, until) = rotated_bundle(&s, &pem(2), now);
-        // The new CA first, the current one second, the one before dropped.
         assert_eq!(bundle, vec![pem(2), pem(1)]);
         assert_eq!(until, Some(at("2031-01-01T00:00:00Z")));
         // An expired certificate, or none at all, leaves nothing to overlap with.
@@ -345,6 +365,33 @@ mod tests {
         assert_eq!(
             rotated_bundle(&Stored::default(), &pem(2), now),
             (vec![pem(2)], None)
+        );
+    }
+
+    #[test]
+    fn a_second_rotation_during_an_overlap_keeps_every_ca_a_replica_may_still_serve() {
+        let now = at("2030-09-03T00:00:00Z");
+        // Rotated seconds ago: a lagging replica may still serve the certificate of CA0.
+        let s = Stored {
+            bundle: vec![pem(1), pem(0)],
+            previous_ca_until: Some(at("2031-03-01T00:00:00Z")),
+            ..stored("2031-01-01T00:00:00Z")
+        };
+        let (bundle, until) = rotated_bundle(&s, &pem(2), now);
+        assert_eq!(bundle, vec![pem(2), pem(1), pem(0)]);
+        assert_eq!(until, Some(at("2031-03-01T00:00:00Z")));
+        // A third one in a row stays bounded: the oldest goes.
+        let s = Stored {
+            bundle: bundle.clone(),
+            previous_ca_until: until,
+            ..stored("2031-02-01T00:00:00Z")
+        };
+        let (bundle, _) = rotated_bundle(&s, &pem(3), now);
+        assert_eq!(bundle, vec![pem(3), pem(2), pem(1)]);
+        // Re-issuing with the current CA never lists it twice.
+        assert_eq!(
+            rotated_bundle(&s, &pem(2), now).0,
+            vec![pem(2), pem(1), pem(0)]
         );
     }
 

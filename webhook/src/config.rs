@@ -237,6 +237,12 @@ pub struct Args {
     #[arg(long, env = "DSO_WEBHOOK_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// After SIGTERM, how long the webhook still answers (each HTTP/1.1 response with
+    /// `Connection: close`) before it closes its listener and idle connections: the API
+    /// server retires its pooled connections meanwhile instead of writing into a closed one.
+    #[arg(long, env = "DSO_WEBHOOK_SHUTDOWN_DRAIN", default_value = "3s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
+
     /// Log format: plain or json (the filter comes from RUST_LOG, default info).
     #[arg(long, env = "DSO_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

@@ -87,6 +87,20 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    if runtime_tls.is_some() && !certs.is_loaded() {
+        // Not before a certificate is loaded: an API server that calls by URL (host network)
+        // ignores readiness, and a handshake without a certificate fails every opted-in pod.
+        tracing::info!(listen = %args.listen, "waiting for the certificate Secret before serving admission reviews");
+        let loaded = async {
+            while !certs.is_loaded() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = loaded => {},
+            () = server::shutdown_signal() => return Ok(()),
+        }
+    }
     let listener = server::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "serving admission reviews");
     server::serve_tls(
@@ -94,7 +108,10 @@ async fn main() -> anyhow::Result<()> {
         certs.server_config(),
         router_with(state, &limits),
         server::shutdown_signal(),
-        args.shutdown_grace,
+        server::Shutdown {
+            drain: args.shutdown_drain,
+            grace: args.shutdown_grace,
+        },
         limits,
     )
     .await;

@@ -16,7 +16,7 @@
 
 use crate::certs::{self, Plan, Stored};
 use crate::error::{Error, Result};
-use crate::lease::{LeaderElector, keep_renewed};
+use crate::lease::{LeaderElector, Leadership, keep_renewed};
 use crate::tls::CertReloader;
 use base64::Engine;
 use futures::{Stream, StreamExt};
@@ -59,19 +59,35 @@ pub struct RuntimeTls {
 
 impl RuntimeTls {
     /// The objects this mode reads and writes, all named.
-    fn apis(&self, client: &kube::Client) -> Apis {
+    fn apis(&self, client: &kube::Client, leadership: &Leadership) -> Apis {
         Apis {
             secrets: Api::namespaced(client.clone(), &self.namespace),
             mutating: Api::all(client.clone()),
             validating: Api::all(client.clone()),
+            leadership: leadership.clone(),
         }
     }
 }
 
+/// The objects the leader writes, and its leadership: checked right before every write, so a
+/// replica that stalled and lost the Lease never overwrites its successor's work.
 struct Apis {
     secrets: Api<Secret>,
     mutating: Api<MutatingWebhookConfiguration>,
     validating: Api<ValidatingWebhookConfiguration>,
+    leadership: Leadership,
+}
+
+impl Apis {
+    fn ensure_leading(&self) -> Result<()> {
+        if self.leadership.is_leading() {
+            Ok(())
+        } else {
+            Err(Error::Tls(
+                "no longer leading (the Lease was not renewed in time): not writing".into(),
+            ))
+        }
+    }
 }
 
 fn named(name: &str) -> watcher::Config {
@@ -141,11 +157,16 @@ pub async fn lead(client: kube::Client, cfg: RuntimeTls, mut stop: watch::Receiv
         };
         tracing::info!(lease = %cfg.lease, identity = %cfg.identity, "leading: this replica manages the webhook certificate");
         let (lost_tx, mut lost) = watch::channel(false);
-        let renewal = keep_renewed(elector.clone(), leadership, stop.clone(), move || {
-            let _ = lost_tx.send(true);
-        });
+        let renewal = keep_renewed(
+            elector.clone(),
+            leadership.clone(),
+            stop.clone(),
+            move || {
+                let _ = lost_tx.send(true);
+            },
+        );
         tokio::select! {
-            () = manage(&client, &cfg) => {},
+            () = manage(&client, &cfg, &leadership) => {},
             _ = lost.wait_for(|l| *l) => {
                 tracing::warn!("no longer leading; another replica manages the certificate");
             },
@@ -163,8 +184,8 @@ pub async fn lead(client: kube::Client, cfg: RuntimeTls, mut stop: watch::Receiv
 
 /// Reconciles on every change of the Secret or the webhook configurations, and when the plan
 /// says, forever.
-async fn manage(client: &kube::Client, cfg: &RuntimeTls) {
-    let apis = cfg.apis(client);
+async fn manage(client: &kube::Client, cfg: &RuntimeTls, leadership: &Leadership) {
+    let apis = cfg.apis(client, leadership);
     let poke = |s: Pin<Box<dyn Stream<Item = ()> + Send>>| s;
     let mut changes = futures::stream::select_all([
         poke(Box::pin(
@@ -301,6 +322,7 @@ async fn reconcile(apis: &Apis, cfg: &RuntimeTls, names: &str) -> Result<Duratio
 /// Replaces the Secret as read (its resourceVersion): a concurrent change makes a conflict,
 /// answered by the next pass on fresh data.
 async fn write(apis: &Apis, cfg: &RuntimeTls, secret: &Secret) -> Result<()> {
+    apis.ensure_leading()?;
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
@@ -321,15 +343,21 @@ async fn sync_ca_bundle(apis: &Apis, cfg: &RuntimeTls, bundle: &str) -> Result<(
         return Ok(());
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(bundle);
-    patch_bundle(&apis.mutating, &cfg.configuration, &encoded, true).await?;
-    patch_bundle(&apis.validating, &cfg.configuration, &encoded, false).await
+    patch_bundle(apis, &apis.mutating, &cfg.configuration, &encoded, true).await?;
+    patch_bundle(apis, &apis.validating, &cfg.configuration, &encoded, false).await
 }
 
 /// JSON patch of the webhooks whose caBundle is not `encoded`, each guarded by a test of the
-/// webhook's name (so a concurrent reorder fails instead of patching the wrong entry). A
-/// missing ValidatingWebhookConfiguration (validation off) is fine; a missing mutating one is
-/// not.
-async fn patch_bundle<K>(api: &Api<K>, name: &str, encoded: &str, required: bool) -> Result<()>
+/// webhook's name and of the caBundle read (so a concurrent reorder or another writer's bundle
+/// fails the patch instead of being overwritten; the next pass reads again). A missing
+/// ValidatingWebhookConfiguration (validation off) is fine; a missing mutating one is not.
+async fn patch_bundle<K>(
+    apis: &Apis,
+    api: &Api<K>,
+    name: &str,
+    encoded: &str,
+    required: bool,
+) -> Result<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
 {
@@ -357,6 +385,7 @@ where
     }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
         .map_err(|e| Error::Tls(format!("caBundle patch: {e}")))?;
+    apis.ensure_leading()?;
     api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
         .map_err(kube_err(&format!("patch the caBundle of {kind} {name}")))?;
@@ -365,7 +394,8 @@ where
 }
 
 /// The JSON patch operations that set `caBundle` to `encoded` in every webhook of a
-/// configuration (as JSON) where it differs; empty when all match.
+/// configuration (as JSON) where it differs, each behind tests of the webhook's name and of
+/// the caBundle as read; empty when all match.
 pub fn bundle_patch(configuration: &serde_json::Value, encoded: &str) -> Vec<serde_json::Value> {
     let mut ops = Vec::new();
     let webhooks = configuration
@@ -381,6 +411,9 @@ pub fn bundle_patch(configuration: &serde_json::Value, encoded: &str) -> Vec<ser
             continue;
         }
         ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.get("name")}));
+        if let Some(current) = current {
+            ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": current}));
+        }
         ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded}));
     }
     ops
@@ -402,6 +435,7 @@ mod tests {
             bundle_patch(&config, "TkVX"),
             vec![
                 json!({"op": "test", "path": "/webhooks/0/name", "value": "inject.dso.dev"}),
+                json!({"op": "test", "path": "/webhooks/0/clientConfig/caBundle", "value": "T0xE"}),
                 json!({"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "TkVX"}),
                 json!({"op": "test", "path": "/webhooks/2/name", "value": "empty.dso.dev"}),
                 json!({"op": "add", "path": "/webhooks/2/clientConfig/caBundle", "value": "TkVX"}),

@@ -1,6 +1,10 @@
-//! Serving the router over TLS with graceful shutdown: on the shutdown signal the listener
-//! closes (no new connections), idle keep-alive connections are closed, and requests in
-//! flight finish, within a grace period. Slow or many clients are bounded: a TLS handshake
+//! Serving the router over TLS with graceful shutdown. On the shutdown signal the server first
+//! drains: for a short while it still answers, each HTTP/1.1 response saying `Connection:
+//! close`, so a client retires its pooled connections after their next request instead of
+//! writing into one the server just closed (the API server does not retry a POST: that race
+//! fails an admission with "broken pipe"). Then the listener closes, HTTP/2 connections get a
+//! GOAWAY, idle keep-alive connections are closed and requests in flight finish, within a
+//! grace period. Slow or many clients are bounded: a TLS handshake
 //! timeout, hyper's header read timeout (HTTP/1.1) and keep-alive pings (HTTP/2), and a cap
 //! on open connections (see [`Limits`]).
 
@@ -14,6 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,16 +39,44 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
         .map_err(|e| Error::io(format!("listen on {addr}"), e))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains for at most
-/// `grace`. Of `limits`, reads the header read timeout and the connection cap.
+/// How long the server drains after the shutdown signal, and then how long requests in
+/// flight may take to finish.
+#[derive(Clone, Copy, Debug)]
+pub struct Shutdown {
+    pub drain: Duration,
+    pub grace: Duration,
+}
+
+/// While `draining`, tells HTTP/1.1 clients to close the connection after this response
+/// (HTTP/2 drops the header; its connections get a GOAWAY at the end of the drain).
+async fn close_when_draining(
+    axum::extract::State(draining): axum::extract::State<Arc<AtomicBool>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if draining.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains and shuts down
+/// as [`Shutdown`] says. Of `limits`, reads the header read timeout and the connection cap.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    timing: Shutdown,
     limits: Limits,
 ) {
+    let draining = Arc::new(AtomicBool::new(false));
+    let app = app.layer(axum::middleware::map_response_with_state(
+        draining.clone(),
+        close_when_draining,
+    ));
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
@@ -55,6 +88,12 @@ pub async fn serve_tls(
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let shutdown = async {
+        shutdown.await;
+        tracing::info!(drain = ?timing.drain, "shutting down: answering with Connection: close while clients retire their connections");
+        draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(timing.drain).await;
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -109,7 +148,7 @@ pub async fn serve_tls(
     );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        () = tokio::time::sleep(timing.grace) => tracing::warn!(grace = ?timing.grace, "grace period over; closing remaining connections"),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use dso_webhook::server::serve_tls;
+use dso_webhook::server::{Shutdown, serve_tls};
 use dso_webhook::tls::{CertReloader, install_crypto_provider};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::path::Path;
@@ -76,6 +76,18 @@ async fn start(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_draining(reloader, app, Duration::ZERO).await
+}
+
+async fn start_draining(
+    reloader: &Arc<CertReloader>,
+    app: Router,
+    drain: Duration,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -88,7 +100,10 @@ async fn start(
         async move {
             let _ = stopped.await;
         },
-        Duration::from_secs(5),
+        Shutdown {
+            drain,
+            grace: Duration::from_secs(5),
+        },
         dso_webhook::limits::Limits::default(),
     ));
     (addr, stop, server)
@@ -207,6 +222,74 @@ async fn shutdown_finishes_the_request_in_flight_closes_idle_connections_and_ref
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("done"), "{response}");
+
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stopped")
+        .expect("join");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+/// Reads one HTTP/1.1 response whose body ends with `body`.
+async fn response_ending(
+    conn: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    body: &str,
+) -> String {
+    let mut buf = [0u8; 1024];
+    let mut answer = String::new();
+    while !answer.ends_with(body) {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed early: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    answer
+}
+
+/// The API server keeps webhook connections pooled and does not retry a POST it wrote into a
+/// connection the server had just closed. While draining, the server still answers on a
+/// pooled connection, saying `Connection: close`, and only then closes it.
+#[tokio::test]
+async fn while_draining_a_pooled_connection_is_answered_and_told_to_close() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = pair();
+    write(dir.path(), &a);
+    let reloader =
+        CertReloader::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).expect("load");
+    let app = Router::new().route("/fast", get(|| async { "fast" }));
+    let (addr, stop, server) = start_draining(&reloader, app, Duration::from_millis(600)).await;
+
+    let (_, mut pooled) = handshake(addr, &[&a]).await.expect("handshake");
+    let request = b"GET /fast HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    pooled.write_all(request).await.expect("send");
+    let first = response_ending(&mut pooled, "fast").await;
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+
+    stop.send(()).expect("stop");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: the pooled connection is still served, and told to close.
+    pooled
+        .write_all(request)
+        .await
+        .expect("send while draining");
+    let second = response_ending(&mut pooled, "fast").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "no Connection: close while draining: {second}"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), pooled.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the server kept the connection after Connection: close"
+    );
 
     tokio::time::timeout(Duration::from_secs(5), server)
         .await

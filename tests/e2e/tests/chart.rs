@@ -34,6 +34,17 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/dso-e2e-chart";
 /// The label the local values' webhook selects namespaces by.
 const INJECTION_LABEL: (&str, &str) = ("dso.dev/injection", "enabled");
 
+/// A value of [`INJECTION_LABEL`]'s key for one test's release alone, and the `--set` that
+/// makes its webhook select only namespaces carrying it. The tests of this file run at the
+/// same time: with one shared label, every release's webhook also intercepts the other tests'
+/// pods — and a release still being installed (no caBundle yet) refuses them with "x509:
+/// certificate signed by unknown authority".
+fn own_injection_label(prefix: &str) -> (String, String) {
+    let label = unique(prefix);
+    let set = format!("webhook.namespaceSelector.matchLabels.dso\\.dev/injection={label}");
+    (label, set)
+}
+
 fn repo(path: &str) -> PathBuf {
     repo_root().join(path)
 }
@@ -572,7 +583,8 @@ async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
     env("DSO_POD_LOGS_DIR");
 
     let rel_ns = namespace(&c, "e2e-chart", &[]).await;
-    let app_ns = namespace(&c, "e2e-chart-app", &[INJECTION_LABEL]).await;
+    let (label, selector) = own_injection_label("chart");
+    let app_ns = namespace(&c, "e2e-chart-app", &[(INJECTION_LABEL.0, label.as_str())]).await;
     let mut release = Release {
         name: format!("dso-{}", rel_ns.trim_start_matches("e2e-chart-")),
         installed: false,
@@ -595,6 +607,8 @@ async fn the_installed_chart_injects_rotates_and_uninstalls_cleanly() {
         values.to_str().expect("path"),
         "--set",
         &format!("operator.watchNamespace={app_ns}"),
+        "--set",
+        &selector,
         "--wait",
         "--timeout",
         "120s",
@@ -1168,7 +1182,6 @@ async fn webhook_pod_ips(pods: &Api<Pod>) -> anyhow::Result<Vec<String>> {
 }
 
 #[tokio::test]
-#[ignore = "failed in the merged tree's CI run of 2026-11-30: 56 of 1113 creates refused with 'x509: certificate signed by unknown authority' at +10.3 s, the end of the webhook's rollout restart (0 uninjected; the rotation itself passed). The helper's run on its branch had 0 failed of 805. To investigate before enabling: which replica served a certificate whose CA was not in the caBundle"]
 async fn runtime_tls_survives_a_webhook_roll_and_a_rotation_under_load_without_a_failed_admission()
 {
     let c = client().await;
@@ -1176,7 +1189,8 @@ async fn runtime_tls_survives_a_webhook_roll_and_a_rotation_under_load_without_a
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo("charts/dso/values-local.yaml"));
     let rel_ns = namespace(&c, "e2e-tls", &[]).await;
-    let app_ns = namespace(&c, "e2e-tls-app", &[INJECTION_LABEL]).await;
+    let (label, selector) = own_injection_label("tls");
+    let app_ns = namespace(&c, "e2e-tls-app", &[(INJECTION_LABEL.0, label.as_str())]).await;
     let mut release = Release {
         name: format!("dso-{}", rel_ns.trim_start_matches("e2e-tls-")),
         installed: false,
@@ -1195,6 +1209,8 @@ async fn runtime_tls_survives_a_webhook_roll_and_a_rotation_under_load_without_a
         values.to_str().expect("path"),
         "--set",
         &format!("operator.watchNamespace={app_ns}"),
+        "--set",
+        &selector,
         "--set",
         "webhook.replicas=2",
         "--set",
