@@ -15,12 +15,12 @@
 //! this in the cluster's network namespace); see tests/e2e/README-bench.md.
 
 use dso_api::DsoSecret;
-use dso_test_support::FaultProxy;
 use dso_e2e::operator::series_value;
 use dso_e2e::{
     Operator, Webhook, annotated, app_container, client, create_secret, deployment,
     put_secret_value, unique,
 };
+use dso_test_support::FaultProxy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
@@ -160,7 +160,11 @@ async fn main() {
         "== InPlace cost: {} pods on {} secrets ({} Deployments x {per} replicas), refresh.interval {}s",
         a.pods, a.secrets, a.secrets, a.interval_s
     );
-    let proxy = FaultProxy::start_on("0.0.0.0", &dso_e2e::env("DSO_MOTO_ENDPOINT"), Some(a.proxy_port));
+    let proxy = FaultProxy::start_on(
+        "0.0.0.0",
+        &dso_e2e::env("DSO_MOTO_ENDPOINT"),
+        Some(a.proxy_port),
+    );
     let moto_env = format!("AWS_ENDPOINT_URL={}", a.pod_aws_endpoint);
     let mut wh = Webhook::start(18490, &["--init-env", &moto_env]).await;
     let ns = wh.namespace(&[]).await;
