@@ -82,8 +82,11 @@ pub struct Settings {
     pub detection: Detection,
 }
 
-/// How soon an InPlace DsoSecret with pods just told, or stale, is looked at again.
+/// How soon an InPlace DsoSecret with pods just told is looked at again (to count them).
 const IN_PLACE_FOLLOW_UP: Duration = Duration::from_secs(5);
+/// How soon an InPlace DsoSecret whose pods are stale, none just told, is looked at again: a
+/// failing sidecar is not mended by looking, and each look lists the namespace's pods.
+const IN_PLACE_STALE_RECHECK: Duration = Duration::from_secs(30);
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
 const SLOT_RETRY: Duration = Duration::from_secs(2);
@@ -430,12 +433,18 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
 
     // InPlace: tell the consuming pods (hook into crate::inplace).
     let mut progress = InPlaceProgress::default();
-    let mut follow_up = false;
+    let mut follow_up = None;
     let mut propagated = None;
     if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::InPlace {
         match crate::inplace::tell_pods(ctx, &ns, &name, &resolution.following).await {
             Ok(t) => {
-                follow_up = t.told > 0 || t.status.stale > 0;
+                follow_up = if t.told > 0 {
+                    Some(IN_PLACE_FOLLOW_UP)
+                } else if t.status.stale > 0 {
+                    Some(IN_PLACE_STALE_RECHECK)
+                } else {
+                    None
+                };
                 let (propagation, took) = crate::propagation::advance(
                     previous.propagation.as_ref(),
                     &crate::inplace::desired_hash(&resolution.following),
@@ -573,10 +582,10 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     if let Some(retry_in) = refresh_retry {
         next = next.min(retry_in);
     }
-    if follow_up {
-        // Pods just told, or stale: look again soon to count them (no AWS call: the cache
-        // answers until the interval has passed).
-        next = next.min(IN_PLACE_FOLLOW_UP);
+    if let Some(follow_up) = follow_up {
+        // Pods just told, or stale: look again to count them (no AWS call: the cache answers
+        // until the interval has passed).
+        next = next.min(follow_up);
     }
     Ok(requeue_after(next))
 }

@@ -194,12 +194,17 @@ fn sidecar_problem(p: &Pod) -> Option<String> {
 /// returns the status to record, how many pods were told, and which pods are current.
 pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions) -> Result<Told> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    // From the API server's watch cache (resourceVersion=0), not a quorum read of etcd: a pod
+    // the cache has not seen yet is told on the next pass.
     let pods = api
-        .list(&ListParams::default())
+        .list(&ListParams::default().match_any())
         .await
         .map_err(Error::kube("list pods for an InPlace refresh"))?;
     let hash = desired_hash(following);
     let assessment = assess(&pods.items, name, &hash);
+    if !assessment.tell.is_empty() && !ctx.leadership.is_leading() {
+        return Err(Error::NotLeader);
+    }
     let told = assessment.tell.len();
     let results: Vec<kube::Result<()>> = futures::stream::iter(assessment.tell)
         .map(|t: Tell| {
@@ -224,8 +229,18 @@ pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions
         .buffer_unordered(PATCH_CONCURRENCY)
         .collect()
         .await;
-    if let Some(e) = results.into_iter().find_map(|r| r.err()) {
-        return Err(Error::kube("patch dso.dev/desired-versions on a pod")(e));
+    // A pod that changed meanwhile (409: its resourceVersion moved on, as status updates do)
+    // or went away (404) is looked at again on the next pass; any other error fails it.
+    let mut missed = 0;
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => missed += 1,
+            Err(e) => return Err(Error::kube("patch dso.dev/desired-versions on a pod")(e)),
+        }
+    }
+    if missed > 0 {
+        debug!(dsosecret = name, pods = missed, "pods changed or went away while told; next pass");
     }
     if told > 0 {
         info!(dsosecret = name, pods = told, hash = %hash, "told pods the versions to serve");
