@@ -34,7 +34,23 @@ struct Entry {
     result: Lookup,
 }
 
-type Slot = Arc<AsyncMutex<Option<Entry>>>;
+/// What is cached about one secret, and when an event last said it changed: an answer from a
+/// request started before that (a `ListSecrets` sweep in flight) is never stored.
+#[derive(Default)]
+struct Cached {
+    entry: Option<Entry>,
+    forgotten: Option<Instant>,
+}
+
+impl Cached {
+    fn store(&mut self, entry: Entry) {
+        if self.forgotten.is_none_or(|f| entry.fetched >= f) {
+            self.entry = Some(entry);
+        }
+    }
+}
+
+type Slot = Arc<AsyncMutex<Cached>>;
 
 /// The shared cache.
 pub struct VersionCache {
@@ -107,19 +123,19 @@ impl VersionCache {
         };
         let slot = self.slot(key);
         if self.mode == LookupMode::Sweep {
-            if let Some(r) = fresh(&*slot.lock().await) {
+            if let Some(r) = fresh(&slot.lock().await.entry) {
                 return r;
             }
             self.sweep(&key.region, not_before).await;
         }
         let mut guard = slot.lock().await;
-        if let Some(r) = fresh(&guard) {
+        if let Some(r) = fresh(&guard.entry) {
             return r;
         }
         let started = Instant::now();
         let result = self.aws.describe(&key.region, &key.secret_id).await;
         if !matches!(&result, Err(p) if p.is_transient()) {
-            *guard = Some(Entry {
+            guard.store(Entry {
                 fetched: started,
                 result: result.clone(),
             });
@@ -128,9 +144,13 @@ impl VersionCache {
     }
 
     /// Drops what is cached about `key` (an event said it changed): the next lookup asks AWS.
-    /// Waits for a lookup in flight, so its answer (older than the change) is dropped too.
+    /// Waits for a lookup in flight, so its answer (older than the change) is dropped too; a
+    /// sweep in flight, started before now, cannot store its answer for `key` afterwards.
     pub async fn forget(&self, key: &SecretKey) {
-        *self.slot(key).lock().await = None;
+        let slot = self.slot(key);
+        let mut guard = slot.lock().await;
+        guard.entry = None;
+        guard.forgotten = Some(Instant::now());
     }
 
     /// One `ListSecrets` pass over `region`, unless one started at or after `not_before`.
@@ -156,7 +176,7 @@ impl VersionCache {
                             region: region.to_string(),
                             secret_id: id,
                         };
-                        *self.slot(&key).lock().await = Some(Entry {
+                        self.slot(&key).lock().await.store(Entry {
                             fetched: started,
                             result: Ok(meta.clone()),
                         });
