@@ -32,6 +32,6 @@ pub mod validate;
 pub mod versions;
 
 pub use secret::{
-    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, RefreshSpec,
-    RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
+    AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, RefreshSignal,
+    RefreshSpec, RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
 };
