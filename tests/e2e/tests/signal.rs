@@ -79,6 +79,7 @@ fn sidecar_ms(ns: &str, pod: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_apps_sighup_handler_runs_once_per_rotation_in_the_same_pod() {
+    dso_e2e::apply_crd();
     let mut wh = Webhook::start(
         18480,
         &[
