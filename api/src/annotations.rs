@@ -1,4 +1,4 @@
-//! Annotation keys. Users write the first four on pod templates; DSO writes the rest.
+//! Annotation keys. Users write the first five on pod templates; DSO writes the rest.
 
 /// `"true"` opts a pod into injection.
 pub const INJECT: &str = "dso.dev/inject";
@@ -8,6 +8,9 @@ pub const SECRETS: &str = "dso.dev/secrets";
 pub const MOUNT_PATH: &str = "dso.dev/mount-path";
 /// Comma-separated container names that get the mount. Default: every container.
 pub const CONTAINERS: &str = "dso.dev/containers";
+/// The container whose main process gets a DsoSecret's `refresh.signal` after an in-place swap.
+/// Default: the first container that gets the mount. Read only when a DsoSecret asks for a signal.
+pub const SIGNAL_CONTAINER: &str = "dso.dev/signal-container";
 
 /// Written by the webhook on pods it injected: the DsoSecrets it mounted.
 pub const INJECTED: &str = "dso.dev/injected";

@@ -21,6 +21,11 @@ pub const POD_NAMESPACE_ENV: &str = "DSO_POD_NAMESPACE";
 /// name, for the STS role session name.
 pub const POD_NAME_ENV: &str = "DSO_POD_NAME";
 
+/// Environment variable the webhook sets on the `dso-refresh` sidecar from the downward API
+/// (`fieldRef: metadata.uid`) when it signals an app: the pod's UID, with which it recognises
+/// the target container's processes (see [`PlanSignal`]).
+pub const POD_UID_ENV: &str = "DSO_POD_UID";
+
 /// STS accepts role session names of 2 to 64 characters.
 pub const ROLE_SESSION_NAME_MAX: usize = 64;
 /// Hex digits of SHA-256 that end a shortened role session name.
@@ -73,6 +78,22 @@ pub struct InitPlan {
     /// One env file per container that uses `dso://` env references (see [`crate::env`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_files: Vec<PlanEnvFile>,
+    /// Where the `dso-refresh` sidecar sends the signals of the DsoSecrets that ask for one
+    /// ([`PlanSecret::signal`]); set exactly when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_target: Option<PlanSignal>,
+}
+
+/// The app container the `dso-refresh` sidecar signals after a swap. The pod shares one process
+/// namespace; the sidecar recognises the container's processes by the kubelet's bind mount of
+/// its termination-message file (`.../pods/<pod uid>/containers/<container>/...` in
+/// `/proc/<pid>/mountinfo`, readable without privileges) and signals the oldest one, the
+/// container's main process.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSignal {
+    /// The container's name.
+    pub container: String,
 }
 
 /// The env file of one container, at [`crate::env::env_file_path`] of its name.
@@ -113,6 +134,10 @@ pub struct PlanSecret {
     /// ([`crate::inplace`]), so that the `dso-refresh` sidecar can swap them all at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_place: bool,
+    /// The signal (such as `SIGHUP`) the `dso-refresh` sidecar sends to
+    /// [`InitPlan::signal_target`] after it swapped this DsoSecret (`refresh.signal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<crate::RefreshSignal>,
 }
 
 /// One file (or, with `expand`, one file per JSON key).
@@ -161,6 +186,7 @@ impl PlanSecret {
             region: spec.aws.as_ref().and_then(|a| a.region.clone()),
             file_mode: crate::validate::file_mode(spec),
             in_place: spec.strategy() == crate::RefreshStrategy::InPlace,
+            signal: spec.signal(),
             files: spec
                 .files
                 .iter()
@@ -234,8 +260,12 @@ mod tests {
                     template: None,
                     sources: BTreeMap::new(),
                 }],
-                in_place: false,
+                in_place: true,
+                signal: Some(crate::RefreshSignal::Sighup),
             }],
+            signal_target: Some(PlanSignal {
+                container: "app".into(),
+            }),
             env_files: vec![PlanEnvFile {
                 container: "app".into(),
                 vars: vec![PlanEnvVar {

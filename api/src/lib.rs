@@ -33,6 +33,6 @@ pub mod versions;
 
 pub use secret::{
     AwsSpec, DsoSecret, DsoSecretSpec, DsoSecretStatus, FileSpec, InPlaceStatus, PropagationStatus,
-    RefreshSpec, RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus, TemplateSource,
-    WorkloadPropagation,
+    RefreshSignal, RefreshSpec, RefreshStrategy, RotationStatus, SecretRef, SecretVersionStatus,
+    TemplateSource, WorkloadPropagation,
 };

@@ -250,6 +250,10 @@ impl SecretRef<'_> {
 /// How DSO notices rotations in AWS and what it does then.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.signal) || (has(self.strategy) && self.strategy == 'InPlace')",
+     "message": "signal requires strategy: InPlace (the dso-refresh sidecar sends it after it swaps the files; Rollout restarts the pods instead)"}
+]))]
 pub struct RefreshSpec {
     /// Upper bound on the time between a rotation in AWS and DSO noticing it, such as 5m
     /// (default), 30s or 1h. Between 10s and 24h.
@@ -266,6 +270,43 @@ pub struct RefreshSpec {
     /// consuming pod swaps the files while the pod runs. None: only record it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RefreshStrategy>,
+
+    /// With `strategy: InPlace`: the signal (SIGHUP, SIGUSR1 or SIGUSR2) sent to the app after a
+    /// swap; see [`RefreshSignal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<RefreshSignal>,
+}
+
+/// With `strategy: InPlace`: the signal the `dso-refresh` sidecar sends to the main process of
+/// one app container after it swapped this DsoSecret's files, so that the app reloads them:
+/// SIGHUP, SIGUSR1 or SIGUSR2. One signal per swap that changed the files, never after a failed
+/// fetch. The pod then shares one process namespace (its containers see each other's
+/// processes) and DSO's containers run as the target's user; the target is the container named
+/// by the pod annotation `dso.dev/signal-container`, default the first container that mounts
+/// the secrets. Signals that end a process (SIGTERM, SIGINT, SIGQUIT, SIGKILL) are not offered:
+/// they would restart the container, which is `Rollout`'s job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RefreshSignal {
+    /// Hang-up: the usual "reload your configuration" (nginx, HAProxy, PgBouncer, most daemons).
+    #[serde(rename = "SIGHUP")]
+    Sighup,
+    /// User signal 1 (Apache httpd's graceful restart, for instance).
+    #[serde(rename = "SIGUSR1")]
+    Sigusr1,
+    /// User signal 2.
+    #[serde(rename = "SIGUSR2")]
+    Sigusr2,
+}
+
+impl RefreshSignal {
+    /// The name as written in the spec, such as `SIGHUP`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefreshSignal::Sighup => "SIGHUP",
+            RefreshSignal::Sigusr1 => "SIGUSR1",
+            RefreshSignal::Sigusr2 => "SIGUSR2",
+        }
+    }
 }
 
 /// What to do when a consumed version changes. Rollout (default): restart the Deployments,
@@ -424,6 +465,14 @@ impl DsoSecretSpec {
             .as_ref()
             .and_then(|r| r.strategy)
             .unwrap_or_default()
+    }
+
+    /// The signal to send after an in-place swap (`None` unless the strategy is InPlace).
+    pub fn signal(&self) -> Option<RefreshSignal> {
+        if self.strategy() != RefreshStrategy::InPlace {
+            return None;
+        }
+        self.refresh.as_ref().and_then(|r| r.signal)
     }
 }
 

@@ -407,6 +407,17 @@ pub fn validate_spec(spec: &DsoSecretSpec) -> Result<(), Vec<FieldError>> {
             Ok(_) => {}
         }
     }
+    if let Some(signal) = spec.refresh.as_ref().and_then(|r| r.signal)
+        && spec.strategy() != crate::RefreshStrategy::InPlace
+    {
+        errors.push(err(
+            "spec.refresh.signal",
+            format!(
+                "{} requires strategy: InPlace (the dso-refresh sidecar sends it after it swaps the files; Rollout restarts the pods instead)",
+                signal.name()
+            ),
+        ));
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -479,7 +490,7 @@ mod tests {
         s.file_mode = Some("0440".into());
         s.refresh = Some(RefreshSpec {
             interval: Some("5m".into()),
-            strategy: None,
+            ..Default::default()
         });
         s.aws = Some(AwsSpec {
             region: Some("us-east-1".into()),
@@ -553,7 +564,7 @@ mod tests {
                 DsoSecretSpec {
                     refresh: Some(RefreshSpec {
                         interval: Some("1s".into()),
-                        strategy: None,
+                        ..Default::default()
                     }),
                     ..spec(vec![file("x", "a")])
                 },
@@ -563,11 +574,21 @@ mod tests {
                 DsoSecretSpec {
                     refresh: Some(RefreshSpec {
                         interval: Some("soon".into()),
-                        strategy: None,
+                        ..Default::default()
                     }),
                     ..spec(vec![file("x", "a")])
                 },
                 "spec.refresh.interval",
+            ),
+            (
+                DsoSecretSpec {
+                    refresh: Some(RefreshSpec {
+                        signal: Some(crate::RefreshSignal::Sighup),
+                        ..Default::default()
+                    }),
+                    ..spec(vec![file("x", "a")])
+                },
+                "spec.refresh.signal",
             ),
             (
                 DsoSecretSpec {
@@ -586,6 +607,33 @@ mod tests {
         for (s, field) in cases {
             assert_eq!(fields(&s), vec![field.to_string()], "{s:?}");
         }
+    }
+
+    #[test]
+    fn a_signal_goes_with_in_place_and_only_reload_signals_parse() {
+        let in_place: DsoSecretSpec = serde_json::from_value(serde_json::json!({
+            "files": [{"path": "x", "secretId": "a"}],
+            "refresh": {"strategy": "InPlace", "signal": "SIGUSR1"}
+        }))
+        .expect("parses");
+        assert_eq!(validate_spec(&in_place), Ok(()));
+        assert_eq!(in_place.signal(), Some(crate::RefreshSignal::Sigusr1));
+        for bad in ["SIGTERM", "SIGKILL", "HUP", "sighup", "1"] {
+            let parsed = serde_json::from_value::<DsoSecretSpec>(serde_json::json!({
+                "files": [{"path": "x", "secretId": "a"}],
+                "refresh": {"strategy": "InPlace", "signal": bad}
+            }));
+            assert!(parsed.is_err(), "{bad} accepted");
+        }
+        let rollout: DsoSecretSpec = serde_json::from_value(serde_json::json!({
+            "files": [{"path": "x", "secretId": "a"}],
+            "refresh": {"signal": "SIGHUP"}
+        }))
+        .expect("parses");
+        let errors = validate_spec(&rollout).expect_err("refused");
+        assert_eq!(errors[0].field, "spec.refresh.signal");
+        assert!(errors[0].message.contains("InPlace"), "{}", errors[0]);
+        assert_eq!(rollout.signal(), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | 6 | unavailable: timeout, endpoint unreachable or not trusted (TLS), throttling or 5xx until the deadline |
 //! | 7 | volume: mount path missing, size limit exceeded, a write failed |
 //! | 8 | AWS refused the request for another reason (InvalidRequest, InvalidParameter, …) |
+//! | 9 | `dso-refresh` only: the files were swapped, but the app's process could not be signalled (`refresh.signal`) |
 
 pub use dso_api::aws_error::AwsErrorKind;
 use std::fmt;
@@ -173,6 +174,16 @@ pub enum Error {
 
     #[error("invalid setting: {0}")]
     Config(String),
+
+    #[error(
+        "SignalFailed: swapped {dso_secrets} but could not send {signal} to the main process of container {container:?}: {why}"
+    )]
+    Signal {
+        dso_secrets: String,
+        signal: &'static str,
+        container: String,
+        why: String,
+    },
 }
 
 impl Error {
@@ -190,6 +201,7 @@ impl Error {
             | Error::BadKeyName { .. }
             | Error::PathCollision { .. } => 5,
             Error::SizeLimit { .. } | Error::MountPath(_) | Error::Write { .. } => 7,
+            Error::Signal { .. } => 9,
         }
     }
 
@@ -211,6 +223,7 @@ impl Error {
             Error::SizeLimit { .. } => "size_limit",
             Error::MountPath(_) => "mount_path",
             Error::Write { .. } => "write",
+            Error::Signal { .. } => "signal",
         }
     }
 

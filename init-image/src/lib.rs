@@ -16,6 +16,8 @@
 //!   replaced at once.
 //! - [`refresh`]: the `dso-refresh` sidecar (`dso-init refresh`): waits for the operator's
 //!   word (a downward-API file) and swaps the InPlace DsoSecrets whose versions changed.
+//! - [`signal`]: `refresh.signal` — the target container's main process in the shared process
+//!   namespace, and the signal sent to it after a swap.
 //! - [`report`]: the termination message (version ids per secret id; never a value or a key
 //!   name that came from one).
 //! - [`value`]: the value-holding types, whose `Debug` is redacted and which wipe their bytes
@@ -29,6 +31,7 @@ pub mod fetch;
 pub mod plan;
 pub mod refresh;
 pub mod report;
+pub mod signal;
 pub mod swap;
 pub mod value;
 pub mod write;

@@ -30,6 +30,11 @@ struct Args {
     #[arg(long, env = "DSO_REFRESH_POLL", default_value = "1s", value_parser = duration)]
     refresh_poll: Duration,
 
+    /// The pod's UID (refresh mode with `refresh.signal`; the webhook sets it from the downward
+    /// API): the target container's processes are recognised by it.
+    #[arg(long, env = dso_api::contract::POD_UID_ENV)]
+    pod_uid: Option<String>,
+
     /// The plan the DSO webhook wrote (JSON: secret ids, keys, paths, modes).
     #[arg(long, env = "DSO_PLAN", hide_env_values = true)]
     plan: Option<String>,
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
         concurrency,
         pod_namespace,
         pod_name,
+        pod_uid,
     } = args;
     let settings = Settings {
         deadline,
@@ -151,6 +157,8 @@ fn main() -> ExitCode {
         let opts = dso_init::refresh::Options {
             desired_file,
             poll: refresh_poll,
+            pod_uid,
+            proc_root: PathBuf::from("/proc"),
         };
         return match runtime.block_on(dso_init::refresh::run(&plan, settings, &opts)) {
             Ok(()) => ExitCode::SUCCESS,

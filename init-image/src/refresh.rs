@@ -14,9 +14,18 @@
 //! shows it in the pod's status (`lastState` of `dso-refresh`, a restart, CrashLoopBackOff) and
 //! restarts the sidecar after its back-off; the new instance tries again. The operator reads
 //! that status to count stale pods. No Kubernetes permission is needed in the pod.
+//!
+//! With `refresh.signal`, once the new generation is linked and the state written, the sidecar
+//! sends each DsoSecret's signal to the main process of the target container ([`crate::signal`]):
+//! one signal per swap that changed the versions (two DsoSecrets with the same signal swapped
+//! together send it once), never after a failed fetch, never at start. When the container has
+//! no process for [`SIGNAL_WAIT`] (restarting: it will read the new files anyway) or the signal
+//! cannot be sent, the sidecar exits with the reason (exit 9): the files are current, the
+//! restarted sidecar does not signal again.
 
-use crate::error::Result;
-use crate::{Settings, swap};
+use crate::error::{Error, Result};
+use crate::{Settings, signal, swap};
+use dso_api::RefreshSignal;
 use dso_api::contract::InitPlan;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +38,36 @@ pub struct Options {
     pub desired_file: PathBuf,
     /// How often the file is read (a local read; no API or AWS call).
     pub poll: Duration,
+    /// The pod's UID (`DSO_POD_UID`), by which the target container's processes are known.
+    pub pod_uid: Option<String>,
+    /// Where the processes are listed (`/proc`).
+    pub proc_root: PathBuf,
+}
+
+/// How long a signal waits for the target container to have a process.
+pub const SIGNAL_WAIT: Duration = Duration::from_secs(5);
+
+/// The signals to send after swapping `swapped`: those of the DsoSecrets whose versions hash
+/// changed from `before` to `after`, each signal once, in the plan's order. A swap that
+/// rewrote the same versions (AWS had not moved yet) signals nothing.
+pub fn signals_due(
+    plan: &InitPlan,
+    swapped: &[String],
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Vec<(RefreshSignal, Vec<String>)> {
+    let mut out: Vec<(RefreshSignal, Vec<String>)> = Vec::new();
+    for s in plan.secrets.iter().filter(|s| swapped.contains(&s.name)) {
+        let Some(sig) = s.signal else { continue };
+        if after.get(&s.name).is_none() || before.get(&s.name) == after.get(&s.name) {
+            continue;
+        }
+        match out.iter_mut().find(|(x, _)| *x == sig) {
+            Some((_, names)) => names.push(s.name.clone()),
+            None => out.push((sig, vec![s.name.clone()])),
+        }
+    }
+    out
 }
 
 /// The InPlace DsoSecrets to fetch now: those with a desired hash that differs from the one
@@ -98,6 +137,7 @@ async fn watch(plan: &InitPlan, settings: Settings, opts: &Options) -> Result<()
         if !todo.is_empty() {
             let started = std::time::Instant::now();
             let hashes = crate::refresh(plan, &todo, settings.clone()).await?;
+            let signals = signals_due(plan, &todo, &state, &hashes);
             for name in &todo {
                 if let Some(want) = desired.get(name) {
                     acted.insert(name.clone(), want.clone());
@@ -115,9 +155,74 @@ async fn watch(plan: &InitPlan, settings: Settings, opts: &Options) -> Result<()
                 started.elapsed().as_millis(),
                 todo.len()
             );
+            for (sig, names) in signals {
+                notify(plan, opts, sig, &names, started).await?;
+            }
         }
         tokio::time::sleep(opts.poll).await;
     }
+}
+
+/// Sends `sig` (for the DsoSecrets `names`, just swapped) to the target container's main process.
+async fn notify(
+    plan: &InitPlan,
+    opts: &Options,
+    sig: RefreshSignal,
+    names: &[String],
+    started: std::time::Instant,
+) -> Result<()> {
+    let container = plan
+        .signal_target
+        .as_ref()
+        .map(|t| t.container.clone())
+        .unwrap_or_default();
+    let fail = |why: String| Error::Signal {
+        dso_secrets: names.join(", "),
+        signal: sig.name(),
+        container: container.clone(),
+        why,
+    };
+    if container.is_empty() {
+        return Err(fail(
+            "the plan names no target container (webhook bug?)".into(),
+        ));
+    }
+    let Some(uid) = opts.pod_uid.as_deref().filter(|u| !u.is_empty()) else {
+        return Err(fail("DSO_POD_UID is not set (the webhook sets it)".into()));
+    };
+    let give_up = tokio::time::Instant::now() + SIGNAL_WAIT;
+    let pid = loop {
+        match signal::find_main(&opts.proc_root, uid, &container) {
+            Ok(Some(pid)) => break pid,
+            Ok(None) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(None) => {
+                return Err(fail(format!(
+                    "no process of the container found in {} within {SIGNAL_WAIT:?} (is the pod's shareProcessNamespace true, and the container running?)",
+                    opts.proc_root.display()
+                )));
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "cannot list {}: {e}",
+                    opts.proc_root.display()
+                )));
+            }
+        }
+    };
+    signal::send(pid, sig).map_err(|e| {
+        fail(format!(
+            "kill({pid}): {e} (DSO's containers must run as the container's user)"
+        ))
+    })?;
+    println!(
+        "dso-refresh: sent {} to container {container} (pid {pid}) for {}, {} ms after the fetch began",
+        sig.name(),
+        names.join(", "),
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -151,6 +256,67 @@ mod tests {
             due(&names, &m(&[("other", "x")]), &state, &m(&[])).is_empty(),
             "a DsoSecret this pod does not refresh"
         );
+    }
+
+    fn plan(secrets: &[(&str, Option<RefreshSignal>)]) -> InitPlan {
+        InitPlan {
+            version: dso_api::contract::PLAN_VERSION,
+            mount_path: "/m".into(),
+            size_limit_bytes: 1,
+            secrets: secrets
+                .iter()
+                .map(|(name, signal)| dso_api::contract::PlanSecret {
+                    name: name.to_string(),
+                    region: None,
+                    file_mode: 0o440,
+                    files: Vec::new(),
+                    in_place: true,
+                    signal: *signal,
+                })
+                .collect(),
+            env_files: Vec::new(),
+            signal_target: None,
+        }
+    }
+
+    #[test]
+    fn a_swap_that_changed_the_versions_signals_once_per_signal() {
+        use RefreshSignal::{Sighup, Sigusr1};
+        let p = plan(&[
+            ("db", Some(Sighup)),
+            ("api", Some(Sighup)),
+            ("tls", Some(Sigusr1)),
+            ("quiet", None),
+        ]);
+        let all: Vec<String> = ["db", "api", "tls", "quiet"].map(String::from).to_vec();
+        let before = m(&[("db", "1"), ("api", "1"), ("tls", "1"), ("quiet", "1")]);
+        let after = m(&[("db", "2"), ("api", "2"), ("tls", "2"), ("quiet", "2")]);
+        assert_eq!(
+            signals_due(&p, &all, &before, &after),
+            vec![
+                (Sighup, vec!["db".to_string(), "api".to_string()]),
+                (Sigusr1, vec!["tls".to_string()])
+            ]
+        );
+        // Only what was swapped counts.
+        assert_eq!(
+            signals_due(&p, &["tls".to_string()], &before, &after),
+            vec![(Sigusr1, vec!["tls".to_string()])]
+        );
+    }
+
+    #[test]
+    fn a_swap_that_rewrote_the_same_versions_signals_nothing() {
+        let p = plan(&[("db", Some(RefreshSignal::Sighup))]);
+        let db = vec!["db".to_string()];
+        let same = m(&[("db", "1")]);
+        assert!(signals_due(&p, &db, &same, &same).is_empty());
+        assert!(
+            signals_due(&p, &db, &same, &m(&[])).is_empty(),
+            "nothing fetched"
+        );
+        // A first swap after a state file was lost still signals.
+        assert_eq!(signals_due(&p, &db, &m(&[]), &same).len(), 1);
     }
 
     #[test]

@@ -206,7 +206,7 @@ async fn main() -> Result<()> {
                     file_mode: None,
                     refresh: Some(RefreshSpec {
                         interval: Some(interval),
-                        strategy: None,
+                        ..Default::default()
                     }),
                 };
                 dsos.create(

@@ -105,6 +105,13 @@ pub enum Error {
         service_account: String,
     },
 
+    #[error("DsoSecret {dso_secret:?} asks for refresh.signal {signal}, but {problem}")]
+    Signal {
+        dso_secret: String,
+        signal: &'static str,
+        problem: String,
+    },
+
     #[error(
         "the pod has no namespace, neither in the admission request nor in its metadata: DSO looks its DsoSecrets up in the pod's namespace"
     )]
@@ -151,6 +158,7 @@ impl Error {
             Error::ConflictingRoles { .. } => "conflicting_roles",
             Error::UnknownServiceAccount { .. } => "unknown_serviceaccount",
             Error::NoIdentity { .. } => "no_identity",
+            Error::Signal { .. } => "signal",
             Error::NoNamespace => "no_namespace",
             Error::InvalidReview(_) => "invalid",
             Error::Patch(_) => "patch",

@@ -11,6 +11,9 @@
 //!   after dso-init (same image, plan and identity, `dso-init refresh`, `restartPolicy:
 //!   Always`) and the `dso-desired-versions` downward-API volume through which the operator
 //!   tells it the versions to serve (see `dso_api::inplace`);
+//! - when such a DsoSecret also has `refresh.signal`, `shareProcessNamespace: true`, the target
+//!   container (`dso.dev/signal-container`, default the first that gets the mount) in the plan,
+//!   `DSO_POD_UID` on the sidecar, and DSO's containers run as the target's user (`signal`);
 //! - the volume mounted read-only in the selected containers (`dso.dev/containers`, default
 //!   all regular containers) and nowhere else;
 //! - IRSA for the init container when a role is known (DsoSecret `spec.aws.roleArn`, else the
@@ -58,6 +61,7 @@ mod previous;
 mod reserved;
 mod secrets;
 mod settings;
+mod signal;
 
 pub use annotations::check_mount_path;
 pub use identity::{
@@ -136,7 +140,9 @@ pub fn mutate(
         return Ok(Mutation::AlreadyInjected);
     }
     let wanted = annotations::wanted(spec, &annotations, &cfg.default_mount_path)?;
+    let signal_container = signal::annotated_target(spec, &annotations)?;
     let secrets = secrets::resolve(catalog, namespace, &wanted.names, &cfg.allowlist)?;
+    let signalling = signal::plan(spec, &secrets, signal_container, &wanted.selected)?;
     let env = env::plan(spec, &wanted.selected, &secrets)?;
     secrets::check_size(&secrets, env.files.len(), cfg)?;
     let (identity, credentials) = identity::credentials(spec, namespace, &secrets, catalog, cfg)?;
@@ -150,16 +156,20 @@ pub fn mutate(
             .map(|(name, s)| secrets::plan_secret(name, &s.spec, cfg.default_region.as_deref()))
             .collect(),
         env_files: env.files,
+        signal_target: signalling.as_ref().map(|s| s.target.clone()),
     };
     let mut volumes = vec![secrets_volume(cfg)];
     volumes.extend(credentials.volumes.iter().cloned());
     volumes.extend(cfg.ca_bundle.as_ref().map(ca_bundle_volume));
-    let init = init::init_container(spec, &plan, credentials, cfg);
+    let mut init = init::init_container(spec, &plan, credentials, cfg);
+    if let Some(s) = &signalling {
+        init::run_as(&mut init, s.run_as_user);
+    }
     let sidecar = plan
         .secrets
         .iter()
         .any(|s| s.in_place)
-        .then(|| init::refresh_sidecar(&init));
+        .then(|| init::refresh_sidecar(&init, signalling.is_some()));
     if sidecar.is_some() {
         volumes.push(init::desired_versions_volume());
     }
@@ -179,6 +189,9 @@ pub fn mutate(
             selected: &wanted.selected,
             env: &env.rewrites,
             fs_group: cfg.fs_group,
+            share_process_namespace: signalling
+                .as_ref()
+                .is_some_and(|s| s.share_process_namespace),
         },
     );
     Ok(Mutation::Inject(Injection {

@@ -177,6 +177,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
     .await;
     let plan = InitPlan {
         env_files: Vec::new(),
+        signal_target: None,
         version: PLAN_VERSION,
         mount_path: MOUNT.into(),
         size_limit_bytes: 1 << 20,
@@ -190,6 +191,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                     file(Some("db.json"), &db, None, false),
                 ],
                 in_place: false,
+                signal: None,
             },
             PlanSecret {
                 name: "api".into(),
@@ -197,6 +199,7 @@ async fn the_app_reads_the_files_dso_init_wrote_with_the_pods_own_identity() {
                 file_mode: 0o440,
                 files: vec![file(None, &api_id, None, true)],
                 in_place: false,
+                signal: None,
             },
         ],
     };
@@ -284,6 +287,7 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
     let missing = unique("e2e/missing");
     let plan = InitPlan {
         env_files: Vec::new(),
+        signal_target: None,
         version: PLAN_VERSION,
         mount_path: MOUNT.into(),
         size_limit_bytes: 1 << 20,
@@ -293,6 +297,7 @@ async fn a_pod_naming_a_missing_secret_stays_in_init_failure_with_the_reason_in_
             file_mode: 0o440,
             files: vec![file(Some("password"), &missing, None, false)],
             in_place: false,
+            signal: None,
         }],
     };
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);

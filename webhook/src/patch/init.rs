@@ -4,7 +4,7 @@
 use super::identity::Credentials;
 use super::settings::InjectConfig;
 use dso_api::annotations as ann;
-use dso_api::contract::{InitPlan, PLAN_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV};
+use dso_api::contract::{InitPlan, PLAN_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
@@ -43,17 +43,7 @@ pub(super) fn init_container(
         (POD_NAME_ENV, "metadata.name"),
     ] {
         env.retain(|e| e.name != name);
-        env.push(EnvVar {
-            name: name.to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: field.to_string(),
-                    api_version: None,
-                }),
-                ..Default::default()
-            }),
-        });
+        env.push(field_env(name, field));
     }
     let mut mounts = vec![VolumeMount {
         name: ann::VOLUME_NAME.to_string(),
@@ -87,12 +77,19 @@ pub(super) fn init_container(
 /// The `dso-refresh` native sidecar (an init container with `restartPolicy: Always`) for pods
 /// that consume a `strategy: InPlace` DsoSecret: dso-init's image, plan, identity, volume and
 /// security context, run as `dso-init refresh`, plus the downward-API file through which the
-/// operator tells it the desired versions ([`desired_versions_volume`]).
-pub(super) fn refresh_sidecar(init: &Container) -> Container {
+/// operator tells it the desired versions ([`desired_versions_volume`]). When it signals an app
+/// (`signals`), it also gets the pod's UID ([`POD_UID_ENV`]), by which it recognises the target
+/// container's processes.
+pub(super) fn refresh_sidecar(init: &Container, signals: bool) -> Container {
     let mut c = init.clone();
     c.name = ann::REFRESH_CONTAINER_NAME.to_string();
     c.args = Some(vec!["refresh".to_string()]);
     c.restart_policy = Some("Always".to_string());
+    if signals {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(field_env(POD_UID_ENV, "metadata.uid"));
+    }
     c.volume_mounts
         .get_or_insert_with(Vec::new)
         .push(VolumeMount {
@@ -121,6 +118,28 @@ pub(super) fn desired_versions_volume() -> Volume {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Runs `c` as `user` (`refresh.signal`: the signalled container's user).
+pub(super) fn run_as(c: &mut Container, user: i64) {
+    c.security_context
+        .get_or_insert_with(Default::default)
+        .run_as_user = Some(user);
+}
+
+/// A variable from the downward API.
+fn field_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.to_string(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
     }
 }
 

@@ -23,6 +23,8 @@ pub(super) struct Additions<'a> {
     /// Env entries to replace (`dso://` references).
     pub env: &'a [super::env::Rewrite],
     pub fs_group: Option<i64>,
+    /// Add `shareProcessNamespace: true` (`refresh.signal`).
+    pub share_process_namespace: bool,
 }
 
 pub(super) fn operations(spec: &PodSpec, a: &Additions<'_>) -> Vec<PatchOperation> {
@@ -64,6 +66,12 @@ pub(super) fn operations(spec: &PodSpec, a: &Additions<'_>) -> Vec<PatchOperatio
             path: ptr(["spec", "containers", &i.to_string(), "env", &j.to_string()]),
             value: to_value(var),
         }));
+    }
+    if a.share_process_namespace {
+        ops.push(add(
+            ptr(["spec", "shareProcessNamespace"]),
+            Value::Bool(true),
+        ));
     }
     if let Some(group) = a.fs_group {
         match &spec.security_context {

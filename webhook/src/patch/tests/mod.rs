@@ -9,6 +9,7 @@ mod identity;
 mod inplace;
 mod property;
 mod shape;
+mod signal;
 
 use super::identity::env_value;
 use super::*;
