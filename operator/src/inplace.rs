@@ -240,7 +240,11 @@ pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions
         }
     }
     if missed > 0 {
-        debug!(dsosecret = name, pods = missed, "pods changed or went away while told; next pass");
+        debug!(
+            dsosecret = name,
+            pods = missed,
+            "pods changed or went away while told; next pass"
+        );
     }
     if told > 0 {
         info!(dsosecret = name, pods = told, hash = %hash, "told pods the versions to serve");
