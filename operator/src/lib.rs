@@ -13,6 +13,8 @@
 //! - [`inplace`]: `strategy: InPlace` — the pod annotation that tells consuming pods' sidecars
 //!   which versions to serve, and the count of stale pods.
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
+//! - [`coalesce`]: one rollout per settled set of versions, and the health (`Degraded`) of the
+//!   rollouts DSO started.
 //! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task
@@ -26,6 +28,7 @@
 pub mod args;
 pub mod aws;
 pub mod cache;
+pub mod coalesce;
 pub mod controller;
 pub mod crd;
 pub mod domain;

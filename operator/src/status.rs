@@ -7,7 +7,7 @@ use crate::domain::{self, Reason, Resolution};
 use crate::error::{Error, Result};
 use dso_api::{DsoSecret, DsoSecretStatus, InPlaceStatus, RotationStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -21,6 +21,17 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
+/// What a reconcile found besides the resolution: the status fields about the consumers.
+#[derive(Clone, Debug, Default)]
+pub struct Consumers {
+    /// The last rotation acted on.
+    pub last_rotation: Option<RotationStatus>,
+    /// Under InPlace: how far the versions reached the pods.
+    pub in_place: Option<InPlaceStatus>,
+    /// Under Rollout: the `Degraded` condition.
+    pub degraded: Option<Condition>,
+}
+
 /// Writes status if it changed, and publishes an event when the Ready reason changes.
 pub async fn write_status(
     ctx: &Context,
@@ -28,9 +39,13 @@ pub async fn write_status(
     ns: &str,
     previous: &DsoSecretStatus,
     resolution: &Resolution,
-    last_rotation: Option<RotationStatus>,
-    in_place: Option<InPlaceStatus>,
+    consumers: Consumers,
 ) -> Result<()> {
+    let Consumers {
+        last_rotation,
+        in_place,
+        degraded,
+    } = consumers;
     let reason = resolution.reason();
     let message = match &resolution.problem {
         Some((_, m)) => m.clone(),
@@ -48,7 +63,7 @@ pub async fn write_status(
     );
     let status = DsoSecretStatus {
         observed_generation: dso.metadata.generation,
-        conditions: vec![condition],
+        conditions: std::iter::once(condition).chain(degraded).collect(),
         secrets: domain::status_versions(&previous.secrets, resolution),
         last_rotation,
         in_place,
