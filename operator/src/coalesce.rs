@@ -199,10 +199,11 @@ pub fn health(
         return Health::Settled;
     }
     let counts = format!(
-        "{} of {} pods updated, {} ready",
+        "{} of {} pods updated, {} of {} pods available (old and new)",
         progress.updated.max(0),
         progress.desired.max(0),
-        progress.ready.max(0).min(progress.desired.max(0))
+        progress.ready.max(0),
+        progress.total.max(0)
     );
     if progress.stalled {
         Health::Degraded {
@@ -460,7 +461,10 @@ mod tests {
             panic!("degraded at the deadline")
         };
         assert_eq!(why, Degraded::TimedOut);
-        assert!(detail.contains("1 of 1 pods updated, 0 ready"), "{detail}");
+        assert!(
+            detail.contains("1 of 1 pods updated, 0 of 2 pods available"),
+            "{detail}"
+        );
         let done = progress(2, 1, 1, 1);
         assert_eq!(
             health(Some(&s), Some("h2"), &done, t0 + secs(40), deadline),

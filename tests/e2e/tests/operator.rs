@@ -190,14 +190,18 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     );
     // The new version is in status from the check that sees it; the workloads join
     // lastRotation when they roll (once the versions settled, --rollout-settle).
-    let d = wait_for("status with the new version and its rollouts", TIMEOUT, || {
-        let (ns, v2) = (ns.to_string(), v2.clone());
-        async move {
-            let d = get_dso(&ns, "db").await?;
-            let rolled = rotated_workloads(&d).is_some_and(|w| w.len() == 3);
-            Ok((version_of(&d) == Some(v2) && rolled).then_some(d))
-        }
-    })
+    let d = wait_for(
+        "status with the new version and its rollouts",
+        TIMEOUT,
+        || {
+            let (ns, v2) = (ns.to_string(), v2.clone());
+            async move {
+                let d = get_dso(&ns, "db").await?;
+                let rolled = rotated_workloads(&d).is_some_and(|w| w.len() == 3);
+                Ok((version_of(&d) == Some(v2) && rolled).then_some(d))
+            }
+        },
+    )
     .await
     .expect("new version in status");
     assert_eq!(

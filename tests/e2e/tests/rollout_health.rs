@@ -104,7 +104,7 @@ async fn a_rollout_whose_new_pods_never_become_ready_marks_the_dsosecret_degrade
         condition.message
     );
     assert!(
-        condition.message.contains("0 ready"),
+        condition.message.contains("1 of 1 pods updated"),
         "{}",
         condition.message
     );
