@@ -36,6 +36,7 @@ pub const MAX_PATH_LEN: usize = 253;
     doc = "A DsoSecret says which AWS Secrets Manager secrets (and which JSON keys) the pods of its namespace get, as which files on a memory-backed volume. Pods opt in with the annotations dso.dev/inject: \"true\" and dso.dev/secrets: <names>.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
     printcolumn = r#"{"name":"Secrets","type":"string","jsonPath":".spec.files[*].secretId"}"#,
     printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.refresh.strategy","priority":1}"#,
     printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.propagation.current"}"#,
@@ -336,6 +337,11 @@ pub struct DsoSecretStatus {
 
     /// `Ready`: True when every referenced secret resolved (reason Synced); otherwise False
     /// with reason SecretNotFound, AccessDenied, InvalidSpec or AwsError and a message.
+    /// `Degraded` (strategy Rollout): True when a rollout DSO started for this DsoSecret did
+    /// not complete in time — reason RolloutTimedOut (its new pods not all Ready within the
+    /// operator's --rollout-timeout) or RolloutStalled (the Deployment passed its
+    /// progressDeadlineSeconds) — with the workloads named in the message; False (reason
+    /// RolloutsHealthy) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
@@ -456,6 +462,10 @@ pub struct RotationStatus {
     /// Workloads rolled, as Kind/name (empty under strategy None).
     #[serde(default)]
     pub workloads: Vec<String>,
+    /// Jobs and CronJobs whose pod template consumes this DsoSecret, as Kind/name: DSO never
+    /// restarts them; the pods they start from now on get the new versions (next run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_run: Vec<String>,
 }
 
 impl DsoSecretSpec {

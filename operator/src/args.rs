@@ -38,9 +38,17 @@ pub struct Args {
     #[arg(long, env = "DSO_MAX_CONCURRENT_ROLLOUTS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 4)]
     pub max_concurrent_rollouts: usize,
 
-    /// Longest time one rollout counts against --max-concurrent-rollouts, such as 5m.
+    /// Longest time one rollout counts against --max-concurrent-rollouts, such as 5m; a rollout
+    /// whose new pods are not all Ready by then marks its DsoSecrets Degraded.
     #[arg(long, env = "DSO_ROLLOUT_TIMEOUT", default_value = "5m", value_parser = positive)]
     pub rollout_timeout: Duration,
+
+    /// How long the versions a workload consumes must stay unchanged before DSO rolls it, such
+    /// as 2s: rotations closer together than that (two secrets rotated together, one rotated
+    /// twice) give one rollout. 0s rolls at once. A burst that never pauses waits at most ten
+    /// times this.
+    #[arg(long, env = "DSO_ROLLOUT_SETTLE", default_value = "2s", value_parser = settle)]
+    pub rollout_settle: Duration,
 
     /// Shortest time between two forced checks (`dso.dev/refresh`) of one DsoSecret, such as
     /// 30s; a new value sooner is refused with a RefreshRateLimited event and handled once the
@@ -154,6 +162,14 @@ fn positive(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--rollout-settle`: 0s to 5m.
+fn settle(s: &str) -> Result<Duration, String> {
+    match dso_api::duration::parse(s).map_err(|e| e.to_string())? {
+        d if d > Duration::from_secs(300) => Err("must be at most 5m".into()),
+        d => Ok(d),
+    }
+}
+
 /// An http(s) URL with a path (`https://sqs.<region>.amazonaws.com/<account>/<queue>`).
 fn queue_url(s: &str) -> Result<String, String> {
     let rest = s
@@ -258,6 +274,7 @@ mod tests {
         assert_eq!(a.aws_timeout, Duration::from_secs(10));
         assert_eq!(a.max_concurrent_rollouts, 4);
         assert_eq!(a.rollout_timeout, Duration::from_secs(300));
+        assert_eq!(a.rollout_settle, Duration::from_secs(2));
         assert_eq!(a.backoff_base, Duration::from_secs(1));
         assert_eq!(a.backoff_max, Duration::from_secs(300));
         assert_eq!(a.lease_duration, Duration::from_secs(15));
@@ -273,6 +290,7 @@ mod tests {
     #[case::duration_without_unit("--aws-timeout", "10")]
     #[case::no_rollout_slot("--max-concurrent-rollouts", "0")]
     #[case::rollout_timeout_of_zero("--rollout-timeout", "0s")]
+    #[case::settle_longer_than_five_minutes("--rollout-settle", "6m")]
     #[case::refresh_min_interval_of_zero("--refresh-min-interval", "0s")]
     #[case::aws_client_idle_of_zero("--aws-client-idle", "0s")]
     #[case::no_reconcile_worker("--reconcile-concurrency", "0")]

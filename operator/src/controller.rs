@@ -4,6 +4,7 @@
 //! off per DsoSecret.
 
 use crate::cache::VersionCache;
+use crate::coalesce::{self, Health, Tracker, Wait};
 use crate::domain::{self, Lookup, Resolution, SecretKey};
 use crate::error::{Error, Result};
 use crate::events::Detection;
@@ -11,12 +12,14 @@ use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::rollout::{Outcome, act_on};
 use crate::slots::Slots;
-use crate::status::{Events, InPlaceProgress, now, publish, write_status};
-use crate::workload::{Workload, WorkloadKind};
+use crate::status::{Consumers, Events, InPlaceProgress, now, publish, write_status};
+use crate::workload::{Workload, WorkloadKind, rollout_complete};
 use dso_api::annotations::REFRESH;
 use dso_api::{DsoSecret, DsoSecretStatus, RefreshStrategy, RotationStatus};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
@@ -69,8 +72,12 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
-    /// Longest time a rollout holds its slot (`--max-concurrent-rollouts`) waiting to complete.
+    /// Longest time a rollout holds its slot (`--max-concurrent-rollouts`) waiting to complete,
+    /// and the time its new pods have to become Ready before its DsoSecrets are `Degraded`.
     pub rollout_timeout: Duration,
+    /// How long the versions a workload consumes must stay unchanged before it is rolled
+    /// (`--rollout-settle`): rotations closer together than that give one rollout.
+    pub rollout_settle: Duration,
     /// The secrets each namespace may name (`--secret-allowlist`; default: all).
     pub allowlist: Arc<dso_api::allowlist::Allowlist>,
     /// Shortest time between two forced checks (`dso.dev/refresh`) of one DsoSecret.
@@ -90,6 +97,10 @@ const IN_PLACE_STALE_RECHECK: Duration = Duration::from_secs(30);
 
 /// How soon a DsoSecret whose rollout found no free slot is looked at again.
 const SLOT_RETRY: Duration = Duration::from_secs(2);
+
+/// How often a DsoSecret with a degraded consumer is looked at (no AWS call), to see the
+/// workload's rollout complete and clear `Degraded`.
+const DEGRADED_RECHECK: Duration = Duration::from_secs(30);
 
 /// State shared by `reconcile` and `error_policy`.
 pub struct Context {
@@ -112,6 +123,8 @@ pub struct Context {
     /// cache may still show the old template (an apiserver restart, a slow watch), and the same
     /// rollout must not be applied, counted and announced again.
     pub(crate) applied: Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// Rollouts wanted and started per workload: coalescing and health ([`crate::coalesce`]).
+    pub(crate) tracker: Tracker,
 }
 
 impl Context {
@@ -137,6 +150,7 @@ impl Context {
             refreshes: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
+            tracker: Tracker::default(),
         }
     }
 }
@@ -343,8 +357,15 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             &ns,
             &previous,
             &resolution,
-            previous.last_rotation.clone(),
-            InPlaceProgress::recorded(&previous),
+            Consumers {
+                last_rotation: previous.last_rotation.clone(),
+                progress: InPlaceProgress::recorded(&previous),
+                degraded: previous
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Degraded")
+                    .cloned(),
+            },
         )
         .await?;
         return Ok(Action::await_change());
@@ -411,9 +432,18 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
 
     let mut rolled = Vec::new();
     let mut deferred = Vec::new();
+    let mut held = Vec::new();
     let mut failed = Vec::new();
-    if resolution.problem.is_none() && dso.spec.strategy() == RefreshStrategy::Rollout {
-        let consumers = ctx.stores.consumers(&ns, &name);
+    // The soonest look the rollouts of consumers ask for (held, going or degraded).
+    let mut soonest: Option<Duration> = None;
+    let mut sooner = |d: Duration| soonest = Some(soonest.map_or(d, |s| s.min(d)));
+    let rollout = dso.spec.strategy() == RefreshStrategy::Rollout;
+    let consumers = if rollout {
+        ctx.stores.consumers(&ns, &name)
+    } else {
+        Vec::new()
+    };
+    if resolution.problem.is_none() && rollout {
         let this = dso.object_ref(&());
         let outcomes = join_all(
             consumers
@@ -425,6 +455,10 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             match outcome {
                 Ok(Outcome::Rolled) => rolled.push(w.id()),
                 Ok(Outcome::Deferred) => deferred.push(w.id()),
+                Ok(Outcome::Held(why, after)) => {
+                    held.push((w.id(), why));
+                    sooner(after);
+                }
                 Ok(Outcome::Unchanged) => {}
                 Err(e) => failed.push(format!("{}: {e}", w.id())),
             }
@@ -466,17 +500,50 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         progress = InPlaceProgress::recorded(&previous);
     }
 
+    // The health of the rollouts DSO started for the consumers (after acting: one just started
+    // is going).
+    let degraded = rollout.then(|| {
+        let (bad, keep_previous) = judge(ctx, &consumers, &previous, &mut sooner);
+        coalesce::degraded_condition(
+            &previous.conditions,
+            &bad,
+            keep_previous,
+            dso.metadata.generation,
+            now(),
+        )
+    });
+
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
+    let next_run = if rollout && !rotations.is_empty() {
+        next_run_consumers(ctx, &ns, &name).await
+    } else {
+        Vec::new()
+    };
     // Status records the new versions even when a rollout failed: the Rotated event is then
     // published once, and the failed workloads are retried after backoff all the same (the
-    // rollout decision reads the workloads, not this status).
-    let last_rotation = if rotations.is_empty() && rolled.is_empty() {
-        previous.last_rotation.clone()
-    } else {
+    // rollout decision reads the workloads, not this status). A rollout started after the
+    // rotation was recorded (it waited for the versions to settle, a slot, or a rollout in
+    // progress) joins that rotation's list.
+    let last_rotation = if !rotations.is_empty() {
         Some(RotationStatus {
             at: now(),
             workloads: rolled.clone(),
+            next_run: next_run.clone(),
         })
+    } else if !rolled.is_empty() {
+        let mut r = previous.last_rotation.clone().unwrap_or(RotationStatus {
+            at: now(),
+            workloads: Vec::new(),
+            next_run: Vec::new(),
+        });
+        for id in &rolled {
+            if !r.workloads.contains(id) {
+                r.workloads.push(id.clone());
+            }
+        }
+        Some(r)
+    } else {
+        previous.last_rotation.clone()
     };
     let stale_before = previous.in_place.as_ref().and_then(|s| s.message.clone());
     let stale_now = progress.in_place.as_ref().and_then(|s| s.message.clone());
@@ -486,10 +553,16 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         &ns,
         &previous,
         &resolution,
-        last_rotation,
-        progress,
+        Consumers {
+            last_rotation,
+            progress,
+            degraded: degraded.clone(),
+        },
     )
     .await;
+    if written.is_ok() {
+        announce_health(ctx, dso, &previous, degraded.as_ref()).await;
+    }
     if let Some(took) = propagated.filter(|_| written.is_ok()) {
         // Observed once: the status now records the completion.
         ctx.metrics.propagated(took);
@@ -523,6 +596,8 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             resolution.problem.is_none(),
             &rolled,
             &deferred,
+            &held,
+            &next_run,
         );
         info!(rotations = %what, rolled = ?rolled, "secret rotated");
         publish(
@@ -582,12 +657,157 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     if let Some(retry_in) = refresh_retry {
         next = next.min(retry_in);
     }
+    if let Some(soon) = soonest {
+        // Held rollouts, rollouts going or degraded: look again soon (no AWS call: the cache
+        // answers until the interval has passed).
+        next = next.min(soon);
+    }
     if let Some(follow_up) = follow_up {
         // Pods just told, or stale: look again to count them (no AWS call: the cache answers
         // until the interval has passed).
         next = next.min(follow_up);
     }
     Ok(requeue_after(next))
+}
+
+/// Judges the rollouts DSO started for `consumers` ([`coalesce::health`]): the degraded ones
+/// (workload, why, detail), and whether a previous `Degraded=True` stays because a workload it
+/// names has a rollout this replica did not start and cannot time (after a restart or a
+/// leader change) that is still incomplete. Asks `sooner` for the next look while a rollout is
+/// going or degraded.
+fn judge(
+    ctx: &Context,
+    consumers: &[Workload],
+    previous: &DsoSecretStatus,
+    sooner: &mut impl FnMut(Duration),
+) -> (Vec<(String, coalesce::Degraded, String)>, bool) {
+    let now = Instant::now();
+    let mut bad = Vec::new();
+    let previous_message = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .map(|c| c.message.as_str());
+    let mut keep_previous = false;
+    for w in consumers {
+        let started = ctx.tracker.get(&(w.namespace.clone(), w.id())).started;
+        if started.is_none()
+            && previous_message.is_some_and(|m| m.contains(&format!("{}: ", w.id())))
+            && w.template_hash().is_some()
+            && !rollout_complete(&w.progress)
+        {
+            keep_previous = true;
+            sooner(DEGRADED_RECHECK);
+        }
+        match coalesce::health(
+            started.as_ref(),
+            w.template_hash(),
+            &w.progress,
+            now,
+            ctx.settings.rollout_timeout,
+        ) {
+            Health::Settled => {}
+            Health::Going { left } => sooner(left.min(coalesce::RECHECK)),
+            Health::Degraded { why, detail } => {
+                sooner(DEGRADED_RECHECK);
+                bad.push((w.id(), why, detail));
+            }
+        }
+    }
+    (bad, keep_previous)
+}
+
+/// An event when the `Degraded` condition changes status or reason: a Warning naming the
+/// workloads when it turns True, a Normal one when it clears.
+async fn announce_health(
+    ctx: &Context,
+    dso: &DsoSecret,
+    previous: &DsoSecretStatus,
+    now: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) {
+    let Some(now) = now else { return };
+    let before = previous.conditions.iter().find(|c| c.type_ == "Degraded");
+    let same = before.is_some_and(|b| b.status == now.status && b.reason == now.reason);
+    // A first condition that says all is well is not news.
+    if same || (before.is_none() && now.status != "True") {
+        return;
+    }
+    if now.status == "True" {
+        warn!(reason = %now.reason, message = %now.message, "degraded");
+        publish(
+            ctx,
+            dso,
+            EventType::Warning,
+            &now.reason,
+            "Rollout",
+            now.message.clone(),
+            None,
+        )
+        .await;
+    } else {
+        info!("no longer degraded");
+        publish(
+            ctx,
+            dso,
+            EventType::Normal,
+            &now.reason,
+            "Rollout",
+            now.message.clone(),
+            None,
+        )
+        .await;
+    }
+}
+
+/// The Jobs and CronJobs of `namespace` whose pod template consumes the DsoSecret `name`, as
+/// Kind/name: never rolled, their next pods get the new versions. Jobs a CronJob owns, and
+/// finished Jobs, are left out. Listed once per rotation; a failure to list is logged only.
+async fn next_run_consumers(ctx: &Context, namespace: &str, name: &str) -> Vec<String> {
+    let consumes = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        domain::consumed_names(
+            t.and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref()),
+        )
+        .iter()
+        .any(|n| n == name)
+    };
+    let mut out = Vec::new();
+    match Api::<CronJob>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => out.extend(
+            list.items
+                .iter()
+                .filter(|c| consumes(c.spec.job_template.spec.as_ref().map(|j| &j.template)))
+                .map(|c| format!("CronJob/{}", c.name_any())),
+        ),
+        Err(e) => warn!(error = %e, "could not list CronJobs (status.lastRotation.nextRun)"),
+    }
+    match Api::<Job>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => out.extend(
+            list.items
+                .iter()
+                .filter(|j| !j.owner_references().iter().any(|o| o.kind == "CronJob"))
+                .filter(|j| {
+                    !j.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| {
+                                (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                            })
+                        })
+                })
+                .filter(|j| consumes(j.spec.as_ref().map(|s| &s.template)))
+                .map(|j| format!("Job/{}", j.name_any())),
+        ),
+        Err(e) => warn!(error = %e, "could not list Jobs (status.lastRotation.nextRun)"),
+    }
+    out
 }
 
 /// `30s`, `5m`, `1h`: a duration as the flags spell it.
@@ -603,6 +823,53 @@ fn humanize(d: Duration) -> String {
 
 /// The note of the Rotated event: what rotated and what was done about it.
 fn rotation_note(
+    what: &str,
+    strategy: RefreshStrategy,
+    ready: bool,
+    rolled: &[String],
+    deferred: &[String],
+    held: &[(String, Wait)],
+    next_run: &[String],
+) -> String {
+    let mut note = if strategy == RefreshStrategy::Rollout
+        && ready
+        && rolled.is_empty()
+        && deferred.is_empty()
+        && !held.is_empty()
+    {
+        what.to_string()
+    } else {
+        rollout_note(what, strategy, ready, rolled, deferred)
+    };
+    let ids = |why: Wait| {
+        held.iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let settling = ids(Wait::Settling);
+    if !settling.is_empty() {
+        note.push_str(&format!(
+            "; rolling once the versions settle (no other change for --rollout-settle): {settling}"
+        ));
+    }
+    let rolling = ids(Wait::Rolling);
+    if !rolling.is_empty() {
+        note.push_str(&format!(
+            "; rolling once the rollout in progress ends: {rolling}"
+        ));
+    }
+    if !next_run.is_empty() {
+        note.push_str(&format!(
+            "; never restarted, their next run gets the new versions: {}",
+            next_run.join(", ")
+        ));
+    }
+    note
+}
+
+fn rollout_note(
     what: &str,
     strategy: RefreshStrategy,
     ready: bool,
@@ -644,6 +911,7 @@ mod tests {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             rollout_timeout: Duration::from_secs(300),
+            rollout_settle: Duration::from_secs(2),
             allowlist: Default::default(),
             refresh_min_interval: Duration::from_secs(30),
             max_concurrent_rollouts: 4,
@@ -737,6 +1005,8 @@ mod tests {
                 ready,
                 &w(rolled),
                 &w(deferred),
+                &[],
+                &[],
             )
         };
         let r = RefreshStrategy::Rollout;
@@ -750,6 +1020,24 @@ mod tests {
         assert!(
             note(RefreshStrategy::None, true, &[], &[])
                 .ends_with("; strategy None: nothing restarted")
+        );
+        let held = rotation_note(
+            "db AWSCURRENT: v1 -> v2",
+            r,
+            true,
+            &[],
+            &[],
+            &[
+                ("Deployment/web".into(), Wait::Settling),
+                ("Deployment/api".into(), Wait::Rolling),
+            ],
+            &w(&["CronJob/backup"]),
+        );
+        assert_eq!(
+            held,
+            "db AWSCURRENT: v1 -> v2; rolling once the versions settle (no other change for \
+             --rollout-settle): Deployment/web; rolling once the rollout in progress ends: \
+             Deployment/api; never restarted, their next run gets the new versions: CronJob/backup"
         );
     }
 }

@@ -15,6 +15,8 @@
 //! - [`propagation`]: how far a rotation has reached the consuming workloads' pods (status and
 //!   the propagation histogram).
 //! - [`rollout`]: acting on consuming workloads, with a bound on rollouts in progress.
+//! - [`coalesce`]: one rollout per settled set of versions, and the health (`Degraded`) of the
+//!   rollouts DSO started.
 //! - [`slots`]: the rollout slots, shared fairly between namespaces.
 //! - [`status`]: the DsoSecret's status and events.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease, and the leader's renewal task
@@ -28,6 +30,7 @@
 pub mod args;
 pub mod aws;
 pub mod cache;
+pub mod coalesce;
 pub mod controller;
 pub mod crd;
 pub mod domain;

@@ -11,7 +11,12 @@
 //! fairly between namespaces ([`crate::slots`]). A DsoSecret whose workload finds no slot does
 //! not wait for one (that would hold a reconcile worker): the workload is left for a retry a
 //! few seconds later, and other DsoSecrets go on.
+//!
+//! Before a slot is asked for, [`crate::coalesce`] decides whether the rollout starts now or
+//! waits: for the versions to settle (`--rollout-settle`), or for a rollout DSO started for the
+//! workload to end. A held rollout is asked for again by the next reconcile.
 
+use crate::coalesce::{self, Gate, Health, Wait};
 use crate::controller::{Context, FIELD_MANAGER, lookup, not_before};
 use crate::domain::{self, Decision, Versions};
 use crate::error::{Error, Result};
@@ -44,6 +49,8 @@ pub enum Outcome {
     Rolled,
     /// It needs a rollout, but every rollout slot is taken: retried shortly.
     Deferred,
+    /// It needs a rollout, held to coalesce rotations (why): asked again within the duration.
+    Held(Wait, Duration),
 }
 
 /// The versions a workload consumes under `strategy: Rollout`, or `None` when one of its
@@ -101,6 +108,36 @@ pub async fn act_on(
     let Some(current) = consumed_versions(ctx, w, this, this_versions).await else {
         return Ok(Outcome::Unchanged);
     };
+    let key = (w.namespace.clone(), w.id());
+    let hash = domain::hash(&current);
+    if let Ok(applied) = ctx.applied.lock()
+        && already_applied(applied.get(&key), &hash, Instant::now())
+    {
+        debug!(workload = w.id(), versions_hash = %hash, "rollout already applied; the watch cache has not caught up");
+        return Ok(Outcome::Unchanged);
+    }
+    let now = Instant::now();
+    let rolling_left = match coalesce::health(
+        ctx.tracker.get(&key).started.as_ref(),
+        w.template_hash(),
+        &w.progress,
+        now,
+        ctx.settings.rollout_timeout,
+    ) {
+        Health::Going { left } => Some(left),
+        Health::Settled | Health::Degraded { .. } => None,
+    };
+    if rolling_left.is_some() && w.template_hash() != Some(hash.as_str()) {
+        // New versions while DSO's rollout of it is going: they wait for it to end (no need
+        // to ask its pods what they run: they are being replaced).
+        if let Gate::Wait(why, after) =
+            ctx.tracker
+                .gate(&key, &hash, rolling_left, now, ctx.settings.rollout_settle)
+        {
+            debug!(workload = w.id(), versions_hash = %hash, "new versions wait for the rollout in progress");
+            return Ok(Outcome::Held(why, after));
+        }
+    }
     let recorded = w.recorded();
     let mut decision = domain::decide(&current, w.template_hash(), recorded.as_ref(), None);
     if decision == Decision::NeedPods {
@@ -114,27 +151,31 @@ pub async fn act_on(
     }
     let record = domain::record(&current);
     match decision {
-        Decision::Current | Decision::NeedPods => Ok(Outcome::Unchanged),
+        Decision::Current | Decision::NeedPods => {
+            ctx.tracker.current(&key);
+            Ok(Outcome::Unchanged)
+        }
         Decision::Record => {
+            ctx.tracker.current(&key);
             patch_workload(ctx, w, &w.apply_patch(w.template_hash(), &record)).await?;
             debug!(workload = w.id(), "recorded the versions its pods run");
             Ok(Outcome::Unchanged)
         }
         Decision::Roll => {
-            let hash = domain::hash(&current);
-            let key = (w.namespace.clone(), w.id());
-            if let Ok(applied) = ctx.applied.lock()
-                && already_applied(applied.get(&key), &hash, Instant::now())
+            if let Gate::Wait(why, after) =
+                ctx.tracker
+                    .gate(&key, &hash, None, now, ctx.settings.rollout_settle)
             {
-                debug!(workload = w.id(), versions_hash = %hash, "rollout already applied; the watch cache has not caught up");
-                return Ok(Outcome::Unchanged);
+                debug!(workload = w.id(), versions_hash = %hash, wait = ?after, "rollout waits for the versions to settle");
+                return Ok(Outcome::Held(why, after));
             }
             let Some(slot) = ctx.slots.try_acquire(&w.namespace) else {
                 return Ok(Outcome::Deferred);
             };
-            patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            let generation = patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            let now = Instant::now();
+            ctx.tracker.started(&key, &hash, now, generation);
             if let Ok(mut applied) = ctx.applied.lock() {
-                let now = Instant::now();
                 applied.retain(|_, (_, at)| now.duration_since(*at) < APPLIED_TRUST);
                 applied.insert(key, (hash.clone(), now));
             }
@@ -256,17 +297,22 @@ where
     tokio::time::timeout(timeout, watch).await.ok()
 }
 
-/// Applies DSO's annotations to a workload (server-side apply, DSO's fields only).
-async fn patch_workload(ctx: &Context, w: &Workload, patch: &serde_json::Value) -> Result<()> {
+/// Applies DSO's annotations to a workload (server-side apply, DSO's fields only); its
+/// `metadata.generation` after the patch.
+async fn patch_workload(
+    ctx: &Context,
+    w: &Workload,
+    patch: &serde_json::Value,
+) -> Result<Option<i64>> {
     async fn apply<K: WorkloadKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
         api: Api<K>,
         name: &str,
         patch: &serde_json::Value,
-    ) -> kube::Result<()> {
+    ) -> kube::Result<Option<i64>> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(name, &params, &Patch::Apply(patch))
             .await
-            .map(drop)
+            .map(|o| o.meta().generation)
     }
     // Checked last thing before the write: a replica that lost the Lease patches nothing.
     if !ctx.leadership.is_leading() {

@@ -262,6 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             backoff_base: args.backoff_base,
             backoff_max: args.backoff_max,
             rollout_timeout: args.rollout_timeout,
+            rollout_settle: args.rollout_settle,
             allowlist: Arc::new(args.secret_allowlist.clone().unwrap_or_default()),
             refresh_min_interval: args.refresh_min_interval,
             max_concurrent_rollouts: args.max_concurrent_rollouts,

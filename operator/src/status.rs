@@ -7,7 +7,7 @@ use crate::domain::{self, Reason, Resolution};
 use crate::error::{Error, Result};
 use dso_api::{DsoSecret, DsoSecretStatus, InPlaceStatus, PropagationStatus, RotationStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -42,6 +42,17 @@ impl InPlaceProgress {
     }
 }
 
+/// What a reconcile found besides the resolution: the status fields about the consumers.
+#[derive(Clone, Debug, Default)]
+pub struct Consumers {
+    /// The last rotation acted on.
+    pub last_rotation: Option<RotationStatus>,
+    /// Under InPlace: how far the versions reached the pods.
+    pub progress: InPlaceProgress,
+    /// Under Rollout: the `Degraded` condition.
+    pub degraded: Option<Condition>,
+}
+
 /// Writes status if it changed, and publishes an event when the Ready reason changes.
 pub async fn write_status(
     ctx: &Context,
@@ -49,9 +60,13 @@ pub async fn write_status(
     ns: &str,
     previous: &DsoSecretStatus,
     resolution: &Resolution,
-    last_rotation: Option<RotationStatus>,
-    progress: InPlaceProgress,
+    consumers: Consumers,
 ) -> Result<()> {
+    let Consumers {
+        last_rotation,
+        progress,
+        degraded,
+    } = consumers;
     let reason = resolution.reason();
     let message = match &resolution.problem {
         Some((_, m)) => m.clone(),
@@ -69,7 +84,7 @@ pub async fn write_status(
     );
     let status = DsoSecretStatus {
         observed_generation: dso.metadata.generation,
-        conditions: vec![condition],
+        conditions: std::iter::once(condition).chain(degraded).collect(),
         secrets: domain::status_versions(&previous.secrets, resolution),
         last_rotation,
         in_place: progress.in_place,

@@ -55,8 +55,8 @@ pub trait WorkloadKind:
     const KIND: Kind;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn selector(&self) -> Option<&LabelSelector>;
-    /// Drops what DSO never reads (status, the pod spec, managed fields), to keep the watch
-    /// caches small on big clusters.
+    /// Drops what DSO never reads (the pod spec, managed fields), to keep the watch caches
+    /// small on big clusters. The status stays: it says how far a rollout has come.
     fn slim(&mut self);
     /// How far the rollout of its current template has come (from a full object, not slimmed).
     fn progress(&self) -> Progress;
@@ -73,6 +73,9 @@ pub struct Progress {
     pub desired: i32,
     /// Of those, how many run the current template.
     pub updated: i32,
+    /// Pods (or scheduled nodes) ready: a Deployment's or DaemonSet's available ones, a
+    /// StatefulSet's ready ones (what `kubectl rollout status` waits for).
+    pub ready: i32,
     /// Pods (or scheduled nodes) there are, old and new.
     pub total: i32,
     /// The rollout is paused (`spec.paused` of a Deployment): it will not go on by itself.
@@ -110,9 +113,12 @@ pub fn standing(p: &Progress) -> Standing {
 }
 
 /// Whether a rollout is over: the workload's controller has seen the new template, every
-/// wanted pod runs it, and no pod of an older template is left.
+/// wanted pod runs it and is ready, and no pod of an older template is left.
 pub fn rollout_complete(p: &Progress) -> bool {
-    p.observed_generation >= p.generation && p.updated >= p.desired && p.total <= p.updated
+    p.observed_generation >= p.generation
+        && p.updated >= p.desired
+        && p.total <= p.updated
+        && p.ready >= p.desired
 }
 
 fn deployment_progress(d: &Deployment) -> Progress {
@@ -128,6 +134,7 @@ fn deployment_progress(d: &Deployment) -> Progress {
         desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas.unwrap_or(0),
+        ready: st.available_replicas.unwrap_or(0),
         paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
         stalled,
     }
@@ -141,6 +148,7 @@ fn statefulset_progress(s: &StatefulSet) -> Progress {
         desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas,
+        ready: st.ready_replicas.unwrap_or(0),
         ..Progress::default()
     }
 }
@@ -153,6 +161,7 @@ fn daemonset_progress(d: &DaemonSet) -> Progress {
         desired: st.desired_number_scheduled,
         updated: st.updated_number_scheduled.unwrap_or(0),
         total: st.desired_number_scheduled,
+        ready: st.number_available.unwrap_or(0),
         ..Progress::default()
     }
 }
@@ -171,7 +180,6 @@ macro_rules! workload_kind {
                 self.spec.as_ref().map(|s| &s.selector)
             }
             fn slim(&mut self) {
-                self.status = None;
                 self.managed_fields_mut().clear();
                 self.annotations_mut().remove(LAST_APPLIED);
                 if let Some(spec) = self.spec.as_mut() {
@@ -195,6 +203,8 @@ pub struct Workload {
     pub template_annotations: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub selector: Option<LabelSelector>,
+    /// How far the rollout of its current template has come (from the watch cache).
+    pub progress: Progress,
 }
 
 impl Workload {
@@ -212,6 +222,7 @@ impl Workload {
                 .unwrap_or_default(),
             annotations: obj.annotations().clone(),
             selector: obj.selector().cloned(),
+            progress: obj.progress(),
         }
     }
 
@@ -297,6 +308,7 @@ mod tests {
             desired,
             updated,
             total,
+            ready: updated,
             ..Progress::default()
         }
     }
@@ -307,6 +319,7 @@ mod tests {
     #[case::new_pods_still_coming(p(2, 2, 3, 1, 3), false)]
     #[case::old_pods_still_running(p(2, 2, 3, 3, 4), false)]
     #[case::scaled_to_zero(p(2, 2, 0, 0, 0), true)]
+    #[case::new_pods_not_ready(Progress { ready: 2, ..p(2, 2, 3, 3, 3) }, false)]
     #[case::observed_ahead_after_another_edit(p(2, 3, 2, 2, 2), true)]
     #[case::nothing_observed_yet(p(1, 0, 1, 0, 0), false)]
     fn a_rollout_is_complete_only_when_every_pod_runs_the_new_template(
@@ -373,7 +386,8 @@ mod tests {
         let d: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "web", "generation": 4},
             "spec": {"replicas": 2, "selector": {}, "template": {}},
-            "status": {"observedGeneration": 4, "updatedReplicas": 2, "replicas": 3}
+            "status": {"observedGeneration": 4, "updatedReplicas": 2, "replicas": 3,
+                       "availableReplicas": 2}
         }))
         .expect("deployment");
         assert_eq!(d.progress(), p(4, 4, 2, 2, 3));
@@ -381,7 +395,8 @@ mod tests {
         let s: StatefulSet = serde_json::from_value(json!({
             "metadata": {"name": "db", "generation": 2},
             "spec": {"selector": {}, "serviceName": "db", "template": {}},
-            "status": {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 1}
+            "status": {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 1,
+                       "readyReplicas": 1}
         }))
         .expect("statefulset");
         assert!(rollout_complete(&s.progress()), "replicas default to 1");
@@ -390,7 +405,7 @@ mod tests {
             "spec": {"selector": {}, "template": {}},
             "status": {"observedGeneration": 3, "desiredNumberScheduled": 2,
                        "updatedNumberScheduled": 1, "currentNumberScheduled": 2,
-                       "numberMisscheduled": 0, "numberReady": 2}
+                       "numberMisscheduled": 0, "numberReady": 2, "numberAvailable": 1}
         }))
         .expect("daemonset");
         assert_eq!(ds.progress(), p(3, 3, 2, 1, 2));

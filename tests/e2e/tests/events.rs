@@ -4,10 +4,12 @@
 //! `PutSecretValue` entry, right after the PutSecretValue call. The figure printed is the
 //! operator's share (event → rollout started); CloudTrail's own delivery comes on top in AWS.
 //!
-//! Like the operator tests, it runs its own operator process in its own namespace (port 18531).
+//! Like the operator tests, each test runs its own operator process in its own namespace (ports
+//! 18531-18532).
 
-use dso_e2e::operator::wait_ready;
-use dso_e2e::operator::wait_recorded;
+use dso_e2e::operator::{
+    get_dso, replicasets, revision, wait_available, wait_ready, wait_recorded, wait_replicasets,
+};
 use dso_e2e::{
     Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
     dso_secret, env, moto, namespace, put_secret_value, unique, wait_for,
@@ -228,5 +230,122 @@ async fn a_put_secret_value_event_rolls_the_consumer_within_seconds_with_a_ten_m
             .await
     );
     assert!(!op.log().contains("canary-events"), "no value in the log");
+    op.stop();
+}
+
+/// A rotation as AWS reports it: PutSecretValue, then the CloudTrail entry on EventBridge.
+async fn rotate_with_event(secret: &str, arn: &str, value: &str) -> String {
+    let version = put_secret_value(secret, value).await;
+    eventbridge(
+        "PutEvents",
+        json!({"Entries": [put_secret_value_entry(secret, arn)]}),
+    )
+    .await;
+    version
+}
+
+#[tokio::test]
+async fn two_rotations_a_second_apart_give_one_rollout_to_the_last_version() {
+    apply_crd();
+    let ns = namespace(&client().await, "op-coalesce", &[]).await;
+    let secret = unique("e2e/op/coalesce");
+    create_secret(&secret, "canary-coalesce-1").await;
+    let arn = moto()
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .expect("DescribeSecret")
+        .arn
+        .expect("ARN");
+    let url = events_queue().await;
+    // The default settle time (--rollout-settle 2s): each event is reconciled at once, so only
+    // coalescing keeps the second rotation from rolling the workload a second time.
+    let op = Operator::start_with(
+        &ns,
+        18532,
+        &env("DSO_MOTO_ENDPOINT"),
+        &["--events-queue-url", &url],
+    );
+    op.ready().await;
+    apply(
+        &ns,
+        &dso_secret(
+            "db",
+            &secret,
+            json!({"refresh": {"interval": "10m", "strategy": "Rollout"}}),
+        ),
+    );
+    let mut web = deployment(
+        "web",
+        &annotated("db"),
+        vec![app_container("app", "sleep 3600")],
+    );
+    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    apply(&ns, &web);
+    wait_available(&ns, "web").await;
+    wait_ready(&ns, "db", "True", "Synced").await;
+    wait_recorded(&ns, "web").await;
+    wait_for("the events queue read", Duration::from_secs(30), || async {
+        Ok((op.try_metric("dso_events_queue_up").await? == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(replicasets(&ns, "web").await, 1);
+
+    let first = Instant::now();
+    rotate_with_event(&secret, &arn, "canary-coalesce-2").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = rotate_with_event(&secret, &arn, "canary-coalesce-3").await;
+    let apart = first.elapsed();
+    wait_replicasets(&ns, "web", 2, Duration::from_secs(30)).await;
+    let rolled = first.elapsed();
+    wait_available(&ns, "web").await;
+    // Both events handled, and time for a second rollout to show if there were one.
+    wait_for(
+        "both events reconciled",
+        Duration::from_secs(30),
+        || async {
+            Ok((op
+                .try_metric("dso_secret_events_total{outcome=\"reconciled\"}")
+                .await?
+                >= 2.0)
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rollouts = op.metric("dso_rollouts_total{kind=\"Deployment\"}").await;
+    let (rs, rev) = (replicasets(&ns, "web").await, revision(&ns, "web").await);
+    let d = get_dso(&ns, "db").await.expect("DsoSecret");
+    let status = d.status.clone().unwrap_or_default();
+    println!(
+        "[coalesce] two rotations {apart:?} apart: rolled {rolled:?} after the first; the operator counted {rollouts} rollout(s); ReplicaSets {rs}, revision {rev:?}"
+    );
+    assert_eq!(rollouts, 1.0, "one rollout for two rotations 1 s apart");
+    assert_eq!(rs, 2, "one new ReplicaSet");
+    assert_eq!(rev.as_deref(), Some("2"));
+    assert_eq!(
+        status.secrets.first().and_then(|s| s.version_id.as_deref()),
+        Some(last.as_str()),
+        "status shows the last version"
+    );
+    let rotation = status.last_rotation.expect("status.lastRotation");
+    assert_eq!(rotation.workloads, vec!["Deployment/web".to_string()]);
+    let recorded: Api<Deployment> = Api::namespaced(client().await, &ns);
+    let recorded = recorded
+        .get("web")
+        .await
+        .expect("get web")
+        .metadata
+        .annotations
+        .and_then(|a| a.get("dso.dev/recorded-versions").cloned())
+        .unwrap_or_default();
+    assert!(
+        recorded.contains(&last),
+        "the one rollout is to the last version: {recorded}"
+    );
+    assert!(!op.log().contains("canary-coalesce"), "no value in the log");
     op.stop();
 }

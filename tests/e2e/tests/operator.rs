@@ -188,13 +188,20 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
         "rolled within the interval (plus slack): {:?}",
         rotated_at.elapsed()
     );
-    let d = wait_for("status with the new version", TIMEOUT, || {
-        let (ns, v2) = (ns.to_string(), v2.clone());
-        async move {
-            let d = get_dso(&ns, "db").await?;
-            Ok((version_of(&d) == Some(v2)).then_some(d))
-        }
-    })
+    // The new version is in status from the check that sees it; the workloads join
+    // lastRotation when they roll (once the versions settled, --rollout-settle).
+    let d = wait_for(
+        "status with the new version and its rollouts",
+        TIMEOUT,
+        || {
+            let (ns, v2) = (ns.to_string(), v2.clone());
+            async move {
+                let d = get_dso(&ns, "db").await?;
+                let rolled = rotated_workloads(&d).is_some_and(|w| w.len() == 3);
+                Ok((version_of(&d) == Some(v2) && rolled).then_some(d))
+            }
+        },
+    )
     .await
     .expect("new version in status");
     assert_eq!(
@@ -370,6 +377,11 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
             "1",
             "--rollout-timeout-seconds",
             &timeout.as_secs().to_string(),
+            // Roll as soon as the rotation is seen, so that the Rotated event says which
+            // workload waits for a slot (with a settle time it says both wait for the versions
+            // to settle).
+            "--rollout-settle",
+            "0s",
         ],
     );
     op.ready().await;
