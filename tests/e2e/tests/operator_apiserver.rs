@@ -98,7 +98,7 @@ async fn an_apiserver_restart_during_a_rotation_leaves_exactly_one_rollout_per_r
     // Rotation 2: the API server goes away in the middle of the rollout (just after the patch).
     put_secret_value(&secret, "canary-apiserver-3").await;
     let rotated = Instant::now();
-    wait_replicasets(&ns, "web", 3, Duration::from_secs(40)).await;
+    wait_replicasets(&ns, "web", 3, Duration::from_secs(90)).await;
     let rolled_2 = rotated.elapsed();
     let down_2 = restart_apiserver().await;
     wait_available(&ns, "web").await;
