@@ -26,7 +26,9 @@ pub mod operator;
 pub mod process;
 pub mod webhook;
 
-pub use manifests::{annotated, app_container, apply, deployment, dso_secret, pod};
+pub use manifests::{
+    annotated, app_container, apply, deployment, dso_secret, pod, quick_deployment, refreshing,
+};
 pub use operator::Operator;
 pub use process::{LogFile, http_get};
 pub use webhook::Webhook;

@@ -49,6 +49,14 @@ pub fn deployment(name: &str, annotations: &Value, containers: Vec<Value>) -> Va
     })
 }
 
+/// A [`deployment`] consuming the DsoSecrets `secrets` whose pods run `container` and stop at
+/// once (grace 1 s), so that the rollouts of a test end quickly.
+pub fn quick_deployment(name: &str, secrets: &str, container: Value) -> Value {
+    let mut d = deployment(name, &annotated(secrets), vec![container]);
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    d
+}
+
 /// A DsoSecret writing the file `password` from the JSON key `password` of `secret_id`; the
 /// fields of `extra_spec` (`aws`, `refresh`, …) are added to its spec.
 pub fn dso_secret(name: &str, secret_id: &str, extra_spec: Value) -> Value {
@@ -69,4 +77,13 @@ pub fn apply(ns: &str, manifest: &Value) {
         ),
         "kubectl apply",
     );
+}
+
+/// A [`dso_secret`] with `refresh: {interval, strategy}`.
+pub fn refreshing(name: &str, secret_id: &str, interval: &str, strategy: &str) -> Value {
+    dso_secret(
+        name,
+        secret_id,
+        json!({"refresh": {"interval": interval, "strategy": strategy}}),
+    )
 }

@@ -239,6 +239,33 @@ pub async fn wait_recorded(ns: &str, name: &str) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The `dso.dev/versions-hash` of the Deployment's pod template: set once DSO has rolled it.
+pub async fn template_hash(ns: &str, name: &str) -> Option<String> {
+    let d: Api<Deployment> = Api::namespaced(client().await, ns);
+    d.get(name)
+        .await
+        .expect("get Deployment")
+        .spec?
+        .template
+        .metadata?
+        .annotations?
+        .get("dso.dev/versions-hash")
+        .cloned()
+}
+
+/// Applies the Deployment `workload` consuming the DsoSecret `dso` (applied before) and waits
+/// until it is available, `dso` is Synced and the operator has recorded the workload's
+/// versions: from then on a rotation rolls it.
+pub async fn apply_consumer(ns: &str, dso: &str, workload: &serde_json::Value) {
+    let name = workload["metadata"]["name"]
+        .as_str()
+        .expect("the workload's name");
+    crate::apply(ns, workload);
+    wait_available(ns, name).await;
+    wait_ready(ns, dso, "True", "Synced").await;
+    wait_recorded(ns, name).await;
+}
+
 /// The events about the DsoSecret `name`.
 pub async fn events(ns: &str, name: &str) -> Vec<Event> {
     events_for(ns, "DsoSecret", name).await

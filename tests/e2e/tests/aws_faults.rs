@@ -7,14 +7,12 @@
 //! dso-init's side (a fault mid-fetch leaves no file) is in init-image/tests/against_moto.rs.
 
 use dso_api::DsoSecret;
-use dso_e2e::operator::{get_dso, replicasets, wait_ready, wait_recorded};
+use dso_e2e::operator::{get_dso, replicasets, template_hash, wait_ready, wait_recorded};
 use dso_e2e::{
-    Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
-    dso_secret, env, namespace, put_secret_value, unique, wait_for,
+    Operator, app_container, apply, apply_crd, client, create_secret, dso_secret, env, namespace,
+    put_secret_value, quick_deployment, unique, wait_for,
 };
 use dso_test_support::FaultProxy;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -30,19 +28,6 @@ fn condition(d: &DsoSecret) -> (String, String) {
 
 fn version_of(d: &DsoSecret) -> Option<String> {
     d.status.as_ref()?.secrets.first()?.version_id.clone()
-}
-
-async fn template_hash(ns: &str, name: &str) -> Option<String> {
-    let d: Api<Deployment> = Api::namespaced(client().await, ns);
-    d.get(name)
-        .await
-        .expect("get Deployment")
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .get("dso.dev/versions-hash")
-        .cloned()
 }
 
 /// Waits until the proxy has forwarded `n` more `DescribeSecret` calls than `since`: the
@@ -72,13 +57,10 @@ async fn aws_down_throttling_or_denied_rolls_nothing_says_why_and_recovers_witho
         let refresh = json!({"refresh": {"interval": "10s", "strategy": "Rollout"}});
         apply(&ns, &dso_secret(name, id, refresh));
     }
-    let mut web = deployment(
-        "web",
-        &annotated("a,b"),
-        vec![app_container("app", "sleep 3600")],
+    apply(
+        &ns,
+        &quick_deployment("web", "a,b", app_container("app", "sleep 3600")),
     );
-    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &web);
     wait_ready(&ns, "a", "True", "Synced").await;
     wait_ready(&ns, "b", "True", "Synced").await;
     wait_recorded(&ns, "web").await;

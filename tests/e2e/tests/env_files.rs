@@ -12,7 +12,7 @@
 use dso_e2e::operator::{events, get_dso, replicasets, wait_printed, wait_ready, wait_recorded};
 use dso_e2e::{
     Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret,
-    deployment, dso_secret, env, kubectl_stdin, pod, put_secret_value, unique, wait_for,
+    dso_secret, env, kubectl_stdin, pod, put_secret_value, quick_deployment, unique, wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -147,9 +147,7 @@ async fn a_rotation_rolls_a_dso_env_consumer_and_the_new_pod_sees_the_new_value(
         "echo \"sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1)\"; sleep 3600",
     );
     app["env"] = json!([{"name": "DB_PASSWORD", "value": "dso://db/password"}]);
-    let mut web = deployment("web", &annotated("db"), vec![app]);
-    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &web);
+    apply(&ns, &quick_deployment("web", "db", app));
     let first = wait_printed(&ns, "web", &format!("sha={}", sha(&old)))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));

@@ -8,11 +8,11 @@
 //! 18531-18532).
 
 use dso_e2e::operator::{
-    get_dso, replicasets, revision, wait_available, wait_ready, wait_recorded, wait_replicasets,
+    apply_consumer, get_dso, replicasets, revision, template_hash, wait_available, wait_replicasets,
 };
 use dso_e2e::{
-    Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
-    dso_secret, env, moto, namespace, put_secret_value, unique, wait_for,
+    Operator, app_container, apply, apply_crd, client, create_secret, env, moto, namespace,
+    put_secret_value, quick_deployment, refreshing, unique, wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
@@ -117,17 +117,25 @@ fn put_secret_value_entry(secret_id: &str, arn: &str) -> Value {
     })
 }
 
-async fn template_hash(ns: &str, name: &str) -> Option<String> {
-    let d: Api<Deployment> = Api::namespaced(client().await, ns);
-    d.get(name)
+/// The ARN moto gave the secret `id` (what the CloudTrail entry names).
+async fn secret_arn(id: &str) -> String {
+    moto()
+        .describe_secret()
+        .secret_id(id)
+        .send()
         .await
-        .ok()?
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .get("dso.dev/versions-hash")
-        .cloned()
+        .expect("DescribeSecret")
+        .arn
+        .expect("ARN")
+}
+
+/// Waits until the operator reads the events queue.
+async fn wait_queue_read(op: &Operator) {
+    wait_for("the events queue read", Duration::from_secs(30), || async {
+        Ok((op.try_metric("dso_events_queue_up").await? == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
@@ -136,14 +144,7 @@ async fn a_put_secret_value_event_rolls_the_consumer_within_seconds_with_a_ten_m
     let ns = namespace(&client().await, "op-events", &[]).await;
     let secret = unique("e2e/op/events");
     create_secret(&secret, "canary-events-value").await;
-    let arn = moto()
-        .describe_secret()
-        .secret_id(&secret)
-        .send()
-        .await
-        .expect("DescribeSecret")
-        .arn
-        .expect("ARN");
+    let arn = secret_arn(&secret).await;
     let url = events_queue().await;
     let op = Operator::start_with(
         &ns,
@@ -154,33 +155,15 @@ async fn a_put_secret_value_event_rolls_the_consumer_within_seconds_with_a_ten_m
     op.ready().await;
 
     // A 10-minute interval: only the event can make the operator look within the test.
-    apply(
-        &ns,
-        &dso_secret(
-            "db",
-            &secret,
-            json!({"refresh": {"interval": "10m", "strategy": "Rollout"}}),
-        ),
-    );
-    let mut web = deployment(
-        "web",
-        &annotated("db"),
-        vec![app_container("app", "sleep 3600")],
-    );
-    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &web);
-    wait_ready(&ns, "db", "True", "Synced").await;
-    wait_recorded(&ns, "web").await;
+    apply(&ns, &refreshing("db", &secret, "10m", "Rollout"));
+    let web = quick_deployment("web", "db", app_container("app", "sleep 3600"));
+    apply_consumer(&ns, "db", &web).await;
     assert_eq!(
         template_hash(&ns, "web").await,
         None,
         "not rolled at first sight"
     );
-    wait_for("the events queue read", Duration::from_secs(30), || async {
-        Ok((op.try_metric("dso_events_queue_up").await? == 1.0).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_queue_read(&op).await;
     let describes = op.describe_calls().await;
 
     let rotated = Instant::now();
@@ -250,14 +233,7 @@ async fn two_rotations_a_second_apart_give_one_rollout_to_the_last_version() {
     let ns = namespace(&client().await, "op-coalesce", &[]).await;
     let secret = unique("e2e/op/coalesce");
     create_secret(&secret, "canary-coalesce-1").await;
-    let arn = moto()
-        .describe_secret()
-        .secret_id(&secret)
-        .send()
-        .await
-        .expect("DescribeSecret")
-        .arn
-        .expect("ARN");
+    let arn = secret_arn(&secret).await;
     let url = events_queue().await;
     // The default settle time (--rollout-settle 2s): each event is reconciled at once, so only
     // coalescing keeps the second rotation from rolling the workload a second time.
@@ -268,29 +244,10 @@ async fn two_rotations_a_second_apart_give_one_rollout_to_the_last_version() {
         &["--events-queue-url", &url],
     );
     op.ready().await;
-    apply(
-        &ns,
-        &dso_secret(
-            "db",
-            &secret,
-            json!({"refresh": {"interval": "10m", "strategy": "Rollout"}}),
-        ),
-    );
-    let mut web = deployment(
-        "web",
-        &annotated("db"),
-        vec![app_container("app", "sleep 3600")],
-    );
-    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &web);
-    wait_available(&ns, "web").await;
-    wait_ready(&ns, "db", "True", "Synced").await;
-    wait_recorded(&ns, "web").await;
-    wait_for("the events queue read", Duration::from_secs(30), || async {
-        Ok((op.try_metric("dso_events_queue_up").await? == 1.0).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    apply(&ns, &refreshing("db", &secret, "10m", "Rollout"));
+    let web = quick_deployment("web", "db", app_container("app", "sleep 3600"));
+    apply_consumer(&ns, "db", &web).await;
+    wait_queue_read(&op).await;
     assert_eq!(replicasets(&ns, "web").await, 1);
 
     let first = Instant::now();

@@ -15,15 +15,14 @@
 
 use dso_api::DsoSecret;
 use dso_e2e::operator::{
-    events, get_dso, replicasets, series_value, slow_rollout_deployment, wait_available,
-    wait_printed, wait_ready, wait_recorded,
+    events, get_dso, replicasets, series_value, slow_rollout_deployment, template_hash,
+    wait_available, wait_printed, wait_ready, wait_recorded,
 };
 use dso_e2e::{
     Operator, TestNamespace, Webhook, annotated, app_container, apply, apply_crd, client,
     create_secret, deployment, dso_secret, env, http_get, kubectl, namespace, pod,
-    put_secret_value, ready, unique, wait_for,
+    put_secret_value, quick_deployment, ready, refreshing, unique, wait_for,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -48,20 +47,6 @@ async fn new_secret(name: &str) -> String {
 /// A new version of the secret; returns its id.
 async fn rotate(name: &str) -> String {
     put_secret_value(name, "canary-operator-rotated").await
-}
-
-/// Applies a DsoSecret `name` on `secret_id` with this refresh interval and strategy.
-fn dsosecret(ns: &str, name: &str, secret_id: &str, interval: &str, strategy: &str) {
-    let refresh = json!({"refresh": {"interval": interval, "strategy": strategy}});
-    apply(ns, &dso_secret(name, secret_id, refresh));
-}
-
-/// A Deployment consuming `secrets` whose pods run one `container` on the pod network and stop
-/// at once.
-fn quick_deployment(name: &str, secrets: &str, container: Value) -> Value {
-    let mut d = deployment(name, &annotated(secrets), vec![container]);
-    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    d
 }
 
 /// Applies a Deployment consuming `secrets` whose pod sleeps.
@@ -136,19 +121,6 @@ fn rotated_workloads(dso: &DsoSecret) -> Option<Vec<String>> {
     )
 }
 
-async fn template_hash(ns: &str, name: &str) -> Option<String> {
-    let d: Api<Deployment> = Api::namespaced(client().await, ns);
-    d.get(name)
-        .await
-        .expect("get Deployment")
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .get("dso.dev/versions-hash")
-        .cloned()
-}
-
 #[tokio::test]
 async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_nothing() {
     let ns = operator_namespace("op-rotate").await;
@@ -157,7 +129,7 @@ async fn a_rotation_rolls_the_consuming_deployment_once_and_a_restart_rolls_noth
     let op = Operator::start(&ns, 18510, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
 
-    dsosecret(&ns, "db", &secret, SHORT, "Rollout");
+    apply(&ns, &refreshing("db", &secret, SHORT, "Rollout"));
     consuming_deployment(&ns, "web", "db");
     idle_workload("StatefulSet", &ns, "sts", "db");
     idle_workload("DaemonSet", &ns, "ds", "db");
@@ -311,11 +283,11 @@ async fn dsosecrets_on_one_secret_share_one_lookup_and_refresh_forces_a_check() 
     let op = Operator::start(&ns, 18512, &endpoint);
     op.ready().await;
 
-    dsosecret(&ns, "first", &secret, "1h", "Rollout");
+    apply(&ns, &refreshing("first", &secret, "1h", "Rollout"));
     wait_ready(&ns, "first", "True", "Synced").await;
     let after_first = op.describe_calls().await;
     assert_eq!(after_first, 1.0);
-    dsosecret(&ns, "second", &secret, "1h", "Rollout");
+    apply(&ns, &refreshing("second", &secret, "1h", "Rollout"));
     wait_ready(&ns, "second", "True", "Synced").await;
     assert_eq!(
         op.describe_calls().await,
@@ -388,7 +360,7 @@ async fn a_rollout_holds_its_slot_until_it_completes_so_the_next_one_waits() {
         ],
     );
     op.ready().await;
-    dsosecret(&ns, "db", &secret, SHORT, "Rollout");
+    apply(&ns, &refreshing("db", &secret, SHORT, "Rollout"));
     for name in ["a", "b"] {
         apply(&ns, &slow_rollout_deployment(name, "db", None));
         wait_available(&ns, name).await;
@@ -455,7 +427,7 @@ async fn strategy_none_records_the_rotation_without_restarting_anything() {
     let op = Operator::start(&ns, 18513, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
 
-    dsosecret(&ns, "db", &secret, SHORT, "None");
+    apply(&ns, &refreshing("db", &secret, SHORT, "None"));
     consuming_deployment(&ns, "web", "db");
     wait_ready(&ns, "db", "True", "Synced").await;
     let v2 = rotate(&secret).await;
@@ -479,7 +451,10 @@ async fn a_missing_secret_is_not_ready_with_reason_secret_not_found_and_an_event
     let ns = operator_namespace("op-missing").await;
     let op = Operator::start(&ns, 18514, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
-    dsosecret(&ns, "db", &unique("e2e/op/absent"), SHORT, "Rollout");
+    apply(
+        &ns,
+        &refreshing("db", &unique("e2e/op/absent"), SHORT, "Rollout"),
+    );
     let d = wait_ready(&ns, "db", "False", "SecretNotFound").await;
     let message = first_condition_message(&d);
     assert!(message.contains("ResourceNotFoundException"), "{message}");
@@ -621,7 +596,7 @@ async fn a_denied_call_is_not_ready_with_reason_access_denied() {
     let (endpoint, _) = aws_endpoint(Upstream::Deny).await;
     let op = Operator::start(&ns, 18515, &endpoint);
     op.ready().await;
-    dsosecret(&ns, "db", "prod/db", SHORT, "Rollout");
+    apply(&ns, &refreshing("db", "prod/db", SHORT, "Rollout"));
     let d = wait_ready(&ns, "db", "False", "AccessDenied").await;
     let message = first_condition_message(&d);
     assert!(
@@ -666,7 +641,7 @@ async fn a_secret_outside_the_namespaces_allowlist_is_refused_and_never_looked_u
     // Another team's secret, which exists: the operator must not even say so.
     let theirs = unique("e2e/op/other-team");
     new_secret(&theirs).await;
-    dsosecret(&ns, "stolen", &theirs, SHORT, "Rollout");
+    apply(&ns, &refreshing("stolen", &theirs, SHORT, "Rollout"));
     let d = wait_ready(&ns, "stolen", "False", "InvalidSpec").await;
     let message = first_condition_message(&d);
     for part in [
@@ -704,7 +679,7 @@ async fn a_secret_outside_the_namespaces_allowlist_is_refused_and_never_looked_u
     // The namespace's own secret is looked up (the endpoint records calls at all).
     let mine = format!("{ns}/db");
     new_secret(&mine).await;
-    dsosecret(&ns, "mine", &mine, SHORT, "Rollout");
+    apply(&ns, &refreshing("mine", &mine, SHORT, "Rollout"));
     wait_ready(&ns, "mine", "True", "Synced").await;
     let calls = seen.lock().expect("lock").clone();
     assert!(calls.iter().any(|c| c == "ListSecrets"), "{calls:?}");

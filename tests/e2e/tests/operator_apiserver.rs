@@ -7,14 +7,11 @@
 //! controllers and the node keep running). The test fails, with a hint, on a cluster it cannot
 //! restart (no `DSO_CLUSTER_DIR`).
 
-use dso_e2e::operator::{
-    replicasets, revision, wait_available, wait_ready, wait_recorded, wait_replicasets,
-};
+use dso_e2e::operator::{apply_consumer, replicasets, revision, wait_available, wait_replicasets};
 use dso_e2e::{
-    Operator, annotated, app_container, apply, apply_crd, client, create_secret, deployment,
-    dso_secret, env, namespace, put_secret_value, repo_root, unique, wait_for,
+    Operator, app_container, apply, apply_crd, client, create_secret, env, namespace,
+    put_secret_value, quick_deployment, refreshing, repo_root, unique, wait_for,
 };
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The schema's shortest refresh interval: how soon the operator notices a rotation.
@@ -65,24 +62,9 @@ async fn an_apiserver_restart_during_a_rotation_leaves_exactly_one_rollout_per_r
         &["--lease-duration", "30s"],
     );
     op.ready().await;
-    apply(
-        &ns,
-        &dso_secret(
-            "db",
-            &secret,
-            json!({"refresh": {"interval": "10s", "strategy": "Rollout"}}),
-        ),
-    );
-    let mut web = deployment(
-        "web",
-        &annotated("db"),
-        vec![app_container("app", "sleep 3600")],
-    );
-    web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &web);
-    wait_available(&ns, "web").await;
-    wait_ready(&ns, "db", "True", "Synced").await;
-    wait_recorded(&ns, "web").await;
+    apply(&ns, &refreshing("db", &secret, "10s", "Rollout"));
+    let web = quick_deployment("web", "db", app_container("app", "sleep 3600"));
+    apply_consumer(&ns, "db", &web).await;
     assert_eq!(replicasets(&ns, "web").await, 1);
 
     // Rotation 1: the API server goes away right after the rotation, before the operator's

@@ -7,15 +7,14 @@
 //! ReplicaSet and one more `deployment.kubernetes.io/revision` per template change.
 
 use dso_e2e::operator::{
-    events, events_for, get_dso, replicasets, revision, slow_rollout_deployment, wait_available,
-    wait_ready, wait_recorded, wait_replicasets,
+    events, events_for, get_dso, replicasets, revision, slow_rollout_deployment, template_hash,
+    wait_available, wait_ready, wait_recorded, wait_replicasets,
 };
 use dso_e2e::{
     Operator, TestNamespace, annotated, app_container, apply, apply_crd, check, client,
-    create_secret, deployment, dso_secret, env, kubectl, namespace, put_secret_value, unique,
-    wait_for,
+    create_secret, deployment, env, kubectl, namespace, put_secret_value, quick_deployment,
+    refreshing, unique, wait_for,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -31,24 +30,6 @@ const INTERVAL: Duration = Duration::from_secs(10);
 async fn operator_namespace(prefix: &str) -> TestNamespace {
     apply_crd();
     namespace(&client().await, prefix, &[]).await
-}
-
-fn dsosecret(ns: &str, name: &str, secret_id: &str, interval: &str) {
-    let refresh = json!({"refresh": {"interval": interval, "strategy": "Rollout"}});
-    apply(ns, &dso_secret(name, secret_id, refresh));
-}
-
-async fn template_hash(ns: &str, name: &str) -> Option<String> {
-    let d: Api<Deployment> = Api::namespaced(client().await, ns);
-    d.get(name)
-        .await
-        .expect("get Deployment")
-        .spec?
-        .template
-        .metadata?
-        .annotations?
-        .get("dso.dev/versions-hash")
-        .cloned()
 }
 
 fn version_of(d: &dso_api::DsoSecret) -> Option<String> {
@@ -91,7 +72,7 @@ async fn a_leader_killed_during_a_rotation_leaves_exactly_one_rollout_per_rotati
     assert_eq!(first.metric("dso_leader").await, 1.0);
     assert_eq!(second.metric("dso_leader").await, 0.0);
 
-    dsosecret(&ns, "db", &secret, "10s");
+    apply(&ns, &refreshing("db", &secret, "10s", "Rollout"));
     apply(&ns, &slow_rollout_deployment("web", "db", None));
     wait_available(&ns, "web").await;
     wait_ready(&ns, "db", "True", "Synced").await;
@@ -246,7 +227,7 @@ async fn a_leader_that_loses_its_lease_mid_reconcile_patches_nothing_afterwards(
         ],
     );
     op.ready().await;
-    dsosecret(&ns, "db", &secret, "1h");
+    apply(&ns, &refreshing("db", &secret, "1h", "Rollout"));
     apply(
         &ns,
         &deployment(
@@ -352,16 +333,13 @@ async fn paused_and_stalled_rollouts_give_their_slot_back_and_say_so() {
         &["--max-concurrent-rollouts", "1", "--rollout-timeout", "10m"],
     );
     op.ready().await;
-    dsosecret(&ns, "db", &secret, "10s");
+    apply(&ns, &refreshing("db", &secret, "10s", "Rollout"));
     apply(&ns, &slow_rollout_deployment("paused", "db", None));
     apply(&ns, &slow_rollout_deployment("stalled", "db", Some(5)));
-    let mut quick = deployment(
-        "quick",
-        &annotated("db"),
-        vec![app_container("app", "sleep 3600")],
+    apply(
+        &ns,
+        &quick_deployment("quick", "db", app_container("app", "sleep 3600")),
     );
-    quick["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    apply(&ns, &quick);
     for name in ["paused", "stalled", "quick"] {
         wait_available(&ns, name).await;
         wait_recorded(&ns, name).await;
@@ -457,7 +435,7 @@ async fn a_refresh_sooner_than_the_minimum_interval_is_refused_with_an_event_the
         &["--refresh-min-interval", "20s"],
     );
     op.ready().await;
-    dsosecret(&ns, "db", &secret, "1h");
+    apply(&ns, &refreshing("db", &secret, "1h", "Rollout"));
     wait_ready(&ns, "db", "True", "Synced").await;
     let dsos: Api<dso_api::DsoSecret> = Api::namespaced(client().await, &ns);
     let refresh = |v: &'static str| {

@@ -7,12 +7,10 @@
 //! Each test runs its own operator process in its own namespace (ports 18533-18534).
 
 use dso_api::DsoSecret;
-use dso_e2e::operator::{
-    events, get_dso, slow_rollout_deployment, wait_available, wait_ready, wait_recorded,
-};
+use dso_e2e::operator::{apply_consumer, events, get_dso, slow_rollout_deployment, wait_ready};
 use dso_e2e::{
-    Operator, annotated, app_container, apply, apply_crd, client, create_secret, dso_secret, env,
-    kubectl, namespace, put_secret_value, unique, wait_for,
+    Operator, annotated, app_container, apply, apply_crd, client, create_secret, env, kubectl,
+    namespace, put_secret_value, refreshing, unique, wait_for,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
@@ -56,20 +54,10 @@ async fn a_rollout_whose_new_pods_never_become_ready_marks_the_dsosecret_degrade
         &["--rollout-timeout", &format!("{}s", DEADLINE.as_secs())],
     );
     op.ready().await;
-    apply(
-        &ns,
-        &dso_secret(
-            "db",
-            &secret,
-            json!({"refresh": {"interval": "10s", "strategy": "Rollout"}}),
-        ),
-    );
+    apply(&ns, &refreshing("db", &secret, "10s", "Rollout"));
     // Its pods are Ready only without DSO's template annotation: the new version's pods never
     // are (a bad new version), and the old pod stays (maxUnavailable 0).
-    apply(&ns, &slow_rollout_deployment("web", "db", None));
-    wait_available(&ns, "web").await;
-    wait_ready(&ns, "db", "True", "Synced").await;
-    wait_recorded(&ns, "web").await;
+    apply_consumer(&ns, "db", &slow_rollout_deployment("web", "db", None)).await;
     let healthy = wait_degraded(&ns, "db", "False", Duration::from_secs(30)).await;
     assert_eq!(healthy.reason, "RolloutsHealthy");
 
@@ -158,14 +146,7 @@ async fn cronjobs_are_never_rolled_and_status_says_their_next_run_gets_the_new_v
     create_secret(&secret, "canary-nextrun-1").await;
     let op = Operator::start(&ns, 18534, &env("DSO_MOTO_ENDPOINT"));
     op.ready().await;
-    apply(
-        &ns,
-        &dso_secret(
-            "db",
-            &secret,
-            json!({"refresh": {"interval": "10s", "strategy": "Rollout"}}),
-        ),
-    );
+    apply(&ns, &refreshing("db", &secret, "10s", "Rollout"));
     let pod_spec = json!({
         "restartPolicy": "Never",
         "containers": [app_container("app", "true")],
