@@ -37,6 +37,7 @@ struct Args {
     pod_aws_endpoint: String,
     kubelet_dir: PathBuf,
     timeout: Duration,
+    init_cpu_request: String,
 }
 
 fn args() -> Args {
@@ -72,6 +73,13 @@ fn args() -> Args {
             )
         })),
         timeout: Duration::from_secs(num("timeout", 900)),
+        // The injected containers' CPU request (the webhook's --init-cpu-request, 10m by
+        // default): 1,000 pods at 10m do not fit the 2 CPUs of the test node; the scheduler
+        // leaves the rest Pending with "Insufficient cpu". 1m fits, and changes nothing else.
+        init_cpu_request: given
+            .get("init-cpu-request")
+            .cloned()
+            .unwrap_or_else(|| "1m".into()),
     }
 }
 
@@ -157,8 +165,8 @@ async fn main() {
     let a = args();
     let per = a.pods.div_ceil(a.secrets);
     println!(
-        "== InPlace cost: {} pods on {} secrets ({} Deployments x {per} replicas), refresh.interval {}s",
-        a.pods, a.secrets, a.secrets, a.interval_s
+        "== InPlace cost: {} pods on {} secrets ({} Deployments x {per} replicas), refresh.interval {}s, injected CPU request {}",
+        a.pods, a.secrets, a.secrets, a.interval_s, a.init_cpu_request
     );
     let proxy = FaultProxy::start_on(
         "0.0.0.0",
@@ -166,7 +174,16 @@ async fn main() {
         Some(a.proxy_port),
     );
     let moto_env = format!("AWS_ENDPOINT_URL={}", a.pod_aws_endpoint);
-    let mut wh = Webhook::start(18490, &["--init-env", &moto_env]).await;
+    let mut wh = Webhook::start(
+        18490,
+        &[
+            "--init-env",
+            &moto_env,
+            "--init-cpu-request",
+            &a.init_cpu_request,
+        ],
+    )
+    .await;
     let ns = wh.namespace(&[]).await;
     let kube = client().await;
     let dsos: Api<DsoSecret> = Api::namespaced(kube.clone(), &ns);
