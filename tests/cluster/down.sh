@@ -33,23 +33,29 @@ stop_pid kubelet
 pod_netns=()
 if [ -S "$CTR_SOCK" ] && kill -0 "$(pid_of containerd)" 2>/dev/null; then
   # The network namespace of every pod sandbox, as containerd recorded it.
-  for id in $(ctr_ containers ls -q 2>/dev/null); do
-    ns=$(ctr_ containers info "$id" 2>/dev/null | python3 -c '
-import json, sys
-spec = json.load(sys.stdin).get("Spec") or {}
-for n in (spec.get("linux") or {}).get("namespaces") or []:
-    if n.get("type") == "network" and n.get("path", "").startswith("/var/run/netns/"):
-        print(n["path"])' 2>/dev/null)
-    [ -n "$ns" ] && pod_netns+=("$ns")
-  done
+  # One python for all containers: a python start per container took ~0.4 s, 20 min for the
+  # 3,000 containers of a 1,000-pod benchmark.
+  mapfile -t pod_netns < <(ctr_ containers ls -q 2>/dev/null | CTR_SOCK="$CTR_SOCK" python3 -c '
+import json, os, subprocess, sys
+for cid in sys.stdin.read().split():
+    out = subprocess.run(["ctr", "--address", os.environ["CTR_SOCK"], "-n", "k8s.io", "containers", "info", cid],
+                         capture_output=True, text=True).stdout
+    try:
+        spec = json.loads(out).get("Spec") or {}
+    except ValueError:
+        continue
+    for n in (spec.get("linux") or {}).get("namespaces") or []:
+        if n.get("type") == "network" and n.get("path", "").startswith("/var/run/netns/"):
+            print(n["path"])' 2>/dev/null)
   log "removing containers"
-  for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
+  # Eight ctr calls at a time: one after the other, 3,000 containers take minutes.
+  ctr_ tasks ls -q 2>/dev/null | xargs -r -P 8 -n 1 ctr --address "$CTR_SOCK" -n k8s.io tasks kill -s SIGKILL >/dev/null 2>&1 || true
   for _ in $(seq 1 30); do
-    [ -z "$(ctr_ tasks ls -q 2>/dev/null | while read -r id; do ctr_ tasks ls 2>/dev/null | awk -v i="$id" '$1==i && $3!="STOPPED"'; done)" ] && break
+    [ -z "$(ctr_ tasks ls 2>/dev/null | awk 'NR > 1 && $3 != "STOPPED"')" ] && break
     sleep 0.2
   done
-  for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$id" >/dev/null 2>&1; done
-  for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$id" >/dev/null 2>&1; done
+  ctr_ tasks ls -q 2>/dev/null | xargs -r -P 8 -n 1 ctr --address "$CTR_SOCK" -n k8s.io tasks delete -f >/dev/null 2>&1 || true
+  ctr_ containers ls -q 2>/dev/null | xargs -r -P 8 -n 50 ctr --address "$CTR_SOCK" -n k8s.io containers delete >/dev/null 2>&1 || true
 fi
 # Anything still running in the pod cgroups (by PID from cgroup.procs).
 for procs in $(kubepods_dirs | xargs -r -I@ find @ -name cgroup.procs 2>/dev/null); do
