@@ -125,6 +125,8 @@ pub struct Context {
     pub(crate) applied: Mutex<HashMap<(String, String), (String, Instant)>>,
     /// Rollouts wanted and started per workload: coalescing and health ([`crate::coalesce`]).
     pub(crate) tracker: Tracker,
+    /// One list of pods per namespace for the InPlace reconciles there ([`crate::pod_lists`]).
+    pub(crate) pod_lists: crate::pod_lists::PodLists,
 }
 
 impl Context {
@@ -151,6 +153,7 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
             tracker: Tracker::default(),
+            pod_lists: Default::default(),
         }
     }
 }

@@ -195,17 +195,27 @@ fn sidecar_problem(p: &Pod) -> Option<String> {
 pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions) -> Result<Told> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     // From the API server's watch cache (resourceVersion=0), not a quorum read of etcd: a pod
-    // the cache has not seen yet is told on the next pass.
-    let pods = api
-        .list(&ListParams::default().match_any())
+    // the cache has not seen yet is told on the next pass. One list serves every InPlace
+    // DsoSecret of the namespace that reconciles within a moment ([`crate::pod_lists`]).
+    let pods = ctx
+        .pod_lists
+        .get(ns, || async {
+            api.list(&ListParams::default().match_any())
+                .await
+                .map(|l| l.items)
+        })
         .await
         .map_err(Error::kube("list pods for an InPlace refresh"))?;
     let hash = desired_hash(following);
-    let assessment = assess(&pods.items, name, &hash);
+    let assessment = assess(&pods, name, &hash);
     if !assessment.tell.is_empty() && !ctx.leadership.is_leading() {
         return Err(Error::NotLeader);
     }
     let told = assessment.tell.len();
+    if told > 0 {
+        // The list no longer shows these pods as they are.
+        ctx.pod_lists.forget(ns);
+    }
     let results: Vec<kube::Result<()>> = futures::stream::iter(assessment.tell)
         .map(|t: Tell| {
             let api = api.clone();

@@ -40,6 +40,7 @@ pub mod http;
 pub mod inplace;
 pub use dso_lease as lease;
 pub mod metrics;
+pub mod pod_lists;
 pub mod propagation;
 pub mod rollout;
 pub mod run;

@@ -17,7 +17,7 @@
 use dso_api::DsoSecret;
 use dso_e2e::operator::series_value;
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, client, create_secret, deployment,
+    Operator, Webhook, annotated, app_container, client, create_secret, deployment, kubectl,
     put_secret_value, unique,
 };
 use dso_test_support::FaultProxy;
@@ -166,8 +166,8 @@ async fn wait_running(
 ) -> Duration {
     let mut last_print = Instant::now();
     loop {
-        let pods = pods_api.list(&ListParams::default()).await.expect("pods");
-        let running = pods.items.iter().filter(|p| running(p)).count();
+        let pods = list_pods(pods_api).await;
+        let running = pods.iter().filter(|p| running(p)).count();
         if running >= n {
             return since.elapsed();
         }
@@ -184,6 +184,112 @@ async fn wait_running(
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Pod LISTs this program made (the API server's counters include them).
+static OWN_POD_LISTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn list_pods(pods_api: &Api<Pod>) -> Vec<Pod> {
+    OWN_POD_LISTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pods_api
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+}
+
+/// What the API server counted for pods (its /metrics), and the CPU time of the operator and
+/// of the API server: what the pods cost on the Kubernetes side.
+#[derive(Clone, Copy, Default)]
+struct KubeCosts {
+    pod_lists: f64,
+    pod_list_bytes: f64,
+    own_lists: usize,
+    patched: f64,
+    conflicts: f64,
+    operator_cpu_s: f64,
+    apiserver_cpu_s: f64,
+}
+
+/// utime + stime of `pid`, in seconds (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of /proc/PID/stat; `after` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn kube_costs(operator_pid: u32) -> KubeCosts {
+    let page = String::from_utf8_lossy(&kubectl(&["get", "--raw", "/metrics"]).stdout).to_string();
+    let sum = |prefix: &str, must: &[&str]| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(prefix) && must.iter().all(|m| l.contains(m)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let pods = r#"resource="pods""#;
+    let apiserver_pid = std::env::var("DSO_CLUSTER_DIR")
+        .ok()
+        .and_then(|d| std::fs::read_to_string(format!("{d}/pids/kube-apiserver")).ok())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0);
+    KubeCosts {
+        pod_lists: sum(
+            "apiserver_request_total{",
+            &[pods, r#"scope="namespace""#, r#"verb="LIST""#],
+        ),
+        pod_list_bytes: sum(
+            "apiserver_response_sizes_sum{",
+            &[pods, r#"scope="namespace""#, r#"verb="LIST""#],
+        ),
+        own_lists: OWN_POD_LISTS.load(std::sync::atomic::Ordering::Relaxed),
+        patched: sum(
+            "apiserver_request_total{",
+            &[
+                pods,
+                r#"code="200""#,
+                r#"subresource="""#,
+                r#"verb="PATCH""#,
+            ],
+        ),
+        conflicts: sum(
+            "apiserver_request_total{",
+            &[
+                pods,
+                r#"code="409""#,
+                r#"subresource="""#,
+                r#"verb="PATCH""#,
+            ],
+        ),
+        operator_cpu_s: cpu_seconds(operator_pid),
+        apiserver_cpu_s: cpu_seconds(apiserver_pid),
+    }
+}
+
+/// The Kubernetes side of a window: the operator's pod LISTs (the API server's count less this
+/// program's), their bytes, pod PATCHes, CPU seconds.
+fn print_kube_costs(what: &str, from: KubeCosts, to: KubeCosts) {
+    let own = (to.own_lists - from.own_lists) as f64;
+    let lists = to.pod_lists - from.pod_lists;
+    let bytes = to.pod_list_bytes - from.pod_list_bytes;
+    let per_list = if lists > 0.0 { bytes / lists } else { 0.0 };
+    println!(
+        "  kube, {what}: pod LISTs by the operator {:.0} (API server {lists:.0} less {own:.0} of this program's; {:.1} MB answered in all, {:.0} kB each); pod PATCHes {:.0} ok + {:.0} conflicts; CPU s: operator {:.1}, API server {:.1}",
+        lists - own,
+        bytes / 1e6,
+        per_list / 1e3,
+        to.patched - from.patched,
+        to.conflicts - from.conflicts,
+        to.operator_cpu_s - from.operator_cpu_s,
+        to.apiserver_cpu_s - from.apiserver_cpu_s,
+    );
 }
 
 fn running(p: &Pod) -> bool {
@@ -318,8 +424,11 @@ async fn main() {
     // Steady state: two refresh intervals with nothing rotating.
     let steady_from = log_len(&proxy);
     let steady_page = metrics(&op).await;
+    let op_pid = op.pid().unwrap_or(0);
+    let steady_kube = kube_costs(op_pid);
     let steady = Duration::from_secs(2 * a.interval_s);
     tokio::time::sleep(steady).await;
+    let steady_kube_after = kube_costs(op_pid);
     let steady_calls = calls(&proxy, steady_from);
     let steady_page_after = metrics(&op).await;
     let ours = |before: &str, after: &str, op: &str| {
@@ -332,11 +441,13 @@ async fn main() {
         steady_calls,
         ours(&steady_page, &steady_page_after, "DescribeSecret")
     );
+    print_kube_costs("steady state", steady_kube, steady_kube_after);
 
     // One rotation of every secret at once.
     let rss_before = op.pid().map(|p| proc_kb(p, "VmRSS:")).unwrap_or(0);
     let from = log_len(&proxy);
     let page_before = metrics(&op).await;
+    let rotation_kube = kube_costs(op_pid);
     let t0 = Instant::now();
     for id in &ids {
         put_secret_value(id, &json!({"password": unique("v2")}).to_string()).await;
@@ -345,7 +456,7 @@ async fn main() {
     let (mut swapped_all, mut status_all, mut first_swap) = (None, None, None);
     let mut last_print = Instant::now();
     while swapped_all.is_none() || status_all.is_none() {
-        let pods = pods_api.list(&ListParams::default()).await.expect("pods");
+        let pods = list_pods(&pods_api).await;
         let list = dsos.list(&ListParams::default()).await.expect("dsos");
         let new: HashMap<String, (String, i32, i32)> = list
             .items
@@ -357,7 +468,7 @@ async fn main() {
                     .then(|| (name, (p.versions_hash.clone(), p.current_pods, p.pods)))
             })
             .collect();
-        let serving = served(&a.kubelet_dir, &pods.items);
+        let serving = served(&a.kubelet_dir, &pods);
         let swapped = serving
             .iter()
             .filter(|(dso, hash)| hash.is_some() && hash.as_ref() != first.get(dso))
@@ -389,6 +500,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let window = t0.elapsed();
+    let rotation_kube_after = kube_costs(op_pid);
     let rotation_calls = calls(&proxy, from);
     let page = metrics(&op).await;
     let pid = op.pid().unwrap_or(0);
@@ -438,6 +550,7 @@ async fn main() {
         metric(&page, "dso_rotation_propagation_seconds_count"),
         metric(&page, "dso_rotation_propagation_seconds_sum")
     );
+    print_kube_costs("rotation window", rotation_kube, rotation_kube_after);
     // A peer with per-pod polling, computed (not measured): the Secrets Store CSI driver with
     // the AWS provider polls every mount each --rotation-poll-interval (default 2m, when
     // rotation is enabled), one GetSecretValue per secret object per pod per poll.
