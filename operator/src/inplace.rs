@@ -20,6 +20,7 @@ use dso_api::InPlaceStatus;
 use dso_api::annotations as ann;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tracing::{debug, info};
@@ -63,8 +64,8 @@ pub fn desired_hash(following: &Versions) -> String {
 }
 
 /// Decides, from the pods of the namespace, which ones to tell `hash` for DsoSecret `name`,
-/// and how many are stale.
-pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
+/// and how many are stale, at time `now`.
+pub fn assess(pods: &[Pod], name: &str, hash: &str, now: Timestamp) -> Assessment {
     let mut out = Assessment::default();
     let mut reasons = Vec::new();
     for pod in pods.iter().filter(|p| live(p) && mounts(p, name)) {
@@ -99,13 +100,14 @@ pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
             });
             continue;
         }
-        match sidecar_problem(pod) {
-            None => {
+        match sidecar(pod, now) {
+            Sidecar::Serving => {
                 if let Some(s) = out.standings.last_mut() {
                     s.current = true;
                 }
             }
-            Some(why) => {
+            Sidecar::NotYet => out.status.stale += 1,
+            Sidecar::Failed(why) => {
                 out.status.stale += 1;
                 reasons.push(format!("{pod_name}: {why}"));
             }
@@ -160,30 +162,55 @@ fn reads_through_env(p: &Pod, name: &str) -> bool {
         })
 }
 
-/// Why the pod's sidecar does not serve (`None`: it runs, or the pod has not started it yet
+/// Where a told pod's `dso-refresh` sidecar stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sidecar {
+    /// It runs with nothing to report: the pod serves the versions it was told.
+    Serving,
+    /// Not serving them yet, and nothing failed.
+    NotYet,
+    /// It failed: why.
+    Failed(String),
+}
+
+/// Where the pod's sidecar stands at `now` (`Serving` too when the pod has not started it yet
 /// and dso-init will fetch the current versions).
-fn sidecar_problem(p: &Pod) -> Option<String> {
-    let status: &ContainerStatus = p
+fn sidecar(p: &Pod, now: Timestamp) -> Sidecar {
+    let status: Option<&ContainerStatus> = p
         .status
-        .as_ref()?
-        .init_container_statuses
-        .as_ref()?
-        .iter()
-        .find(|s| s.name == ann::REFRESH_CONTAINER_NAME)?;
-    let state = status.state.as_ref()?;
-    if state.running.is_some() {
-        return None;
-    }
-    let terminated = state.terminated.as_ref().or(status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|s| s.name == ann::REFRESH_CONTAINER_NAME));
+    let Some((status, state)) = status.and_then(|s| Some((s, s.state.as_ref()?))) else {
+        return Sidecar::Serving;
+    };
+    let last = status
         .last_state
         .as_ref()
-        .and_then(|s| s.terminated.as_ref()));
+        .and_then(|s| s.terminated.as_ref());
+    if let Some(running) = &state.running {
+        // After failing to signal the app (exit 9) the restarted sidecar sends the signal still
+        // owed first, and exits 9 again soon if it still cannot: not serving until it has run
+        // longer than that.
+        let signal_failed =
+            last.is_some_and(|t| t.exit_code == i32::from(dso_api::inplace::SIGNAL_FAILED_EXIT));
+        let recent = running.started_at.as_ref().is_none_or(|at| {
+            now.duration_since(at.0).unsigned_abs() < dso_api::inplace::SIGNAL_RETRY_GRACE
+                || at.0 > now
+        });
+        return if signal_failed && recent {
+            Sidecar::NotYet
+        } else {
+            Sidecar::Serving
+        };
+    }
+    let terminated = state.terminated.as_ref().or(last);
     let message = terminated
         .and_then(|t| t.message.as_deref())
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty());
     let waiting = state.waiting.as_ref().and_then(|w| w.reason.clone());
-    Some(match (message, waiting) {
+    Sidecar::Failed(match (message, waiting) {
         (Some(m), _) => format!("dso-refresh failed: {m}"),
         (None, Some(w)) => format!("dso-refresh is {w}"),
         (None, None) => "dso-refresh is not running".to_string(),
@@ -201,7 +228,7 @@ pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions
         .await
         .map_err(Error::kube("list pods for an InPlace refresh"))?;
     let hash = desired_hash(following);
-    let assessment = assess(&pods.items, name, &hash);
+    let assessment = assess(&pods.items, name, &hash, Timestamp::now());
     if !assessment.tell.is_empty() && !ctx.leadership.is_leading() {
         return Err(Error::NotLeader);
     }
@@ -277,6 +304,17 @@ mod tests {
         .expect("pod")
     }
 
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("time")
+    }
+
+    /// `seconds` before [`now`], as the API server writes it.
+    fn ago(seconds: i64) -> String {
+        Timestamp::from_second(1_800_000_000 - seconds)
+            .expect("time")
+            .to_string()
+    }
+
     fn running() -> Value {
         json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": true,
                "restartCount": 0, "state": {"running": {}}})
@@ -297,7 +335,7 @@ mod tests {
             pod("c", "db", Some(told), running()),
             pod("d", "api", None, running()),
         ];
-        let got = assess(&pods, "db", "h2");
+        let got = assess(&pods, "db", "h2", now());
         assert_eq!(
             got.tell.iter().map(|t| t.pod.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
@@ -329,7 +367,7 @@ mod tests {
                 crashing("db/password (secret x): MissingJsonKey"),
             ),
         ];
-        let got = assess(&pods, "db", "h2");
+        let got = assess(&pods, "db", "h2", now());
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.stale), (2, 1));
         assert_eq!(
@@ -356,7 +394,7 @@ mod tests {
         if let Some(status) = done.status.as_mut() {
             status.phase = Some("Succeeded".into());
         }
-        let got = assess(&[old, done], "db", "h");
+        let got = assess(&[old, done], "db", "h", now());
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.without_sidecar), (0, 1));
         assert_eq!(
@@ -383,7 +421,44 @@ mod tests {
                 .expect("containers"),
             );
         }
-        assert_eq!(assess(&[p.clone()], "db", "h").status.env_var_pods, 1);
-        assert_eq!(assess(&[p], "api", "h").status.env_var_pods, 0);
+        assert_eq!(
+            assess(&[p.clone()], "db", "h", now()).status.env_var_pods,
+            1
+        );
+        assert_eq!(assess(&[p], "api", "h", now()).status.env_var_pods, 0);
+    }
+
+    #[test]
+    fn a_sidecar_restarted_after_failing_to_signal_is_not_current_until_its_retry_had_time() {
+        let told = Some(r#"{"db":"h2"}"#);
+        let restarted = |started: i64, last_exit: i32| {
+            json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": true,
+                   "restartCount": 1, "state": {"running": {"startedAt": ago(started)}},
+                   "lastState": {"terminated": {"exitCode": last_exit, "finishedAt": ago(started + 1),
+                       "message": "SignalFailed: swapped db but could not send SIGHUP to the main process of container \"app\": no process"}}})
+        };
+        let pods = [
+            pod("retrying", "db", told, restarted(3, 9)),
+            pod("retried", "db", told, restarted(45, 9)),
+            pod("fetch-failed-before", "db", told, restarted(3, 4)),
+        ];
+        let got = assess(&pods, "db", "h2", now());
+        assert_eq!(
+            got.standings
+                .iter()
+                .map(|s| (s.workload.as_str(), s.current))
+                .collect::<Vec<_>>(),
+            [
+                ("Pod/retrying", false),
+                ("Pod/retried", true),
+                ("Pod/fetch-failed-before", true)
+            ],
+            "the signal may still be owed until the restarted sidecar had time to send it"
+        );
+        assert_eq!((got.status.pods, got.status.stale), (3, 1));
+        assert_eq!(
+            got.status.message, None,
+            "retrying is no new failure (the exit was reported while the sidecar waited)"
+        );
     }
 }
