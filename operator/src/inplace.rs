@@ -8,7 +8,8 @@
 //! of that one annotation, guarded by the pod's `resourceVersion`. The `dso-refresh` sidecar of
 //! the pod does the rest with the pod's own identity. Pods whose sidecar is not running (it
 //! exits with the reason when a fetch fails, and the kubelet restarts it after a back-off) count
-//! as stale, with the sidecar's termination message in the status.
+//! as stale, with the sidecar's termination message in the status; pods still starting count
+//! as stale without a reason (nothing failed).
 //!
 //! [`assess`] is the pure part; [`tell_pods`] the I/O around it.
 
@@ -173,8 +174,9 @@ enum Sidecar {
     Failed(String),
 }
 
-/// Where the pod's sidecar stands at `now` (`Serving` too when the pod has not started it yet
-/// and dso-init will fetch the current versions).
+/// Where the pod's sidecar stands at `now`. A pod still starting (its sidecar not created yet,
+/// or waiting for dso-init) is not serving yet, but nothing failed: dso-init fetches the
+/// versions and the sidecar compares them with the annotation once it runs.
 fn sidecar(p: &Pod, now: Timestamp) -> Sidecar {
     let status: Option<&ContainerStatus> = p
         .status
@@ -182,7 +184,7 @@ fn sidecar(p: &Pod, now: Timestamp) -> Sidecar {
         .and_then(|s| s.init_container_statuses.as_ref())
         .and_then(|all| all.iter().find(|s| s.name == ann::REFRESH_CONTAINER_NAME));
     let Some((status, state)) = status.and_then(|s| Some((s, s.state.as_ref()?))) else {
-        return Sidecar::Serving;
+        return Sidecar::NotYet;
     };
     let last = status
         .last_state
@@ -210,11 +212,26 @@ fn sidecar(p: &Pod, now: Timestamp) -> Sidecar {
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty());
     let waiting = state.waiting.as_ref().and_then(|w| w.reason.clone());
-    Sidecar::Failed(match (message, waiting) {
-        (Some(m), _) => format!("dso-refresh failed: {m}"),
-        (None, Some(w)) => format!("dso-refresh is {w}"),
-        (None, None) => "dso-refresh is not running".to_string(),
+    if terminated.is_none() && waiting.as_deref().is_none_or(starting) {
+        return Sidecar::NotYet;
+    }
+    let exited = terminated.map(|t| match t.reason.as_deref() {
+        Some(r) => format!("dso-refresh exited {} ({r})", t.exit_code),
+        None => format!("dso-refresh exited {}", t.exit_code),
+    });
+    Sidecar::Failed(match (message, waiting, exited) {
+        (Some(m), _, _) => format!("dso-refresh failed: {m}"),
+        (None, Some(w), Some(e)) => format!("dso-refresh is {w}: {e}"),
+        (None, Some(w), None) => format!("dso-refresh is {w}"),
+        (None, None, Some(e)) => e,
+        (None, None, None) => "dso-refresh is not running".to_string(),
     })
+}
+
+/// True for the reasons a container waits with while its pod starts normally (the kubelet's
+/// own: init containers still running, the container being created).
+fn starting(reason: &str) -> bool {
+    matches!(reason, "PodInitializing" | "ContainerCreating")
 }
 
 /// Lists the pods of `ns`, tells those that mount DsoSecret `name` the hash of `following`, and
@@ -459,6 +476,53 @@ mod tests {
         assert_eq!(
             got.status.message, None,
             "retrying is no new failure (the exit was reported while the sidecar waited)"
+        );
+    }
+
+    #[test]
+    fn a_pod_still_starting_is_not_current_yet_but_nothing_failed() {
+        let told = Some(r#"{"db":"h2"}"#);
+        let waiting = |reason: &str| {
+            json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": false,
+                   "restartCount": 0, "state": {"waiting": {"reason": reason}}})
+        };
+        let mut unscheduled = pod("unscheduled", "db", told, running());
+        unscheduled.status = None;
+        let starting = [
+            pod("initializing", "db", told, waiting("PodInitializing")),
+            pod("creating", "db", told, waiting("ContainerCreating")),
+            unscheduled,
+        ];
+        let got = assess(&starting, "db", "h2", now());
+        assert_eq!((got.status.pods, got.status.stale), (3, 3));
+        assert!(got.standings.iter().all(|s| !s.current));
+        assert_eq!(
+            got.status.message, None,
+            "no failure to report (a message publishes a RefreshFailed warning)"
+        );
+
+        let oom = json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}});
+        let failing = [
+            pod("pull", "db", told, waiting("ImagePullBackOff")),
+            pod(
+                "crash",
+                "db",
+                told,
+                crashing("db/password (secret x): AccessDenied"),
+            ),
+            pod("oom", "db", told, oom),
+        ];
+        let got = assess(&failing, "db", "h2", now());
+        assert_eq!((got.status.pods, got.status.stale), (3, 3));
+        assert_eq!(
+            got.status.message.as_deref(),
+            Some(
+                "pull: dso-refresh is ImagePullBackOff; \
+                 crash: dso-refresh failed: db/password (secret x): AccessDenied; \
+                 oom: dso-refresh exited 137 (OOMKilled)"
+            ),
+            "real failures are still reported"
         );
     }
 }
