@@ -27,6 +27,17 @@ pub const DATA_DIR: &str = "..dso";
 /// The state file, under [`DATA_DIR`].
 pub const STATE_FILE: &str = "state.json";
 
+/// The exit code of a `dso-refresh` sidecar that swapped files but could not signal the app
+/// (`refresh.signal`). The signal stays owed: the restarted sidecar sends it before anything
+/// else, and exits with this code again, within [`SIGNAL_RETRY_GRACE`] of its start, if it
+/// still cannot.
+pub const SIGNAL_FAILED_EXIT: u8 = 9;
+
+/// How long after its restart a sidecar that exited [`SIGNAL_FAILED_EXIT`] is not counted as
+/// serving: it retries the signal within 5 s (then exits again if it still cannot), and the
+/// kubelet reports the exit within a few seconds more.
+pub const SIGNAL_RETRY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The value of the `dso.dev/desired-versions` annotation (or of the sidecar's state file):
 /// DsoSecret name → versions hash. A malformed value reads as empty (nothing is desired).
 pub fn parse(value: &str) -> BTreeMap<String, String> {

@@ -201,7 +201,7 @@ impl Error {
             | Error::BadKeyName { .. }
             | Error::PathCollision { .. } => 5,
             Error::SizeLimit { .. } | Error::MountPath(_) | Error::Write { .. } => 7,
-            Error::Signal { .. } => 9,
+            Error::Signal { .. } => dso_api::inplace::SIGNAL_FAILED_EXIT,
         }
     }
 

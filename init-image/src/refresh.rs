@@ -18,10 +18,14 @@
 //! With `refresh.signal`, once the new generation is linked and the state written, the sidecar
 //! sends each DsoSecret's signal to the main process of the target container ([`crate::signal`]):
 //! one signal per swap that changed the versions (two DsoSecrets with the same signal swapped
-//! together send it once), never after a failed fetch, never at start. When the container has
-//! no process for [`SIGNAL_WAIT`] (restarting: it will read the new files anyway) or the signal
-//! cannot be sent, the sidecar exits with the reason (exit 9): the files are current, the
-//! restarted sidecar does not signal again.
+//! together send it once), never after a failed fetch. The signals a swap owes are recorded
+//! first ([`Pending`], `<mount>/..dso/signal-pending.json`, written before the state that makes
+//! the swap current) and forgotten once sent. When the container has no process for
+//! [`SIGNAL_WAIT`] or the signal cannot be sent, the sidecar exits with the reason (exit 9)
+//! and the record stays: the restarted sidecar sends what is still owed before anything else,
+//! and exits 9 again if it still cannot. A signal is no longer owed once the container's main
+//! process is not the one that ran at the swap: a process started after the swap reads the new
+//! files (and is not sent a signal it may not handle yet).
 
 use crate::error::{Error, Result};
 use crate::{Settings, signal, swap};
@@ -46,6 +50,39 @@ pub struct Options {
 
 /// How long a signal waits for the target container to have a process.
 pub const SIGNAL_WAIT: Duration = Duration::from_secs(5);
+
+/// The signals a swap owes the app, recorded until sent (`<mount>/..dso/signal-pending.json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pending {
+    /// Each signal with the DsoSecrets it is for, in the order they are sent.
+    pub signals: Vec<(RefreshSignal, Vec<String>)>,
+    /// The target container's main process just after the swap.
+    pub main_at_swap: AtSwap,
+}
+
+/// The target container's main process, as seen just after a swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AtSwap {
+    /// This process ran: it is owed the signal, a later one is not.
+    Process(signal::Process),
+    /// The container had no process (restarting): the one it starts reads the new files.
+    NoProcess,
+    /// The processes could not be listed: whatever runs is owed the signal.
+    Unknown,
+}
+
+impl AtSwap {
+    /// True when `main`, the container's main process now, is owed the signal.
+    pub fn owed(self, main: signal::Process) -> bool {
+        match self {
+            AtSwap::Process(p) => p == main,
+            AtSwap::NoProcess => false,
+            AtSwap::Unknown => true,
+        }
+    }
+}
 
 /// The signals to send after swapping `swapped`: those of the DsoSecrets whose versions hash
 /// changed from `before` to `after`, each signal once, in the plan's order. A swap that
@@ -127,6 +164,13 @@ async fn watch(plan: &InitPlan, settings: Settings, opts: &Options) -> Result<()
         in_place.join(", "),
         opts.desired_file.display()
     );
+    if let Some(pending) = swap::read_pending::<Pending>(mount) {
+        println!(
+            "dso-refresh: {} still owed from before a restart; sending it first",
+            describe(&pending.signals)
+        );
+        deliver(plan, opts, mount, pending, None).await?;
+    }
     let mut acted: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let desired = std::fs::read_to_string(&opts.desired_file)
@@ -147,6 +191,15 @@ async fn watch(plan: &InitPlan, settings: Settings, opts: &Options) -> Result<()
                 .iter()
                 .filter(|n| hashes.get(*n) == desired.get(*n))
                 .count();
+            // What the swap owes the app is recorded before the state that makes it current:
+            // a sidecar that stops before sending it leaves the record to the next one.
+            let pending = (!signals.is_empty()).then(|| Pending {
+                signals,
+                main_at_swap: main_at_swap(plan, opts),
+            });
+            if let Some(p) = &pending {
+                swap::write_pending(mount, p)?;
+            }
             state.extend(hashes);
             swap::write_state(mount, &state)?;
             println!(
@@ -155,33 +208,91 @@ async fn watch(plan: &InitPlan, settings: Settings, opts: &Options) -> Result<()
                 started.elapsed().as_millis(),
                 todo.len()
             );
-            for (sig, names) in signals {
-                notify(plan, opts, sig, &names, started).await?;
+            if let Some(p) = pending {
+                deliver(plan, opts, mount, p, Some(started)).await?;
             }
         }
         tokio::time::sleep(opts.poll).await;
     }
 }
 
-/// Sends `sig` (for the DsoSecrets `names`, just swapped) to the target container's main process.
-async fn notify(
+fn describe(signals: &[(RefreshSignal, Vec<String>)]) -> String {
+    signals
+        .iter()
+        .map(|(sig, names)| format!("{} for {}", sig.name(), names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The target container's main process right now, without waiting.
+fn main_at_swap(plan: &InitPlan, opts: &Options) -> AtSwap {
+    let container = plan.signal_target.as_ref().map(|t| t.container.as_str());
+    let uid = opts.pod_uid.as_deref().filter(|u| !u.is_empty());
+    let (Some(container), Some(uid)) = (container, uid) else {
+        return AtSwap::Unknown;
+    };
+    match signal::find_main(&opts.proc_root, uid, container) {
+        Ok(Some(p)) => AtSwap::Process(p),
+        Ok(None) => AtSwap::NoProcess,
+        Err(_) => AtSwap::Unknown,
+    }
+}
+
+/// Sends the signals of `pending` to the target container's main process, in order, and
+/// forgets each once sent; none is sent (and all are forgotten) when the main process started
+/// after the swap. On failure the ones not sent stay recorded.
+async fn deliver(
+    plan: &InitPlan,
+    opts: &Options,
+    mount: &Path,
+    mut pending: Pending,
+    started: Option<std::time::Instant>,
+) -> Result<()> {
+    while let Some((sig, names)) = pending.signals.first().cloned() {
+        let main = main_process(plan, opts, sig, &names).await?;
+        if !pending.main_at_swap.owed(main) {
+            println!(
+                "dso-refresh: the main process of the target container (pid {}) started after the swap and read the new files: {} not sent",
+                main.pid,
+                describe(&pending.signals)
+            );
+            break;
+        }
+        notify(plan, sig, &names, main, started)?;
+        pending.signals.remove(0);
+        if !pending.signals.is_empty() {
+            swap::write_pending(mount, &pending)?;
+        }
+    }
+    swap::clear_pending(mount)
+}
+
+fn signal_error(plan: &InitPlan, sig: RefreshSignal, names: &[String], why: String) -> Error {
+    Error::Signal {
+        dso_secrets: names.join(", "),
+        signal: sig.name(),
+        container: plan
+            .signal_target
+            .as_ref()
+            .map(|t| t.container.clone())
+            .unwrap_or_default(),
+        why,
+    }
+}
+
+/// The target container's main process, waiting up to [`SIGNAL_WAIT`] for it to have one.
+async fn main_process(
     plan: &InitPlan,
     opts: &Options,
     sig: RefreshSignal,
     names: &[String],
-    started: std::time::Instant,
-) -> Result<()> {
+) -> Result<signal::Process> {
+    let fail = |why: String| signal_error(plan, sig, names, why);
     let container = plan
         .signal_target
         .as_ref()
-        .map(|t| t.container.clone())
+        .map(|t| t.container.as_str())
         .unwrap_or_default();
-    let fail = |why: String| Error::Signal {
-        dso_secrets: names.join(", "),
-        signal: sig.name(),
-        container: container.clone(),
-        why,
-    };
     if container.is_empty() {
         return Err(fail(
             "the plan names no target container (webhook bug?)".into(),
@@ -191,9 +302,9 @@ async fn notify(
         return Err(fail("DSO_POD_UID is not set (the webhook sets it)".into()));
     };
     let give_up = tokio::time::Instant::now() + SIGNAL_WAIT;
-    let pid = loop {
-        match signal::find_main(&opts.proc_root, uid, &container) {
-            Ok(Some(pid)) => break pid,
+    loop {
+        match signal::find_main(&opts.proc_root, uid, container) {
+            Ok(Some(p)) => return Ok(p),
             Ok(None) if tokio::time::Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -210,18 +321,44 @@ async fn notify(
                 )));
             }
         }
-    };
+    }
+}
+
+/// Sends `sig` (for the DsoSecrets `names`) to `main`, the target container's main process.
+fn notify(
+    plan: &InitPlan,
+    sig: RefreshSignal,
+    names: &[String],
+    main: signal::Process,
+    started: Option<std::time::Instant>,
+) -> Result<()> {
+    let pid = main.pid;
     signal::send(pid, sig).map_err(|e| {
-        fail(format!(
-            "kill({pid}): {e} (DSO's containers must run as the container's user)"
-        ))
+        signal_error(
+            plan,
+            sig,
+            names,
+            format!("kill({pid}): {e} (DSO's containers must run as the container's user)"),
+        )
     })?;
-    println!(
-        "dso-refresh: sent {} to container {container} (pid {pid}) for {}, {} ms after the fetch began",
-        sig.name(),
-        names.join(", "),
-        started.elapsed().as_millis()
-    );
+    let container = plan
+        .signal_target
+        .as_ref()
+        .map(|t| t.container.as_str())
+        .unwrap_or_default();
+    match started {
+        Some(started) => println!(
+            "dso-refresh: sent {} to container {container} (pid {pid}) for {}, {} ms after the fetch began",
+            sig.name(),
+            names.join(", "),
+            started.elapsed().as_millis()
+        ),
+        None => println!(
+            "dso-refresh: sent {} to container {container} (pid {pid}) for {}, owed from before a restart",
+            sig.name(),
+            names.join(", "),
+        ),
+    }
     Ok(())
 }
 
@@ -329,5 +466,106 @@ mod tests {
             due(&names, &m(&[("db", "h4")]), &state, &m(&[("db", "h2")])),
             vec!["db"]
         );
+    }
+
+    /// A sidecar started over a volume with the signals file `pending` (JSON), with `app`'s
+    /// processes `app` in a fake `/proc`; what `run` returned within 1.5 s (`None`: still running,
+    /// as it should once nothing is owed), and whether the signals file is left.
+    async fn start_sidecar(
+        pending: serde_json::Value,
+        app: &[(i32, &str, u64)],
+    ) -> (Option<Result<()>>, bool) {
+        let mount = tempfile::tempdir().expect("mount");
+        let data = mount.path().join("..dso");
+        std::fs::create_dir_all(&data).expect("..dso");
+        std::fs::write(data.join("signal-pending.json"), pending.to_string()).expect("pending");
+        let proc = crate::signal::tests::fake_proc(app);
+        let mut p = plan(&[("db", Some(RefreshSignal::Sighup))]);
+        p.mount_path = mount.path().display().to_string();
+        p.signal_target = Some(dso_api::contract::PlanSignal {
+            container: "app".into(),
+        });
+        let opts = Options {
+            desired_file: mount.path().join("no-desired-file-yet"),
+            poll: Duration::from_millis(50),
+            pod_uid: Some(crate::signal::tests::UID.to_string()),
+            proc_root: proc.path().to_path_buf(),
+        };
+        let ran = tokio::time::timeout(
+            Duration::from_millis(1500),
+            run(&p, Settings::default(), &opts),
+        )
+        .await
+        .ok();
+        (ran, data.join("signal-pending.json").exists())
+    }
+
+    /// A process that ends on SIGHUP, and its PID.
+    fn app_process() -> (std::process::Child, i32) {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        (child, pid)
+    }
+
+    /// How `child` ended within 2 s (`None`: it still runs; it is then killed).
+    fn ended_by(mut child: std::process::Child) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        for _ in 0..40 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.signal();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    #[tokio::test]
+    async fn a_signal_the_previous_sidecar_could_not_send_is_sent_by_the_restarted_one() {
+        let (child, pid) = app_process();
+        let pending = serde_json::json!({
+            "signals": [["SIGHUP", ["db"]]],
+            "mainAtSwap": {"process": {"pid": pid, "start": 30}},
+        });
+        let (ran, left) = start_sidecar(pending, &[(pid, "app", 30)]).await;
+        assert!(ran.is_none(), "the sidecar goes on watching: {ran:?}");
+        assert_eq!(ended_by(child), Some(1), "the app got its SIGHUP");
+        assert!(!left, "nothing is owed any more");
+    }
+
+    #[tokio::test]
+    async fn an_app_that_started_after_the_swap_is_not_signalled_and_nothing_stays_owed() {
+        let (child, pid) = app_process();
+        // At the swap another process ran (or none): the one running now read the new files.
+        for at_swap in [
+            serde_json::json!({"process": {"pid": pid, "start": 10}}),
+            serde_json::json!("noProcess"),
+        ] {
+            let pending =
+                serde_json::json!({"signals": [["SIGHUP", ["db"]]], "mainAtSwap": at_swap});
+            let (ran, left) = start_sidecar(pending, &[(pid, "app", 30)]).await;
+            assert!(ran.is_none(), "{ran:?}");
+            assert!(!left, "nothing is owed any more");
+        }
+        assert_eq!(ended_by(child), None, "the app was not signalled");
+    }
+
+    #[tokio::test]
+    async fn a_signal_that_still_cannot_be_sent_exits_9_and_stays_owed() {
+        // A PID above any kernel's limit: kill(2) fails (ESRCH).
+        let pending = serde_json::json!({"signals": [["SIGHUP", ["db"]]], "mainAtSwap": "unknown"});
+        let (ran, left) = start_sidecar(pending, &[(2_000_000_000, "app", 30)]).await;
+        let err = ran.expect("the sidecar stopped").expect_err("failed");
+        assert_eq!(err.exit_code(), 9);
+        assert!(
+            err.to_string()
+                .starts_with("SignalFailed: swapped db but could not send SIGHUP"),
+            "{err}"
+        );
+        assert!(left, "still owed to the next sidecar");
     }
 }

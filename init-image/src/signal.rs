@@ -45,11 +45,23 @@ pub fn in_container(mountinfo: &str, pod_uid: &str, container: &str) -> bool {
         .any(|root| root.contains(&needle))
 }
 
+/// A process, as told apart from any other that ever had its PID: the PID and its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    /// Clock ticks since boot (`/proc/<pid>/stat`, field 22).
+    pub start: u64,
+}
+
 /// The main process of container `container` of pod `pod_uid`, as seen in `proc_root`: the
 /// oldest process whose mounts say it belongs to the container (ties: the lowest PID). `None`
 /// when it has no process (not started yet, or restarting). Processes that end during the
 /// scan are skipped.
-pub fn find_main(proc_root: &Path, pod_uid: &str, container: &str) -> std::io::Result<Option<i32>> {
+pub fn find_main(
+    proc_root: &Path,
+    pod_uid: &str,
+    container: &str,
+) -> std::io::Result<Option<Process>> {
     let mut best: Option<(u64, i32)> = None;
     for entry in std::fs::read_dir(proc_root)?.flatten() {
         let Some(pid) = entry
@@ -76,7 +88,7 @@ pub fn find_main(proc_root: &Path, pod_uid: &str, container: &str) -> std::io::R
             best = Some((start, pid));
         }
     }
-    Ok(best.map(|(_, pid)| pid))
+    Ok(best.map(|(start, pid)| Process { pid, start }))
 }
 
 /// Sends `signal` to process `pid`.
@@ -92,11 +104,11 @@ pub fn send(pid: i32, signal: RefreshSignal) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
 
-    const UID: &str = "0b7e2f4c-1d2a-4c5b-9e8f-123456789abc";
+    pub(crate) const UID: &str = "0b7e2f4c-1d2a-4c5b-9e8f-123456789abc";
 
     fn mountinfo(container: &str) -> String {
         format!(
@@ -131,7 +143,7 @@ mod tests {
         assert!(in_container(&own_fs, UID, "app"));
     }
 
-    fn fake_proc(processes: &[(i32, &str, u64)]) -> tempfile::TempDir {
+    pub(crate) fn fake_proc(processes: &[(i32, &str, u64)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tmp");
         fs::create_dir(dir.path().join("self")).expect("self");
         for &(pid, container, start) in processes {
@@ -152,10 +164,13 @@ mod tests {
             (15, "app", 30),
             (40, "app", 90), // a child, or a `kubectl exec` shell
         ]);
-        assert_eq!(find_main(proc.path(), UID, "app").expect("scan"), Some(15));
+        let pid = |c| find_main(proc.path(), UID, c).expect("scan").map(|p| p.pid);
+        assert_eq!(pid("app"), Some(15));
+        assert_eq!(pid("proxy"), Some(13));
         assert_eq!(
-            find_main(proc.path(), UID, "proxy").expect("scan"),
-            Some(13)
+            find_main(proc.path(), UID, "app").expect("scan"),
+            Some(Process { pid: 15, start: 30 }),
+            "told apart from a later process with the same PID by its start time"
         );
         assert_eq!(find_main(proc.path(), UID, "web").expect("scan"), None);
         assert_eq!(find_main(proc.path(), "other", "app").expect("scan"), None);
@@ -165,7 +180,10 @@ mod tests {
     fn a_process_that_ends_during_the_scan_is_skipped() {
         let proc = fake_proc(&[(15, "app", 30)]);
         fs::create_dir(proc.path().join("16")).expect("a process without files");
-        assert_eq!(find_main(proc.path(), UID, "app").expect("scan"), Some(15));
+        assert_eq!(
+            find_main(proc.path(), UID, "app").expect("scan"),
+            Some(Process { pid: 15, start: 30 })
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! [`install`] serves `dso-init` (the first generation) and the `dso-refresh` sidecar (every
 //! later one) alike. [`read_state`] / [`write_state`] keep the versions hash of each
-//! DsoSecret's current generation in `<mount>/..dso/state.json`.
+//! DsoSecret's current generation in `<mount>/..dso/state.json`; [`read_pending`] /
+//! [`write_pending`] / [`clear_pending`] the signals the sidecar still owes the app
+//! (`<mount>/..dso/signal-pending.json`, see [`crate::refresh`]).
 
 use crate::error::{Error, Result, Target};
 use crate::write::{Pending, dir_mode, ensure_dir, write_under};
@@ -105,24 +107,60 @@ pub fn read_state(mount: &Path) -> BTreeMap<String, String> {
 
 /// Replaces the state file (temp file, then rename).
 pub fn write_state(mount: &Path, state: &BTreeMap<String, String>) -> Result<()> {
-    let data = mount.join(DATA_DIR);
-    let path = data.join(STATE_FILE);
-    let tmp = data.join(".state.json.dso~tmp");
-    let fail = |source| Error::Write {
+    let json = serde_json::to_vec(state).unwrap_or_default();
+    write_data_file(mount, STATE_FILE, &json)
+}
+
+/// The file, under [`DATA_DIR`], that holds the signals owed to the app.
+pub const PENDING_FILE: &str = "signal-pending.json";
+
+/// The signals owed to the app, if a sidecar wrote some and did not send them all; `None` when
+/// there are none (or the file cannot be read as such: nothing is then owed).
+pub fn read_pending<T: serde::de::DeserializeOwned>(mount: &Path) -> Option<T> {
+    let text = fs::read_to_string(mount.join(DATA_DIR).join(PENDING_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Records the signals owed to the app (temp file, then rename).
+pub fn write_pending<T: serde::Serialize>(mount: &Path, pending: &T) -> Result<()> {
+    let json = serde_json::to_vec(pending).unwrap_or_default();
+    write_data_file(mount, PENDING_FILE, &json)
+}
+
+/// Forgets the signals owed to the app: every one was sent, or none is needed any more.
+pub fn clear_pending(mount: &Path) -> Result<()> {
+    let path = mount.join(DATA_DIR).join(PENDING_FILE);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(data_file_error(path, PENDING_FILE, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn data_file_error(path: PathBuf, file: &str, source: std::io::Error) -> Error {
+    Error::Write {
         at: Target {
             dso_secret: DATA_DIR.into(),
-            file: STATE_FILE.into(),
+            file: file.into(),
             secret_id: String::new(),
         },
-        path: path.clone(),
+        path,
         source,
         names_from_secret: false,
-    };
-    let json = serde_json::to_vec(state).unwrap_or_default();
+    }
+}
+
+/// Replaces `<mount>/..dso/<file>` with `bytes` (temp file, then rename).
+fn write_data_file(mount: &Path, file: &str, bytes: &[u8]) -> Result<()> {
+    let data = mount.join(DATA_DIR);
+    let path = data.join(file);
+    let tmp = data.join(format!(".{file}.dso~tmp"));
+    let fail = |source| data_file_error(path.clone(), file, source);
     ensure_dir(&data, DATA_DIR_MODE).map_err(fail)?;
     (|| {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&json)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)
     })()

@@ -8,7 +8,8 @@
 //! of that one annotation, guarded by the pod's `resourceVersion`. The `dso-refresh` sidecar of
 //! the pod does the rest with the pod's own identity. Pods whose sidecar is not running (it
 //! exits with the reason when a fetch fails, and the kubelet restarts it after a back-off) count
-//! as stale, with the sidecar's termination message in the status.
+//! as stale, with the sidecar's termination message in the status; pods still starting count
+//! as stale without a reason (nothing failed).
 //!
 //! [`assess`] is the pure part; [`tell_pods`] the I/O around it.
 
@@ -20,6 +21,7 @@ use dso_api::InPlaceStatus;
 use dso_api::annotations as ann;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tracing::{debug, info};
@@ -63,8 +65,8 @@ pub fn desired_hash(following: &Versions) -> String {
 }
 
 /// Decides, from the pods of the namespace, which ones to tell `hash` for DsoSecret `name`,
-/// and how many are stale.
-pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
+/// and how many are stale, at time `now`.
+pub fn assess(pods: &[Pod], name: &str, hash: &str, now: Timestamp) -> Assessment {
     let mut out = Assessment::default();
     let mut reasons = Vec::new();
     for pod in pods.iter().filter(|p| live(p) && mounts(p, name)) {
@@ -99,13 +101,14 @@ pub fn assess(pods: &[Pod], name: &str, hash: &str) -> Assessment {
             });
             continue;
         }
-        match sidecar_problem(pod) {
-            None => {
+        match sidecar(pod, now) {
+            Sidecar::Serving => {
                 if let Some(s) = out.standings.last_mut() {
                     s.current = true;
                 }
             }
-            Some(why) => {
+            Sidecar::NotYet => out.status.stale += 1,
+            Sidecar::Failed(why) => {
                 out.status.stale += 1;
                 reasons.push(format!("{pod_name}: {why}"));
             }
@@ -160,34 +163,75 @@ fn reads_through_env(p: &Pod, name: &str) -> bool {
         })
 }
 
-/// Why the pod's sidecar does not serve (`None`: it runs, or the pod has not started it yet
-/// and dso-init will fetch the current versions).
-fn sidecar_problem(p: &Pod) -> Option<String> {
-    let status: &ContainerStatus = p
+/// Where a told pod's `dso-refresh` sidecar stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sidecar {
+    /// It runs with nothing to report: the pod serves the versions it was told.
+    Serving,
+    /// Not serving them yet, and nothing failed.
+    NotYet,
+    /// It failed: why.
+    Failed(String),
+}
+
+/// Where the pod's sidecar stands at `now`. A pod still starting (its sidecar not created yet,
+/// or waiting for dso-init) is not serving yet, but nothing failed: dso-init fetches the
+/// versions and the sidecar compares them with the annotation once it runs.
+fn sidecar(p: &Pod, now: Timestamp) -> Sidecar {
+    let status: Option<&ContainerStatus> = p
         .status
-        .as_ref()?
-        .init_container_statuses
-        .as_ref()?
-        .iter()
-        .find(|s| s.name == ann::REFRESH_CONTAINER_NAME)?;
-    let state = status.state.as_ref()?;
-    if state.running.is_some() {
-        return None;
-    }
-    let terminated = state.terminated.as_ref().or(status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|s| s.name == ann::REFRESH_CONTAINER_NAME));
+    let Some((status, state)) = status.and_then(|s| Some((s, s.state.as_ref()?))) else {
+        return Sidecar::NotYet;
+    };
+    let last = status
         .last_state
         .as_ref()
-        .and_then(|s| s.terminated.as_ref()));
+        .and_then(|s| s.terminated.as_ref());
+    if let Some(running) = &state.running {
+        // After failing to signal the app (exit 9) the restarted sidecar sends the signal still
+        // owed first, and exits 9 again soon if it still cannot: not serving until it has run
+        // longer than that.
+        let signal_failed =
+            last.is_some_and(|t| t.exit_code == i32::from(dso_api::inplace::SIGNAL_FAILED_EXIT));
+        let recent = running.started_at.as_ref().is_none_or(|at| {
+            now.duration_since(at.0).unsigned_abs() < dso_api::inplace::SIGNAL_RETRY_GRACE
+                || at.0 > now
+        });
+        return if signal_failed && recent {
+            Sidecar::NotYet
+        } else {
+            Sidecar::Serving
+        };
+    }
+    let terminated = state.terminated.as_ref().or(last);
     let message = terminated
         .and_then(|t| t.message.as_deref())
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty());
     let waiting = state.waiting.as_ref().and_then(|w| w.reason.clone());
-    Some(match (message, waiting) {
-        (Some(m), _) => format!("dso-refresh failed: {m}"),
-        (None, Some(w)) => format!("dso-refresh is {w}"),
-        (None, None) => "dso-refresh is not running".to_string(),
+    if terminated.is_none() && waiting.as_deref().is_none_or(starting) {
+        return Sidecar::NotYet;
+    }
+    let exited = terminated.map(|t| match t.reason.as_deref() {
+        Some(r) => format!("dso-refresh exited {} ({r})", t.exit_code),
+        None => format!("dso-refresh exited {}", t.exit_code),
+    });
+    Sidecar::Failed(match (message, waiting, exited) {
+        (Some(m), _, _) => format!("dso-refresh failed: {m}"),
+        (None, Some(w), Some(e)) => format!("dso-refresh is {w}: {e}"),
+        (None, Some(w), None) => format!("dso-refresh is {w}"),
+        (None, None, Some(e)) => e,
+        (None, None, None) => "dso-refresh is not running".to_string(),
     })
+}
+
+/// True for the reasons a container waits with while its pod starts normally (the kubelet's
+/// own: init containers still running, the container being created).
+fn starting(reason: &str) -> bool {
+    matches!(reason, "PodInitializing" | "ContainerCreating")
 }
 
 /// Lists the pods of `ns`, tells those that mount DsoSecret `name` the hash of `following`, and
@@ -207,7 +251,7 @@ pub async fn tell_pods(ctx: &Context, ns: &str, name: &str, following: &Versions
         .await
         .map_err(Error::kube("list pods for an InPlace refresh"))?;
     let hash = desired_hash(following);
-    let assessment = assess(&pods, name, &hash);
+    let assessment = assess(&pods, name, &hash, Timestamp::now());
     if !assessment.tell.is_empty() && !ctx.leadership.is_leading() {
         return Err(Error::NotLeader);
     }
@@ -287,6 +331,17 @@ mod tests {
         .expect("pod")
     }
 
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("time")
+    }
+
+    /// `seconds` before [`now`], as the API server writes it.
+    fn ago(seconds: i64) -> String {
+        Timestamp::from_second(1_800_000_000 - seconds)
+            .expect("time")
+            .to_string()
+    }
+
     fn running() -> Value {
         json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": true,
                "restartCount": 0, "state": {"running": {}}})
@@ -307,7 +362,7 @@ mod tests {
             pod("c", "db", Some(told), running()),
             pod("d", "api", None, running()),
         ];
-        let got = assess(&pods, "db", "h2");
+        let got = assess(&pods, "db", "h2", now());
         assert_eq!(
             got.tell.iter().map(|t| t.pod.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
@@ -339,7 +394,7 @@ mod tests {
                 crashing("db/password (secret x): MissingJsonKey"),
             ),
         ];
-        let got = assess(&pods, "db", "h2");
+        let got = assess(&pods, "db", "h2", now());
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.stale), (2, 1));
         assert_eq!(
@@ -366,7 +421,7 @@ mod tests {
         if let Some(status) = done.status.as_mut() {
             status.phase = Some("Succeeded".into());
         }
-        let got = assess(&[old, done], "db", "h");
+        let got = assess(&[old, done], "db", "h", now());
         assert!(got.tell.is_empty());
         assert_eq!((got.status.pods, got.status.without_sidecar), (0, 1));
         assert_eq!(
@@ -393,7 +448,91 @@ mod tests {
                 .expect("containers"),
             );
         }
-        assert_eq!(assess(&[p.clone()], "db", "h").status.env_var_pods, 1);
-        assert_eq!(assess(&[p], "api", "h").status.env_var_pods, 0);
+        assert_eq!(
+            assess(&[p.clone()], "db", "h", now()).status.env_var_pods,
+            1
+        );
+        assert_eq!(assess(&[p], "api", "h", now()).status.env_var_pods, 0);
+    }
+
+    #[test]
+    fn a_sidecar_restarted_after_failing_to_signal_is_not_current_until_its_retry_had_time() {
+        let told = Some(r#"{"db":"h2"}"#);
+        let restarted = |started: i64, last_exit: i32| {
+            json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": true,
+                   "restartCount": 1, "state": {"running": {"startedAt": ago(started)}},
+                   "lastState": {"terminated": {"exitCode": last_exit, "finishedAt": ago(started + 1),
+                       "message": "SignalFailed: swapped db but could not send SIGHUP to the main process of container \"app\": no process"}}})
+        };
+        let pods = [
+            pod("retrying", "db", told, restarted(3, 9)),
+            pod("retried", "db", told, restarted(45, 9)),
+            pod("fetch-failed-before", "db", told, restarted(3, 4)),
+        ];
+        let got = assess(&pods, "db", "h2", now());
+        assert_eq!(
+            got.standings
+                .iter()
+                .map(|s| (s.workload.as_str(), s.current))
+                .collect::<Vec<_>>(),
+            [
+                ("Pod/retrying", false),
+                ("Pod/retried", true),
+                ("Pod/fetch-failed-before", true)
+            ],
+            "the signal may still be owed until the restarted sidecar had time to send it"
+        );
+        assert_eq!((got.status.pods, got.status.stale), (3, 1));
+        assert_eq!(
+            got.status.message, None,
+            "retrying is no new failure (the exit was reported while the sidecar waited)"
+        );
+    }
+
+    #[test]
+    fn a_pod_still_starting_is_not_current_yet_but_nothing_failed() {
+        let told = Some(r#"{"db":"h2"}"#);
+        let waiting = |reason: &str| {
+            json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": false,
+                   "restartCount": 0, "state": {"waiting": {"reason": reason}}})
+        };
+        let mut unscheduled = pod("unscheduled", "db", told, running());
+        unscheduled.status = None;
+        let starting = [
+            pod("initializing", "db", told, waiting("PodInitializing")),
+            pod("creating", "db", told, waiting("ContainerCreating")),
+            unscheduled,
+        ];
+        let got = assess(&starting, "db", "h2", now());
+        assert_eq!((got.status.pods, got.status.stale), (3, 3));
+        assert!(got.standings.iter().all(|s| !s.current));
+        assert_eq!(
+            got.status.message, None,
+            "no failure to report (a message publishes a RefreshFailed warning)"
+        );
+
+        let oom = json!({"name": "dso-refresh", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}});
+        let failing = [
+            pod("pull", "db", told, waiting("ImagePullBackOff")),
+            pod(
+                "crash",
+                "db",
+                told,
+                crashing("db/password (secret x): AccessDenied"),
+            ),
+            pod("oom", "db", told, oom),
+        ];
+        let got = assess(&failing, "db", "h2", now());
+        assert_eq!((got.status.pods, got.status.stale), (3, 3));
+        assert_eq!(
+            got.status.message.as_deref(),
+            Some(
+                "pull: dso-refresh is ImagePullBackOff; \
+                 crash: dso-refresh failed: db/password (secret x): AccessDenied; \
+                 oom: dso-refresh exited 137 (OOMKilled)"
+            ),
+            "real failures are still reported"
+        );
     }
 }

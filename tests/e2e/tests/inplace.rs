@@ -378,6 +378,28 @@ async fn after_a_rotation_current_goes_from_no_pod_to_every_pod_and_the_histogra
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
+    // Once: the passes after the one that saw both pods current (every `interval`, and the
+    // rechecks after telling pods) observe nothing more, and keep `completed`.
+    let passes = op.reconciles().await;
+    wait_for("two more reconciles of the DsoSecret", TIMEOUT, || async {
+        Ok((op.reconciles().await >= passes + 2.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; operator log: {}", op.log()));
+    assert_eq!(
+        op.metric(observed).await,
+        1.0,
+        "the propagation time was observed again by a later pass"
+    );
+    let later = propagation(ns.to_string())
+        .await
+        .expect("status")
+        .expect("propagation");
+    assert_eq!(
+        (later.completed, later.current.as_str()),
+        (Some(completed.clone()), "2/2"),
+        "completed is kept"
+    );
     println!(
         "InPlace: rotation noticed at {since:?}, both pods current at {completed:?}; seen {seen:?}"
     );

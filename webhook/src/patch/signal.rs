@@ -5,7 +5,9 @@
 //!   that gets the mount; it must be one that gets the mount (it reads the files).
 //! - The pod gets `shareProcessNamespace: true` (the sidecar must see the app's process). A pod
 //!   that sets `shareProcessNamespace: false` is refused: it asked for the isolation that a
-//!   signal would undo, and DSO does not overrule it silently.
+//!   signal would undo, and DSO does not overrule it silently. A pod with `hostPID: true` is
+//!   refused too: the API server rejects `hostPID` together with `shareProcessNamespace`, so
+//!   the pod could not be created (and the sidecar would see the node's processes).
 //! - DSO's containers (dso-init and dso-refresh, which writes where dso-init did) run as the
 //!   target's user: `kill(2)` needs the same user or `CAP_KILL`, and Pod Security `restricted`
 //!   allows no capability but `NET_BIND_SERVICE` (and the kubelet does not give added
@@ -97,6 +99,11 @@ pub(super) fn plan(
     if spec.share_process_namespace == Some(false) {
         return Err(refuse(
             "the pod sets shareProcessNamespace: false, and the sidecar can reach the app's process only in a shared process namespace: remove the field (DSO sets it to true) or remove refresh.signal".into(),
+        ));
+    }
+    if spec.host_pid == Some(true) {
+        return Err(refuse(
+            "the pod sets hostPID: true, and Kubernetes refuses hostPID together with the shareProcessNamespace: true the sidecar needs to reach the app's process: remove hostPID, or remove refresh.signal (the files are still refreshed in place)".into(),
         ));
     }
     let user = container

@@ -126,6 +126,10 @@ fn a_pod_already_sharing_its_process_namespace_gets_no_second_operation() {
     json!({"spec": {"shareProcessNamespace": false}}),
     "shareProcessNamespace: false"
 )]
+#[case::host_pid(
+    json!({"spec": {"hostPID": true}}),
+    "DsoSecret \"hup\" asks for refresh.signal SIGHUP, but the pod sets hostPID: true, and Kubernetes refuses hostPID together with the shareProcessNamespace: true"
+)]
 #[case::target_unknown(
     json!({"metadata": {"annotations": {"dso.dev/signal-container": "web"}}}),
     "dso.dev/signal-container: names \"web\", but the pod has no such container (its containers: app, proxy)"
