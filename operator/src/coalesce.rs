@@ -36,8 +36,17 @@ pub const MAX_WAIT_FACTOR: u32 = 10;
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// A wish to roll that nobody repeated for this long is forgotten (its DsoSecret was deleted,
-/// or the workload became current by other means).
+/// or the workload became current by other means) — or for longer than [`MAX_WAIT_FACTOR`] + 1
+/// settle times ([`forget_after`]): a held rollout is asked for again only a settle time later.
 const FORGET_WANTED: Duration = Duration::from_secs(60);
+
+/// How long a wish nobody repeated is kept with settle time `settle`: longer than the longest
+/// wait of a held rollout, so that the reconcile it asked for finds it (with `--rollout-settle`
+/// 2m, it comes ~2 minutes later; a 60 s memory would start the settle time again each time,
+/// and never roll).
+fn forget_after(settle: Duration) -> Duration {
+    FORGET_WANTED.max(settle * (MAX_WAIT_FACTOR + 1))
+}
 
 /// A workload: its namespace and `Kind/name`.
 pub type Key = (String, String);
@@ -100,7 +109,7 @@ pub fn gate(
     settle: Duration,
 ) -> Gate {
     let wanted = match entry.wanted.take() {
-        Some(w) if now.saturating_duration_since(w.seen) <= FORGET_WANTED => Wanted {
+        Some(w) if now.saturating_duration_since(w.seen) <= forget_after(settle) => Wanted {
             changed: if w.hash == hash { w.changed } else { now },
             hash: hash.to_string(),
             seen: now,
@@ -423,6 +432,35 @@ mod tests {
             gate(&mut e, "v3", None, later, SETTLE),
             Gate::Wait(Wait::Settling, SETTLE)
         );
+    }
+
+    #[test]
+    fn a_long_settle_time_still_rolls_when_the_held_rollout_asks_again() {
+        // --rollout-settle 5m, no other event: the held rollout is asked for again only when
+        // its settle time has passed (the requeue is spread over its last tenth).
+        let settle = secs(300);
+        let t0 = Instant::now();
+        let mut e = Entry::default();
+        assert_eq!(
+            gate(&mut e, "v2", None, t0, settle),
+            Gate::Wait(Wait::Settling, settle)
+        );
+        assert_eq!(
+            gate(&mut e, "v2", None, t0 + secs(270), settle),
+            Gate::Wait(Wait::Settling, secs(30))
+        );
+        assert_eq!(gate(&mut e, "v2", None, t0 + secs(300), settle), Gate::Roll);
+        // A burst that never pauses is still capped, at 10 settle times.
+        let mut e = Entry::default();
+        let mut rolled_at = None;
+        for i in 0..20u64 {
+            let now = t0 + secs(290 * i);
+            if gate(&mut e, &format!("v{i}"), None, now, settle) == Gate::Roll {
+                rolled_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(rolled_at, Some(11), "3190 s >= 10 x 300 s");
     }
 
     fn progress(generation: i64, updated: i32, ready: i32, total: i32) -> Progress {
