@@ -81,7 +81,8 @@ pub struct Progress {
     /// The rollout is paused (`spec.paused` of a Deployment): it will not go on by itself.
     pub paused: bool,
     /// The rollout has stalled (a Deployment's `Progressing` condition is `False` with reason
-    /// `ProgressDeadlineExceeded`): it will not go on by itself either.
+    /// `ProgressDeadlineExceeded`, and its controller has observed the current generation: an
+    /// older verdict is about an earlier template): it will not go on by itself either.
     pub stalled: bool,
 }
 
@@ -123,14 +124,20 @@ pub fn rollout_complete(p: &Progress) -> bool {
 
 fn deployment_progress(d: &Deployment) -> Progress {
     let st = d.status.clone().unwrap_or_default();
-    let stalled = st.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+    let generation = d.metadata.generation.unwrap_or(0);
+    let observed_generation = st.observed_generation.unwrap_or(0);
+    // A condition written before the current generation was observed is about an earlier
+    // template: right after DSO's patch, an old ProgressDeadlineExceeded says nothing of the
+    // new rollout.
+    let stalled = observed_generation >= generation
+        && st.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
     Progress {
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: st.observed_generation.unwrap_or(0),
+        generation,
+        observed_generation,
         desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas.unwrap_or(0),
@@ -371,6 +378,26 @@ mod tests {
         }))
         .expect("deployment");
         assert_eq!(standing(&fine.progress()), Standing::Going);
+    }
+
+    #[test]
+    fn a_progress_deadline_passed_before_the_current_generation_is_not_a_stall() {
+        // DSO just patched the template (generation 5) of a Deployment whose previous rollout
+        // had stalled; its controller has not acted on the patch yet.
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 5},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 1, "replicas": 3,
+                       "conditions": [{"type": "Progressing", "status": "False",
+                                       "reason": "ProgressDeadlineExceeded"}]}
+        }))
+        .expect("deployment");
+        assert!(!d.progress().stalled, "{:?}", d.progress());
+        assert_eq!(
+            standing(&d.progress()),
+            Standing::Going,
+            "the slot is kept for the new rollout"
+        );
     }
 
     #[test]
