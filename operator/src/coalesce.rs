@@ -16,7 +16,8 @@
 //! `--rollout-timeout` of the patch (reason `RolloutTimedOut`), or when its Deployment passed its
 //! `progressDeadlineSeconds` before that (`RolloutStalled`). Every DsoSecret the workload
 //! consumes then shows `Degraded=True` naming it, until its rollout completes or another change
-//! takes over (a new rollout, an edit of the workload's spec).
+//! takes over (a new rollout, an edit of the workload's spec). A rollout is judged until it
+//! completes, then forgotten: pods that go missing later (a node drain) are not its doing.
 //!
 //! The memory is this replica's: after an operator restart or a leader change, a rollout the
 //! previous leader started is neither waited for nor timed (a `Degraded` condition it wrote
@@ -338,6 +339,34 @@ impl Tracker {
         });
     }
 
+    /// [`health`] of the rollout this replica started last for the workload. One found over
+    /// (complete, or taken over by another change) is forgotten: a later shortage of Ready pods
+    /// — a node drained hours later — is no rollout of DSO's to time or to wait for.
+    pub fn health(
+        &self,
+        key: &Key,
+        template_hash: Option<&str>,
+        progress: &Progress,
+        now: Instant,
+        deadline: Duration,
+    ) -> Health {
+        let mut map = self.map();
+        let Some(entry) = map.get_mut(key) else {
+            return Health::Settled;
+        };
+        let h = health(
+            entry.started.as_ref(),
+            template_hash,
+            progress,
+            now,
+            deadline,
+        );
+        if h == Health::Settled {
+            entry.started = None;
+        }
+        h
+    }
+
     /// The workload needs no rollout now: a wish to roll it is dropped.
     pub fn current(&self, key: &Key) {
         if let Some(e) = self.map().get_mut(key) {
@@ -559,6 +588,30 @@ mod tests {
             Health::Going { left: secs(30) },
             "the watch cache has not seen the patch yet: not complete"
         );
+    }
+
+    #[test]
+    fn a_completed_rollout_is_not_judged_again_when_pods_go_missing_later() {
+        let t0 = Instant::now();
+        let tracker = Tracker::default();
+        let key: Key = ("shop".into(), "Deployment/web".into());
+        tracker.started(&key, "h2", t0, Some(2));
+        let deadline = secs(300);
+        let judge =
+            |p: &Progress, at: u64| tracker.health(&key, Some("h2"), p, t0 + secs(at), deadline);
+        assert_eq!(
+            judge(&progress(2, 1, 0, 2), 10),
+            Health::Going { left: secs(290) }
+        );
+        assert_eq!(
+            judge(&progress(2, 1, 1, 1), 60),
+            Health::Settled,
+            "complete"
+        );
+        assert_eq!(tracker.get(&key).started, None, "forgotten once complete");
+        // Two hours later a node is drained: the pod is not Ready for a while. No rollout of
+        // DSO's is going: neither degraded nor holding the next rotation.
+        assert_eq!(judge(&progress(2, 1, 0, 1), 7200), Health::Settled);
     }
 
     fn time(s: i64) -> Time {

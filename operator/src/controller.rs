@@ -690,7 +690,8 @@ fn judge(
         .map(|c| c.message.as_str());
     let mut keep_previous = false;
     for w in consumers {
-        let started = ctx.tracker.get(&(w.namespace.clone(), w.id())).started;
+        let key = (w.namespace.clone(), w.id());
+        let started = ctx.tracker.get(&key).started;
         if started.is_none()
             && previous_message.is_some_and(|m| m.contains(&format!("{}: ", w.id())))
             && w.template_hash().is_some()
@@ -699,8 +700,8 @@ fn judge(
             keep_previous = true;
             sooner(DEGRADED_RECHECK);
         }
-        match coalesce::health(
-            started.as_ref(),
+        match ctx.tracker.health(
+            &key,
             w.template_hash(),
             &w.progress,
             now,

@@ -16,7 +16,7 @@
 //! waits: for the versions to settle (`--rollout-settle`), or for a rollout DSO started for the
 //! workload to end. A held rollout is asked for again by the next reconcile.
 
-use crate::coalesce::{self, Gate, Health, Wait};
+use crate::coalesce::{Gate, Health, Wait};
 use crate::controller::{Context, FIELD_MANAGER, lookup, not_before};
 use crate::domain::{self, Decision, Versions};
 use crate::error::{Error, Result};
@@ -117,8 +117,8 @@ pub async fn act_on(
         return Ok(Outcome::Unchanged);
     }
     let now = Instant::now();
-    let rolling_left = match coalesce::health(
-        ctx.tracker.get(&key).started.as_ref(),
+    let rolling_left = match ctx.tracker.health(
+        &key,
         w.template_hash(),
         &w.progress,
         now,
