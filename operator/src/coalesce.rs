@@ -16,8 +16,9 @@
 //! `--rollout-timeout` of the patch (reason `RolloutTimedOut`), or when its Deployment passed its
 //! `progressDeadlineSeconds` before that (`RolloutStalled`). Every DsoSecret the workload
 //! consumes then shows `Degraded=True` naming it, until its rollout completes or another change
-//! takes over (a new rollout, an edit of the workload's spec). A rollout is judged until it
-//! completes, then forgotten: pods that go missing later (a node drain) are not its doing.
+//! takes over (a new rollout, an edit of the pod template by its owner; a scale is not one). A
+//! rollout is judged until it completes, then forgotten: pods that go missing later (a node
+//! drain) are not its doing.
 //!
 //! The memory is this replica's: after an operator restart or a leader change, a rollout the
 //! previous leader started is neither waited for nor timed (a `Degraded` condition it wrote
@@ -59,8 +60,12 @@ pub struct Started {
     pub hash: String,
     /// When the patch was applied.
     pub at: Instant,
-    /// The workload's `metadata.generation` after the patch (another spec change bumps it).
+    /// The workload's `metadata.generation` after the patch: until the watch cache shows it,
+    /// the patch is not seen yet.
     pub generation: Option<i64>,
+    /// [`template_digest`](crate::workload::template_digest) of the template DSO patched: its
+    /// owner changing the template takes the rollout over (a scale does not).
+    pub digest: Option<String>,
 }
 
 /// A rollout wanted and not started yet.
@@ -166,11 +171,12 @@ pub enum Health {
     Degraded { why: Degraded, detail: String },
 }
 
-/// Judges the rollout `started` of a workload whose template now carries `template_hash` and
-/// whose controller reports `progress`.
+/// Judges the rollout `started` of a workload whose template now carries `template_hash`, has
+/// digest `template_digest`, and whose controller reports `progress`.
 pub fn health(
     started: Option<&Started>,
     template_hash: Option<&str>,
+    template_digest: Option<&str>,
     progress: &Progress,
     now: Instant,
     deadline: Duration,
@@ -183,8 +189,6 @@ pub fn health(
         left: deadline.saturating_sub(elapsed),
     };
     match s.generation {
-        // Another change of the spec since: the rollout is its owner's now.
-        Some(g) if progress.generation > g => return Health::Settled,
         // The watch cache has not seen the patch yet.
         Some(g) if progress.generation < g => {
             return if elapsed >= deadline {
@@ -203,6 +207,11 @@ pub fn health(
     }
     if template_hash != Some(s.hash.as_str()) {
         // Another hash on the template: someone else's change.
+        return Health::Settled;
+    }
+    if s.digest.is_some() && template_digest != s.digest.as_deref() {
+        // The owner changed the template since: the rollout is theirs now. (A scale, an
+        // annotation of the workload bump its generation too, and change nothing of this.)
         return Health::Settled;
     }
     if rollout_complete(progress) {
@@ -317,9 +326,16 @@ impl Tracker {
         )
     }
 
-    /// A rollout to `hash` was applied at `now`: nothing waits any more, and it is judged from
-    /// now on.
-    pub fn started(&self, key: &Key, hash: &str, now: Instant, generation: Option<i64>) {
+    /// A rollout to `hash` was applied at `now` to a template of digest `digest`: nothing
+    /// waits any more, and it is judged from now on.
+    pub fn started(
+        &self,
+        key: &Key,
+        hash: &str,
+        now: Instant,
+        generation: Option<i64>,
+        digest: Option<&str>,
+    ) {
         let mut map = self.map();
         if map.len() > 256 {
             // Forget workloads nothing was started for or asked about in a long while.
@@ -336,6 +352,7 @@ impl Tracker {
             hash: hash.to_string(),
             at: now,
             generation,
+            digest: digest.map(str::to_string),
         });
     }
 
@@ -346,6 +363,7 @@ impl Tracker {
         &self,
         key: &Key,
         template_hash: Option<&str>,
+        template_digest: Option<&str>,
         progress: &Progress,
         now: Instant,
         deadline: Duration,
@@ -357,6 +375,7 @@ impl Tracker {
         let h = health(
             entry.started.as_ref(),
             template_hash,
+            template_digest,
             progress,
             now,
             deadline,
@@ -509,6 +528,7 @@ mod tests {
             hash: "h2".into(),
             at,
             generation: Some(2),
+            digest: Some("t1".into()),
         }
     }
 
@@ -519,12 +539,24 @@ mod tests {
         let deadline = secs(30);
         let stuck = progress(2, 1, 0, 2);
         assert_eq!(
-            health(Some(&s), Some("h2"), &stuck, t0 + secs(10), deadline),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &stuck,
+                t0 + secs(10),
+                deadline
+            ),
             Health::Going { left: secs(20) }
         );
-        let Health::Degraded { why, detail } =
-            health(Some(&s), Some("h2"), &stuck, t0 + secs(30), deadline)
-        else {
+        let Health::Degraded { why, detail } = health(
+            Some(&s),
+            Some("h2"),
+            Some("t1"),
+            &stuck,
+            t0 + secs(30),
+            deadline,
+        ) else {
             panic!("degraded at the deadline")
         };
         assert_eq!(why, Degraded::TimedOut);
@@ -534,9 +566,57 @@ mod tests {
         );
         let done = progress(2, 1, 1, 1);
         assert_eq!(
-            health(Some(&s), Some("h2"), &done, t0 + secs(40), deadline),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &done,
+                t0 + secs(40),
+                deadline
+            ),
             Health::Settled,
             "complete: no longer degraded"
+        );
+    }
+
+    #[test]
+    fn a_scale_during_the_rollout_does_not_take_it_over() {
+        // DSO rolled web (generation 2); the HPA scaled it 20 s later (generation 3, same
+        // template): the rollout is still DSO's, and is judged.
+        let t0 = Instant::now();
+        let s = started(t0);
+        let scaled = Progress {
+            desired: 3,
+            ..progress(3, 1, 0, 2)
+        };
+        assert_eq!(
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &scaled,
+                t0 + secs(20),
+                secs(30)
+            ),
+            Health::Going { left: secs(10) },
+            "still DSO's rollout: a rotation now waits for it"
+        );
+        assert!(
+            matches!(
+                health(
+                    Some(&s),
+                    Some("h2"),
+                    Some("t1"),
+                    &scaled,
+                    t0 + secs(30),
+                    secs(30)
+                ),
+                Health::Degraded {
+                    why: Degraded::TimedOut,
+                    ..
+                }
+            ),
+            "never Ready: degraded"
         );
     }
 
@@ -551,6 +631,7 @@ mod tests {
             health(
                 Some(&started(t0)),
                 Some("h2"),
+                Some("t1"),
                 &stalled,
                 t0 + secs(5),
                 secs(300)
@@ -569,22 +650,36 @@ mod tests {
         let late = t0 + secs(600);
         let stuck = progress(2, 1, 0, 2);
         assert_eq!(
-            health(None, Some("h2"), &stuck, late, secs(30)),
+            health(None, Some("h2"), Some("t1"), &stuck, late, secs(30)),
             Health::Settled,
             "not started by this replica"
         );
         assert_eq!(
-            health(Some(&s), Some("h3"), &stuck, late, secs(30)),
+            health(Some(&s), Some("h3"), Some("t1"), &stuck, late, secs(30)),
             Health::Settled,
             "another hash on the template"
         );
         assert_eq!(
-            health(Some(&s), Some("h2"), &progress(3, 1, 0, 2), late, secs(30)),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t2"),
+                &progress(3, 1, 0, 2),
+                late,
+                secs(30)
+            ),
             Health::Settled,
-            "the owner changed the spec since"
+            "the owner changed the template since"
         );
         assert_eq!(
-            health(Some(&s), Some("h1"), &progress(1, 1, 1, 1), t0, secs(30)),
+            health(
+                Some(&s),
+                Some("h1"),
+                Some("t1"),
+                &progress(1, 1, 1, 1),
+                t0,
+                secs(30)
+            ),
             Health::Going { left: secs(30) },
             "the watch cache has not seen the patch yet: not complete"
         );
@@ -595,10 +690,11 @@ mod tests {
         let t0 = Instant::now();
         let tracker = Tracker::default();
         let key: Key = ("shop".into(), "Deployment/web".into());
-        tracker.started(&key, "h2", t0, Some(2));
+        tracker.started(&key, "h2", t0, Some(2), Some("t1"));
         let deadline = secs(300);
-        let judge =
-            |p: &Progress, at: u64| tracker.health(&key, Some("h2"), p, t0 + secs(at), deadline);
+        let judge = |p: &Progress, at: u64| {
+            tracker.health(&key, Some("h2"), Some("t1"), p, t0 + secs(at), deadline)
+        };
         assert_eq!(
             judge(&progress(2, 1, 0, 2), 10),
             Health::Going { left: secs(290) }

@@ -703,6 +703,7 @@ fn judge(
         match ctx.tracker.health(
             &key,
             w.template_hash(),
+            w.template_digest.as_deref(),
             &w.progress,
             now,
             ctx.settings.rollout_timeout,

@@ -120,6 +120,7 @@ pub async fn act_on(
     let rolling_left = match ctx.tracker.health(
         &key,
         w.template_hash(),
+        w.template_digest.as_deref(),
         &w.progress,
         now,
         ctx.settings.rollout_timeout,
@@ -174,7 +175,8 @@ pub async fn act_on(
             };
             let generation = patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
             let now = Instant::now();
-            ctx.tracker.started(&key, &hash, now, generation);
+            ctx.tracker
+                .started(&key, &hash, now, generation, w.template_digest.as_deref());
             if let Ok(mut applied) = ctx.applied.lock() {
                 applied.retain(|_, (_, at)| now.duration_since(*at) < APPLIED_TRUST);
                 applied.insert(key, (hash.clone(), now));
