@@ -26,6 +26,7 @@
 
 use crate::workload::{Progress, rollout_complete};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,6 +61,9 @@ pub struct Started {
     pub hash: String,
     /// When the patch was applied.
     pub at: Instant,
+    /// The same, on the wall clock (whole seconds), as the `Degraded` message tells it: a
+    /// message that does not change while nothing changes is not written again.
+    pub since: Timestamp,
     /// The workload's `metadata.generation` after the patch: until the watch cache shows it,
     /// the patch is not seen yet.
     pub generation: Option<i64>,
@@ -195,8 +199,9 @@ pub fn health(
                 Health::Degraded {
                     why: Degraded::TimedOut,
                     detail: format!(
-                        "its controller had not taken up the new template {}s after DSO patched it",
-                        elapsed.as_secs()
+                        "its controller had not taken up the new template DSO applied at {} (--rollout-timeout {}s)",
+                        s.since,
+                        deadline.as_secs()
                     ),
                 }
             } else {
@@ -236,9 +241,9 @@ pub fn health(
         Health::Degraded {
             why: Degraded::TimedOut,
             detail: format!(
-                "new pods not Ready {}s after DSO started the rollout{paused} (--rollout-timeout {}s): {counts}",
-                elapsed.as_secs(),
-                deadline.as_secs()
+                "new pods not Ready within --rollout-timeout {}s of the rollout DSO started at {}{paused}: {counts}",
+                deadline.as_secs(),
+                s.since
             ),
         }
     } else {
@@ -351,6 +356,8 @@ impl Tracker {
         entry.started = Some(Started {
             hash: hash.to_string(),
             at: now,
+            since: Timestamp::from_second(Timestamp::now().as_second())
+                .unwrap_or_else(|_| Timestamp::now()),
             generation,
             digest: digest.map(str::to_string),
         });
@@ -527,6 +534,7 @@ mod tests {
         Started {
             hash: "h2".into(),
             at,
+            since: Timestamp::from_second(1_796_014_800).expect("time"),
             generation: Some(2),
             digest: Some("t1".into()),
         }
@@ -563,6 +571,28 @@ mod tests {
         assert!(
             detail.contains("1 of 1 pods updated, 0 of 2 pods available"),
             "{detail}"
+        );
+        assert!(
+            detail.contains("started at 2026-11-30T05:00:00Z"),
+            "{detail}"
+        );
+        let Health::Degraded {
+            detail: later_detail,
+            ..
+        } = health(
+            Some(&s),
+            Some("h2"),
+            Some("t1"),
+            &stuck,
+            t0 + secs(60),
+            deadline,
+        )
+        else {
+            panic!("still degraded")
+        };
+        assert_eq!(
+            later_detail, detail,
+            "the same message while nothing changes: status is not rewritten at each look"
         );
         let done = progress(2, 1, 1, 1);
         assert_eq!(
