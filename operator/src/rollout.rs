@@ -225,13 +225,15 @@ async fn hold_slot(
         Kind::DaemonSet => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
     };
     drop(slot);
+    if stuck(end) {
+        metrics.rollout_timed_out(w.kind.as_str());
+    }
     let why = match end {
         Some(Standing::Complete) => {
             info!(workload = w.id(), "rollout complete");
             return;
         }
         None | Some(Standing::Going) => {
-            metrics.rollout_timed_out(w.kind.as_str());
             warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
             return;
         }
@@ -247,6 +249,13 @@ async fn hold_slot(
     let (on_dso, on_workload) = slot_released_events(&w, &dso, why);
     events.publish(&on_dso, &dso).await;
     events.publish(&on_workload, &w.object_ref()).await;
+}
+
+/// Whether a rollout DSO started that ended so counts in `dso_rollout_timeouts_total` (alert
+/// `DsoRolloutStuck`): not complete within the timeout, or stalled past its Deployment's
+/// `progressDeadlineSeconds` — both `Degraded`. A paused one is its owner's doing, not counted.
+fn stuck(end: Option<Standing>) -> bool {
+    matches!(end, None | Some(Standing::Going | Standing::Stalled))
 }
 
 /// The `RolloutSlotReleased` events for workload `w` whose rollout `why` (paused, stalled):
@@ -389,6 +398,17 @@ mod applied_tests {
             "trust ends"
         );
         assert!(!already_applied(None, "h1", t0));
+    }
+
+    #[test]
+    fn timed_out_and_stalled_rollouts_are_counted_for_the_alert_paused_and_complete_ones_not() {
+        assert!(stuck(None), "not complete within --rollout-timeout");
+        assert!(
+            stuck(Some(Standing::Stalled)),
+            "past progressDeadlineSeconds"
+        );
+        assert!(!stuck(Some(Standing::Paused)));
+        assert!(!stuck(Some(Standing::Complete)));
     }
 
     #[test]
