@@ -45,8 +45,8 @@ pub struct Args {
 
     /// How long the versions a workload consumes must stay unchanged before DSO rolls it, such
     /// as 2s: rotations closer together than that (two secrets rotated together, one rotated
-    /// twice) give one rollout. 0s rolls at once. A burst that never pauses waits at most ten
-    /// times this.
+    /// twice) give one rollout. 0s rolls at once, at most 5m. A burst that never pauses waits at
+    /// most ten times this.
     #[arg(long, env = "DSO_ROLLOUT_SETTLE", default_value = "2s", value_parser = settle)]
     pub rollout_settle: Duration,
 

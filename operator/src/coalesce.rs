@@ -16,7 +16,9 @@
 //! `--rollout-timeout` of the patch (reason `RolloutTimedOut`), or when its Deployment passed its
 //! `progressDeadlineSeconds` before that (`RolloutStalled`). Every DsoSecret the workload
 //! consumes then shows `Degraded=True` naming it, until its rollout completes or another change
-//! takes over (a new rollout, an edit of the workload's spec).
+//! takes over (a new rollout, an edit of the pod template by its owner; a scale is not one). A
+//! rollout is judged until it completes, then forgotten: pods that go missing later (a node
+//! drain) are not its doing.
 //!
 //! The memory is this replica's: after an operator restart or a leader change, a rollout the
 //! previous leader started is neither waited for nor timed (a `Degraded` condition it wrote
@@ -24,6 +26,7 @@
 
 use crate::workload::{Progress, rollout_complete};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -36,8 +39,17 @@ pub const MAX_WAIT_FACTOR: u32 = 10;
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// A wish to roll that nobody repeated for this long is forgotten (its DsoSecret was deleted,
-/// or the workload became current by other means).
+/// or the workload became current by other means) — or for longer than [`MAX_WAIT_FACTOR`] + 1
+/// settle times ([`forget_after`]): a held rollout is asked for again only a settle time later.
 const FORGET_WANTED: Duration = Duration::from_secs(60);
+
+/// How long a wish nobody repeated is kept with settle time `settle`: longer than the longest
+/// wait of a held rollout, so that the reconcile it asked for finds it (with `--rollout-settle`
+/// 2m, it comes ~2 minutes later; a 60 s memory would start the settle time again each time,
+/// and never roll).
+fn forget_after(settle: Duration) -> Duration {
+    FORGET_WANTED.max(settle * (MAX_WAIT_FACTOR + 1))
+}
 
 /// A workload: its namespace and `Kind/name`.
 pub type Key = (String, String);
@@ -49,8 +61,15 @@ pub struct Started {
     pub hash: String,
     /// When the patch was applied.
     pub at: Instant,
-    /// The workload's `metadata.generation` after the patch (another spec change bumps it).
+    /// The same, on the wall clock (whole seconds), as the `Degraded` message tells it: a
+    /// message that does not change while nothing changes is not written again.
+    pub since: Timestamp,
+    /// The workload's `metadata.generation` after the patch: until the watch cache shows it,
+    /// the patch is not seen yet.
     pub generation: Option<i64>,
+    /// [`template_digest`](crate::workload::template_digest) of the template DSO patched: its
+    /// owner changing the template takes the rollout over (a scale does not).
+    pub digest: Option<String>,
 }
 
 /// A rollout wanted and not started yet.
@@ -100,7 +119,7 @@ pub fn gate(
     settle: Duration,
 ) -> Gate {
     let wanted = match entry.wanted.take() {
-        Some(w) if now.saturating_duration_since(w.seen) <= FORGET_WANTED => Wanted {
+        Some(w) if now.saturating_duration_since(w.seen) <= forget_after(settle) => Wanted {
             changed: if w.hash == hash { w.changed } else { now },
             hash: hash.to_string(),
             seen: now,
@@ -156,11 +175,12 @@ pub enum Health {
     Degraded { why: Degraded, detail: String },
 }
 
-/// Judges the rollout `started` of a workload whose template now carries `template_hash` and
-/// whose controller reports `progress`.
+/// Judges the rollout `started` of a workload whose template now carries `template_hash`, has
+/// digest `template_digest`, and whose controller reports `progress`.
 pub fn health(
     started: Option<&Started>,
     template_hash: Option<&str>,
+    template_digest: Option<&str>,
     progress: &Progress,
     now: Instant,
     deadline: Duration,
@@ -173,16 +193,15 @@ pub fn health(
         left: deadline.saturating_sub(elapsed),
     };
     match s.generation {
-        // Another change of the spec since: the rollout is its owner's now.
-        Some(g) if progress.generation > g => return Health::Settled,
         // The watch cache has not seen the patch yet.
         Some(g) if progress.generation < g => {
             return if elapsed >= deadline {
                 Health::Degraded {
                     why: Degraded::TimedOut,
                     detail: format!(
-                        "its controller had not taken up the new template {}s after DSO patched it",
-                        elapsed.as_secs()
+                        "its controller had not taken up the new template DSO applied at {} (--rollout-timeout {}s)",
+                        s.since,
+                        deadline.as_secs()
                     ),
                 }
             } else {
@@ -193,6 +212,11 @@ pub fn health(
     }
     if template_hash != Some(s.hash.as_str()) {
         // Another hash on the template: someone else's change.
+        return Health::Settled;
+    }
+    if s.digest.is_some() && template_digest != s.digest.as_deref() {
+        // The owner changed the template since: the rollout is theirs now. (A scale, an
+        // annotation of the workload bump its generation too, and change nothing of this.)
         return Health::Settled;
     }
     if rollout_complete(progress) {
@@ -217,9 +241,9 @@ pub fn health(
         Health::Degraded {
             why: Degraded::TimedOut,
             detail: format!(
-                "new pods not Ready {}s after DSO started the rollout{paused} (--rollout-timeout {}s): {counts}",
-                elapsed.as_secs(),
-                deadline.as_secs()
+                "new pods not Ready within --rollout-timeout {}s of the rollout DSO started at {}{paused}: {counts}",
+                deadline.as_secs(),
+                s.since
             ),
         }
     } else {
@@ -307,9 +331,16 @@ impl Tracker {
         )
     }
 
-    /// A rollout to `hash` was applied at `now`: nothing waits any more, and it is judged from
-    /// now on.
-    pub fn started(&self, key: &Key, hash: &str, now: Instant, generation: Option<i64>) {
+    /// A rollout to `hash` was applied at `now` to a template of digest `digest`: nothing
+    /// waits any more, and it is judged from now on.
+    pub fn started(
+        &self,
+        key: &Key,
+        hash: &str,
+        now: Instant,
+        generation: Option<i64>,
+        digest: Option<&str>,
+    ) {
         let mut map = self.map();
         if map.len() > 256 {
             // Forget workloads nothing was started for or asked about in a long while.
@@ -325,8 +356,41 @@ impl Tracker {
         entry.started = Some(Started {
             hash: hash.to_string(),
             at: now,
+            since: Timestamp::from_second(Timestamp::now().as_second())
+                .unwrap_or_else(|_| Timestamp::now()),
             generation,
+            digest: digest.map(str::to_string),
         });
+    }
+
+    /// [`health`] of the rollout this replica started last for the workload. One found over
+    /// (complete, or taken over by another change) is forgotten: a later shortage of Ready pods
+    /// — a node drained hours later — is no rollout of DSO's to time or to wait for.
+    pub fn health(
+        &self,
+        key: &Key,
+        template_hash: Option<&str>,
+        template_digest: Option<&str>,
+        progress: &Progress,
+        now: Instant,
+        deadline: Duration,
+    ) -> Health {
+        let mut map = self.map();
+        let Some(entry) = map.get_mut(key) else {
+            return Health::Settled;
+        };
+        let h = health(
+            entry.started.as_ref(),
+            template_hash,
+            template_digest,
+            progress,
+            now,
+            deadline,
+        );
+        if h == Health::Settled {
+            entry.started = None;
+        }
+        h
     }
 
     /// The workload needs no rollout now: a wish to roll it is dropped.
@@ -425,6 +489,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_long_settle_time_still_rolls_when_the_held_rollout_asks_again() {
+        // --rollout-settle 5m, no other event: the held rollout is asked for again only when
+        // its settle time has passed (the requeue is spread over its last tenth).
+        let settle = secs(300);
+        let t0 = Instant::now();
+        let mut e = Entry::default();
+        assert_eq!(
+            gate(&mut e, "v2", None, t0, settle),
+            Gate::Wait(Wait::Settling, settle)
+        );
+        assert_eq!(
+            gate(&mut e, "v2", None, t0 + secs(270), settle),
+            Gate::Wait(Wait::Settling, secs(30))
+        );
+        assert_eq!(gate(&mut e, "v2", None, t0 + secs(300), settle), Gate::Roll);
+        // A burst that never pauses is still capped, at 10 settle times.
+        let mut e = Entry::default();
+        let mut rolled_at = None;
+        for i in 0..20u64 {
+            let now = t0 + secs(290 * i);
+            if gate(&mut e, &format!("v{i}"), None, now, settle) == Gate::Roll {
+                rolled_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(rolled_at, Some(11), "3190 s >= 10 x 300 s");
+    }
+
     fn progress(generation: i64, updated: i32, ready: i32, total: i32) -> Progress {
         Progress {
             generation,
@@ -441,7 +534,9 @@ mod tests {
         Started {
             hash: "h2".into(),
             at,
+            since: Timestamp::from_second(1_796_014_800).expect("time"),
             generation: Some(2),
+            digest: Some("t1".into()),
         }
     }
 
@@ -452,12 +547,24 @@ mod tests {
         let deadline = secs(30);
         let stuck = progress(2, 1, 0, 2);
         assert_eq!(
-            health(Some(&s), Some("h2"), &stuck, t0 + secs(10), deadline),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &stuck,
+                t0 + secs(10),
+                deadline
+            ),
             Health::Going { left: secs(20) }
         );
-        let Health::Degraded { why, detail } =
-            health(Some(&s), Some("h2"), &stuck, t0 + secs(30), deadline)
-        else {
+        let Health::Degraded { why, detail } = health(
+            Some(&s),
+            Some("h2"),
+            Some("t1"),
+            &stuck,
+            t0 + secs(30),
+            deadline,
+        ) else {
             panic!("degraded at the deadline")
         };
         assert_eq!(why, Degraded::TimedOut);
@@ -465,11 +572,81 @@ mod tests {
             detail.contains("1 of 1 pods updated, 0 of 2 pods available"),
             "{detail}"
         );
+        assert!(
+            detail.contains("started at 2026-11-30T05:00:00Z"),
+            "{detail}"
+        );
+        let Health::Degraded {
+            detail: later_detail,
+            ..
+        } = health(
+            Some(&s),
+            Some("h2"),
+            Some("t1"),
+            &stuck,
+            t0 + secs(60),
+            deadline,
+        )
+        else {
+            panic!("still degraded")
+        };
+        assert_eq!(
+            later_detail, detail,
+            "the same message while nothing changes: status is not rewritten at each look"
+        );
         let done = progress(2, 1, 1, 1);
         assert_eq!(
-            health(Some(&s), Some("h2"), &done, t0 + secs(40), deadline),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &done,
+                t0 + secs(40),
+                deadline
+            ),
             Health::Settled,
             "complete: no longer degraded"
+        );
+    }
+
+    #[test]
+    fn a_scale_during_the_rollout_does_not_take_it_over() {
+        // DSO rolled web (generation 2); the HPA scaled it 20 s later (generation 3, same
+        // template): the rollout is still DSO's, and is judged.
+        let t0 = Instant::now();
+        let s = started(t0);
+        let scaled = Progress {
+            desired: 3,
+            ..progress(3, 1, 0, 2)
+        };
+        assert_eq!(
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t1"),
+                &scaled,
+                t0 + secs(20),
+                secs(30)
+            ),
+            Health::Going { left: secs(10) },
+            "still DSO's rollout: a rotation now waits for it"
+        );
+        assert!(
+            matches!(
+                health(
+                    Some(&s),
+                    Some("h2"),
+                    Some("t1"),
+                    &scaled,
+                    t0 + secs(30),
+                    secs(30)
+                ),
+                Health::Degraded {
+                    why: Degraded::TimedOut,
+                    ..
+                }
+            ),
+            "never Ready: degraded"
         );
     }
 
@@ -484,6 +661,7 @@ mod tests {
             health(
                 Some(&started(t0)),
                 Some("h2"),
+                Some("t1"),
                 &stalled,
                 t0 + secs(5),
                 secs(300)
@@ -502,25 +680,64 @@ mod tests {
         let late = t0 + secs(600);
         let stuck = progress(2, 1, 0, 2);
         assert_eq!(
-            health(None, Some("h2"), &stuck, late, secs(30)),
+            health(None, Some("h2"), Some("t1"), &stuck, late, secs(30)),
             Health::Settled,
             "not started by this replica"
         );
         assert_eq!(
-            health(Some(&s), Some("h3"), &stuck, late, secs(30)),
+            health(Some(&s), Some("h3"), Some("t1"), &stuck, late, secs(30)),
             Health::Settled,
             "another hash on the template"
         );
         assert_eq!(
-            health(Some(&s), Some("h2"), &progress(3, 1, 0, 2), late, secs(30)),
+            health(
+                Some(&s),
+                Some("h2"),
+                Some("t2"),
+                &progress(3, 1, 0, 2),
+                late,
+                secs(30)
+            ),
             Health::Settled,
-            "the owner changed the spec since"
+            "the owner changed the template since"
         );
         assert_eq!(
-            health(Some(&s), Some("h1"), &progress(1, 1, 1, 1), t0, secs(30)),
+            health(
+                Some(&s),
+                Some("h1"),
+                Some("t1"),
+                &progress(1, 1, 1, 1),
+                t0,
+                secs(30)
+            ),
             Health::Going { left: secs(30) },
             "the watch cache has not seen the patch yet: not complete"
         );
+    }
+
+    #[test]
+    fn a_completed_rollout_is_not_judged_again_when_pods_go_missing_later() {
+        let t0 = Instant::now();
+        let tracker = Tracker::default();
+        let key: Key = ("shop".into(), "Deployment/web".into());
+        tracker.started(&key, "h2", t0, Some(2), Some("t1"));
+        let deadline = secs(300);
+        let judge = |p: &Progress, at: u64| {
+            tracker.health(&key, Some("h2"), Some("t1"), p, t0 + secs(at), deadline)
+        };
+        assert_eq!(
+            judge(&progress(2, 1, 0, 2), 10),
+            Health::Going { left: secs(290) }
+        );
+        assert_eq!(
+            judge(&progress(2, 1, 1, 1), 60),
+            Health::Settled,
+            "complete"
+        );
+        assert_eq!(tracker.get(&key).started, None, "forgotten once complete");
+        // Two hours later a node is drained: the pod is not Ready for a while. No rollout of
+        // DSO's is going: neither degraded nor holding the next rotation.
+        assert_eq!(judge(&progress(2, 1, 0, 1), 7200), Health::Settled);
     }
 
     fn time(s: i64) -> Time {

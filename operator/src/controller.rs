@@ -518,7 +518,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
 
     let rotations = domain::rotations(&previous.secrets, &resolution.secrets);
     let next_run = if rollout && !rotations.is_empty() {
-        next_run_consumers(ctx, &ns, &name).await
+        next_run_consumers(ctx.client.clone(), &ns, &name).await
     } else {
         Vec::new()
     };
@@ -693,7 +693,8 @@ fn judge(
         .map(|c| c.message.as_str());
     let mut keep_previous = false;
     for w in consumers {
-        let started = ctx.tracker.get(&(w.namespace.clone(), w.id())).started;
+        let key = (w.namespace.clone(), w.id());
+        let started = ctx.tracker.get(&key).started;
         if started.is_none()
             && previous_message.is_some_and(|m| m.contains(&format!("{}: ", w.id())))
             && w.template_hash().is_some()
@@ -702,9 +703,10 @@ fn judge(
             keep_previous = true;
             sooner(DEGRADED_RECHECK);
         }
-        match coalesce::health(
-            started.as_ref(),
+        match ctx.tracker.health(
+            &key,
             w.template_hash(),
+            w.template_digest.as_deref(),
             &w.progress,
             now,
             ctx.settings.rollout_timeout,
@@ -762,10 +764,41 @@ async fn announce_health(
     }
 }
 
+/// Jobs or CronJobs asked for per page when listing them for `nextRun`.
+const LIST_PAGE: u32 = 500;
+
+/// The names `keep` gives for the objects of `api`, read in pages of [`LIST_PAGE`]: a namespace
+/// with thousands of Jobs is not one big answer, nor all held at once. (Not `match_any`: kube
+/// drops `resourceVersion=0` from a list with a limit, since an API server answers it in full;
+/// Kubernetes 1.34+ serves the pages of a consistent list from its watch cache.)
+async fn list_kept<K>(
+    api: &Api<K>,
+    keep: impl Fn(&K) -> Option<String>,
+) -> kube::Result<Vec<String>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        out.extend(page.items.iter().filter_map(&keep));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            // The next pages come from the snapshot the token names.
+            Some(token) => {
+                params = ListParams::default()
+                    .limit(LIST_PAGE)
+                    .continue_token(&token)
+            }
+            None => return Ok(out),
+        }
+    }
+}
+
 /// The Jobs and CronJobs of `namespace` whose pod template consumes the DsoSecret `name`, as
 /// Kind/name: never rolled, their next pods get the new versions. Jobs a CronJob owns, and
 /// finished Jobs, are left out. Listed once per rotation; a failure to list is logged only.
-async fn next_run_consumers(ctx: &Context, namespace: &str, name: &str) -> Vec<String> {
+async fn next_run_consumers(client: Client, namespace: &str, name: &str) -> Vec<String> {
     let consumes = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
         domain::consumed_names(
             t.and_then(|t| t.metadata.as_ref())
@@ -775,39 +808,32 @@ async fn next_run_consumers(ctx: &Context, namespace: &str, name: &str) -> Vec<S
         .any(|n| n == name)
     };
     let mut out = Vec::new();
-    match Api::<CronJob>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
+    let cronjobs = Api::<CronJob>::namespaced(client.clone(), namespace);
+    match list_kept(&cronjobs, |c| {
+        consumes(c.spec.job_template.spec.as_ref().map(|j| &j.template))
+            .then(|| format!("CronJob/{}", c.name_any()))
+    })
+    .await
     {
-        Ok(list) => out.extend(
-            list.items
-                .iter()
-                .filter(|c| consumes(c.spec.job_template.spec.as_ref().map(|j| &j.template)))
-                .map(|c| format!("CronJob/{}", c.name_any())),
-        ),
+        Ok(names) => out.extend(names),
         Err(e) => warn!(error = %e, "could not list CronJobs (status.lastRotation.nextRun)"),
     }
-    match Api::<Job>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) => out.extend(
-            list.items
-                .iter()
-                .filter(|j| !j.owner_references().iter().any(|o| o.kind == "CronJob"))
-                .filter(|j| {
-                    !j.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| {
-                                (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
-                            })
-                        })
-                })
-                .filter(|j| consumes(j.spec.as_ref().map(|s| &s.template)))
-                .map(|j| format!("Job/{}", j.name_any())),
-        ),
+    let jobs = Api::<Job>::namespaced(client, namespace);
+    let job = |j: &Job| {
+        let owned = j.owner_references().iter().any(|o| o.kind == "CronJob");
+        let finished = j
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            });
+        (!owned && !finished && consumes(j.spec.as_ref().map(|s| &s.template)))
+            .then(|| format!("Job/{}", j.name_any()))
+    };
+    match list_kept(&jobs, job).await {
+        Ok(names) => out.extend(names),
         Err(e) => warn!(error = %e, "could not list Jobs (status.lastRotation.nextRun)"),
     }
     out
@@ -1042,5 +1068,55 @@ mod tests {
              --rollout-settle): Deployment/web; rolling once the rollout in progress ends: \
              Deployment/api; never restarted, their next run gets the new versions: CronJob/backup"
         );
+    }
+}
+
+#[cfg(test)]
+mod next_run_tests {
+    use super::*;
+    use kube::client::Body;
+
+    #[tokio::test]
+    async fn every_page_of_jobs_is_read() {
+        let queries = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = queries.clone();
+        let service = tower::service_fn(move |req: http::Request<Body>| {
+            let seen = seen.clone();
+            async move {
+                let uri = req.uri().clone();
+                let query = uri.query().unwrap_or_default().to_string();
+                let job = |name: &str| {
+                    serde_json::json!({"metadata": {"name": name}, "spec": {"template": {
+                        "metadata": {"annotations": {"dso.dev/inject": "true", "dso.dev/secrets": "db"}}
+                    }}})
+                };
+                let body = if uri.path().ends_with("/cronjobs") {
+                    serde_json::json!({"apiVersion": "batch/v1", "kind": "CronJobList", "metadata": {}, "items": []})
+                } else if query.contains("continue=p2") {
+                    seen.lock().expect("lock").push(query);
+                    serde_json::json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [job("b")]})
+                } else {
+                    seen.lock().expect("lock").push(query);
+                    serde_json::json!({"apiVersion": "batch/v1", "kind": "JobList",
+                        "metadata": {"continue": "p2"}, "items": [job("a")]})
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    http::Response::builder()
+                        .status(200)
+                        .body(Body::from(serde_json::to_vec(&body)?))?,
+                )
+            }
+        });
+        let client = Client::new(service, "default");
+        let found = next_run_consumers(client, "shop", "db").await;
+        assert_eq!(found, ["Job/a", "Job/b"], "both pages");
+        let queries = queries.lock().expect("lock").clone();
+        assert_eq!(queries.len(), 2, "{queries:?}");
+        assert!(
+            queries[0].contains("limit=500") && !queries[0].contains("continue"),
+            "pages of 500: {}",
+            queries[0]
+        );
+        assert!(queries[1].contains("limit=500"), "{}", queries[1]);
     }
 }

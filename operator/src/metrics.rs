@@ -142,7 +142,7 @@ impl Metrics {
         );
         r.register(
             "rollout_timeouts",
-            "Rollouts DSO started that were not complete within --rollout-timeout, by kind",
+            "Rollouts DSO started that were not complete within --rollout-timeout, or stalled, by kind",
             m.rollout_timeouts.clone(),
         );
         r.register(
@@ -200,7 +200,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one rollout not complete in time.
+    /// Counts one rollout not complete in time, or stalled.
     pub fn rollout_timed_out(&self, kind: &str) {
         self.rollout_timeouts
             .get_or_create(&KindLabel {

@@ -16,7 +16,7 @@
 //! waits: for the versions to settle (`--rollout-settle`), or for a rollout DSO started for the
 //! workload to end. A held rollout is asked for again by the next reconcile.
 
-use crate::coalesce::{self, Gate, Health, Wait};
+use crate::coalesce::{Gate, Health, Wait};
 use crate::controller::{Context, FIELD_MANAGER, lookup, not_before};
 use crate::domain::{self, Decision, Versions};
 use crate::error::{Error, Result};
@@ -117,9 +117,10 @@ pub async fn act_on(
         return Ok(Outcome::Unchanged);
     }
     let now = Instant::now();
-    let rolling_left = match coalesce::health(
-        ctx.tracker.get(&key).started.as_ref(),
+    let rolling_left = match ctx.tracker.health(
+        &key,
         w.template_hash(),
+        w.template_digest.as_deref(),
         &w.progress,
         now,
         ctx.settings.rollout_timeout,
@@ -174,7 +175,8 @@ pub async fn act_on(
             };
             let generation = patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
             let now = Instant::now();
-            ctx.tracker.started(&key, &hash, now, generation);
+            ctx.tracker
+                .started(&key, &hash, now, generation, w.template_digest.as_deref());
             if let Ok(mut applied) = ctx.applied.lock() {
                 applied.retain(|_, (_, at)| now.duration_since(*at) < APPLIED_TRUST);
                 applied.insert(key, (hash.clone(), now));
@@ -223,13 +225,15 @@ async fn hold_slot(
         Kind::DaemonSet => wait_rolled_out::<DaemonSet>(client, &w, timeout).await,
     };
     drop(slot);
+    if stuck(end) {
+        metrics.rollout_timed_out(w.kind.as_str());
+    }
     let why = match end {
         Some(Standing::Complete) => {
             info!(workload = w.id(), "rollout complete");
             return;
         }
         None | Some(Standing::Going) => {
-            metrics.rollout_timed_out(w.kind.as_str());
             warn!(workload = w.id(), timeout = ?timeout, "rollout not complete in time; freeing its slot");
             return;
         }
@@ -245,6 +249,13 @@ async fn hold_slot(
     let (on_dso, on_workload) = slot_released_events(&w, &dso, why);
     events.publish(&on_dso, &dso).await;
     events.publish(&on_workload, &w.object_ref()).await;
+}
+
+/// Whether a rollout DSO started that ended so counts in `dso_rollout_timeouts_total` (alert
+/// `DsoRolloutStuck`): not complete within the timeout, or stalled past its Deployment's
+/// `progressDeadlineSeconds` — both `Degraded`. A paused one is its owner's doing, not counted.
+fn stuck(end: Option<Standing>) -> bool {
+    matches!(end, None | Some(Standing::Going | Standing::Stalled))
 }
 
 /// The `RolloutSlotReleased` events for workload `w` whose rollout `why` (paused, stalled):
@@ -387,6 +398,17 @@ mod applied_tests {
             "trust ends"
         );
         assert!(!already_applied(None, "h1", t0));
+    }
+
+    #[test]
+    fn timed_out_and_stalled_rollouts_are_counted_for_the_alert_paused_and_complete_ones_not() {
+        assert!(stuck(None), "not complete within --rollout-timeout");
+        assert!(
+            stuck(Some(Standing::Stalled)),
+            "past progressDeadlineSeconds"
+        );
+        assert!(!stuck(Some(Standing::Paused)));
+        assert!(!stuck(Some(Standing::Complete)));
     }
 
     #[test]

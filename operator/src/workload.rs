@@ -15,6 +15,25 @@ use std::collections::BTreeMap;
 /// Annotation `kubectl apply` (client side) leaves on objects; large, useless here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Where a slimmed object in the watch cache keeps [`template_digest`] of the template it had
+/// (never written to the cluster).
+const TEMPLATE_DIGEST: &str = "operator.dso.dev/template-digest";
+
+/// A digest of a pod template without DSO's own annotation: it changes when the workload's
+/// owner changes the template (a new image, `kubectl rollout restart`), not when DSO rolls it,
+/// nor on a scale or an edit of the workload's metadata (those bump `metadata.generation` too).
+/// Compared within this process only.
+pub fn template_digest(template: &PodTemplateSpec) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut t = template.clone();
+    if let Some(a) = t.metadata.as_mut().and_then(|m| m.annotations.as_mut()) {
+        a.remove(VERSIONS_HASH);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&t).unwrap_or_default().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 /// The three kinds of workload DSO rolls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -56,7 +75,8 @@ pub trait WorkloadKind:
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn selector(&self) -> Option<&LabelSelector>;
     /// Drops what DSO never reads (the pod spec, managed fields), to keep the watch caches
-    /// small on big clusters. The status stays: it says how far a rollout has come.
+    /// small on big clusters, keeping the template's [`template_digest`]. The status stays: it
+    /// says how far a rollout has come.
     fn slim(&mut self);
     /// How far the rollout of its current template has come (from a full object, not slimmed).
     fn progress(&self) -> Progress;
@@ -81,7 +101,8 @@ pub struct Progress {
     /// The rollout is paused (`spec.paused` of a Deployment): it will not go on by itself.
     pub paused: bool,
     /// The rollout has stalled (a Deployment's `Progressing` condition is `False` with reason
-    /// `ProgressDeadlineExceeded`): it will not go on by itself either.
+    /// `ProgressDeadlineExceeded`, and its controller has observed the current generation: an
+    /// older verdict is about an earlier template): it will not go on by itself either.
     pub stalled: bool,
 }
 
@@ -123,14 +144,20 @@ pub fn rollout_complete(p: &Progress) -> bool {
 
 fn deployment_progress(d: &Deployment) -> Progress {
     let st = d.status.clone().unwrap_or_default();
-    let stalled = st.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+    let generation = d.metadata.generation.unwrap_or(0);
+    let observed_generation = st.observed_generation.unwrap_or(0);
+    // A condition written before the current generation was observed is about an earlier
+    // template: right after DSO's patch, an old ProgressDeadlineExceeded says nothing of the
+    // new rollout.
+    let stalled = observed_generation >= generation
+        && st.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
     Progress {
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: st.observed_generation.unwrap_or(0),
+        generation,
+        observed_generation,
         desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
         total: st.replicas.unwrap_or(0),
@@ -182,6 +209,10 @@ macro_rules! workload_kind {
             fn slim(&mut self) {
                 self.managed_fields_mut().clear();
                 self.annotations_mut().remove(LAST_APPLIED);
+                if let Some(digest) = self.template().map(template_digest) {
+                    self.annotations_mut()
+                        .insert(TEMPLATE_DIGEST.into(), digest);
+                }
                 if let Some(spec) = self.spec.as_mut() {
                     spec.template.spec = None;
                 }
@@ -203,6 +234,8 @@ pub struct Workload {
     pub template_annotations: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub selector: Option<LabelSelector>,
+    /// [`template_digest`] of its pod template.
+    pub template_digest: Option<String>,
     /// How far the rollout of its current template has come (from the watch cache).
     pub progress: Progress,
 }
@@ -222,6 +255,12 @@ impl Workload {
                 .unwrap_or_default(),
             annotations: obj.annotations().clone(),
             selector: obj.selector().cloned(),
+            // A slimmed object keeps it; a full one (tests) has its template.
+            template_digest: obj
+                .annotations()
+                .get(TEMPLATE_DIGEST)
+                .cloned()
+                .or_else(|| obj.template().map(template_digest)),
             progress: obj.progress(),
         }
     }
@@ -374,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn a_progress_deadline_passed_before_the_current_generation_is_not_a_stall() {
+        // DSO just patched the template (generation 5) of a Deployment whose previous rollout
+        // had stalled; its controller has not acted on the patch yet.
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 5},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 1, "replicas": 3,
+                       "conditions": [{"type": "Progressing", "status": "False",
+                                       "reason": "ProgressDeadlineExceeded"}]}
+        }))
+        .expect("deployment");
+        assert!(!d.progress().stalled, "{:?}", d.progress());
+        assert_eq!(
+            standing(&d.progress()),
+            Standing::Going,
+            "the slot is kept for the new rollout"
+        );
+    }
+
+    #[test]
     fn each_kind_is_named_as_kubernetes_names_it() {
         assert_eq!(Deployment::KIND.as_str(), Deployment::kind(&()));
         assert_eq!(StatefulSet::KIND.as_str(), StatefulSet::kind(&()));
@@ -468,5 +527,41 @@ mod tests {
         assert!(w.selector.is_some());
         assert!(!w.annotations.contains_key(LAST_APPLIED));
         assert!(d.spec.expect("spec").template.spec.is_none());
+    }
+
+    #[test]
+    fn the_template_digest_sees_the_owners_template_changes_only() {
+        let digest = |mut d: Deployment| {
+            d.slim();
+            Workload::of(&d).template_digest.expect("digest")
+        };
+        let before = digest(deployment(json!({"dso.dev/secrets": "db"})));
+        let rolled_by_dso = deployment(json!({"dso.dev/secrets": "db", VERSIONS_HASH: "h2"}));
+        assert_eq!(digest(rolled_by_dso), before, "DSO's rollout");
+        let mut scaled = deployment(json!({"dso.dev/secrets": "db"}));
+        scaled.metadata.generation = Some(6);
+        scaled
+            .annotations_mut()
+            .insert("team".into(), "shop".into());
+        if let Some(spec) = scaled.spec.as_mut() {
+            spec.replicas = Some(5);
+        }
+        assert_eq!(
+            digest(scaled),
+            before,
+            "a scale, an annotation of the Deployment"
+        );
+        let mut new_image = deployment(json!({"dso.dev/secrets": "db"}));
+        if let Some(c) = new_image
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            c.containers[0].image = Some("busybox:2".into());
+        }
+        assert_ne!(digest(new_image), before, "a new image");
+        let restarted = deployment(json!({"dso.dev/secrets": "db",
+            "kubectl.kubernetes.io/restartedAt": "2026-11-30T05:00:00Z"}));
+        assert_ne!(digest(restarted), before, "kubectl rollout restart");
     }
 }

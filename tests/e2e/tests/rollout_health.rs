@@ -1,7 +1,7 @@
 //! The health of the rollouts DSO starts, on the real cluster against moto: a rollout whose new
 //! pods never become Ready marks the DsoSecret `Degraded`, naming the workload, within
-//! `--rollout-timeout` (set short here); an edit of the workload by its owner that lets its pods
-//! become Ready clears it. Jobs and CronJobs are never rolled: status says their next run gets
+//! `--rollout-timeout` (set short here); an edit of the Deployment that is not of its template
+//! leaves it; its new pods becoming Ready later complete the rollout and clear it. Jobs and CronJobs are never rolled: status says their next run gets
 //! the new version.
 //!
 //! Each test runs its own operator process in its own namespace (ports 18533-18534).
@@ -13,7 +13,7 @@ use dso_e2e::{
     namespace, put_secret_value, refreshing, unique, wait_for,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -122,19 +122,42 @@ async fn a_rollout_whose_new_pods_never_become_ready_marks_the_dsosecret_degrade
     assert!(!status.contains("canary-degraded"), "no value in status");
     assert!(!op.log().contains("canary-degraded"), "no value in the log");
 
-    // The owner fixes the workload (its pods become Ready whatever the template says): its own
-    // rollout completes and the condition clears.
+    // An edit of the Deployment that is not of its template (an annotation: it bumps
+    // metadata.generation, as a scale does) does not take DSO's rollout over: still Degraded.
+    kubectl(&["annotate", "deploy", "web", "-n", &ns, "team=shop"]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let still = degraded(&get_dso(&ns, "db").await.expect("DsoSecret")).expect("Degraded");
+    assert_eq!(
+        (still.status.as_str(), still.reason.as_str()),
+        ("True", "RolloutTimedOut"),
+        "an edit that is not of the pod template leaves the rollout DSO's: {}",
+        still.message
+    );
+
+    // The new pod becomes Ready later (what it waited for is fixed; here: its probe stops
+    // failing), without any change to the template: the rollout completes, and only then the
+    // condition clears.
+    kubectl(&[
+        "annotate",
+        "pods",
+        "-n",
+        &ns,
+        "-l",
+        "app=web",
+        "dso.dev/versions-hash-",
+    ]);
+    let cleared = wait_degraded(&ns, "db", "False", Duration::from_secs(90)).await;
+    assert_eq!(cleared.reason, "RolloutsHealthy");
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client().await, &ns);
-    let fix = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}
-    ]}}}});
-    deployments
-        .patch("web", &PatchParams::default(), &Patch::Strategic(&fix))
-        .await
-        .expect("fix the Deployment");
-    let cleared = wait_degraded(&ns, "db", "False", Duration::from_secs(60)).await;
-    assert_eq!(cleared.reason, "RolloutsHealthy");
+    let web = deployments.get("web").await.expect("Deployment web");
+    let st = web.status.unwrap_or_default();
+    assert!(
+        st.updated_replicas == Some(1)
+            && st.available_replicas == Some(1)
+            && st.replicas == Some(1),
+        "cleared because the rollout completed: {st:?}"
+    );
     op.stop();
 }
 
