@@ -4,6 +4,10 @@
 # benchmark in the cluster's network namespace. Not part of tests/run.sh (minutes, not seconds).
 #   tests/bench-inplace.sh --pods 50 --secrets 5
 #   tests/bench-inplace.sh --pods 1000 --secrets 100 --interval 10
+#   tests/bench-inplace.sh --pods 50 --secrets 5 --peer csi     # then the peer, same proxy
+#   tests/bench-inplace.sh --pods 50 --secrets 5 --systems csi  # the peer alone
+# The peer (the Secrets Store CSI driver + AWS provider) is built by tests/bench-peer-csi-build.sh
+# from the fetch mirror (or DSO_PEER_CSI_*_GIT), or taken from DSO_BENCH_PEER_CSI_DIR.
 # The kubelet's maxPods and the pod network are sized by DSO_KUBELET_MAX_PODS (default here 1100)
 # and DSO_POD_CIDR (default here 10.244.0.0/21) when this script starts the cluster; a cluster
 # already running keeps its own (110 pods, a /24, with tests/e2e.sh's defaults).
@@ -29,9 +33,16 @@ grep -q rotation_propagation_seconds "$DSO_BIN_DIR/dso-operator" \
   || { echo "bench: $built/dso-operator lacks dso_rotation_propagation_seconds (built from another checkout?)" >&2; exit 1; }
 export DSO_BIN_DIR KUBECONFIG="$KUBECONFIG_OUT" DSO_POD_LOGS_DIR="$STATE/pod-logs" DSO_CLUSTER_DIR="$STATE"
 export DSO_INIT_IMAGE=dso.local/dso-init:dev DSO_BUSYBOX_IMAGE=dso.local/busybox:1
+peer_args=()
+case " $* " in
+  *" --peer csi "*|*" --systems "*csi*)
+    peer_dir=${DSO_BENCH_PEER_CSI_DIR:-$(tests/bench-peer-csi-build.sh)}
+    peer_args=(--peer-bin-dir "$peer_dir" --peer-run-dir "$STATE/peer-csi")
+    ;;
+esac
 cargo build -p dso-e2e --locked --example inplace_cost
 target=${CARGO_TARGET_DIR:-$repo/target}
 proxy_port=${DSO_BENCH_PROXY_PORT:-15099}
 DSO_MOTO_ENDPOINT="http://127.0.0.1:$MOTO_NS_PORT" DSO_POD_AWS_ENDPOINT="$MOTO_POD_ENDPOINT" \
   in_ns "$target/debug/examples/inplace_cost" --proxy-port "$proxy_port" \
-  --pod-aws-endpoint "http://$NODE_IP:$proxy_port" --kubelet-dir "$STATE/kubelet" "$@"
+  --pod-aws-endpoint "http://$NODE_IP:$proxy_port" --kubelet-dir "$STATE/kubelet" "${peer_args[@]}" "$@"

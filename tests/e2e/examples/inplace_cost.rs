@@ -11,13 +11,20 @@
 //! kubelet's pod directory: the hash of the versions its files were built from), next to what
 //! the DsoSecret's `status.propagation` says.
 //!
-//! Run it with tests/bench-inplace.sh (it brings the cluster up, builds the images, and runs
-//! this in the cluster's network namespace); see tests/e2e/README-bench.md.
+//! `--peer csi` runs, after DSO and through the same proxy, the same pods and secrets with a
+//! peer that polls per pod: the Secrets Store CSI driver with the AWS provider (rotation on,
+//! `--rotation-poll-interval` = the DsoSecrets' `refresh.interval`), its processes on the node
+//! (dso_e2e::peer_csi); each pod's mounted file is read on the node. Both are printed side by
+//! side at the end. `--systems csi` runs the peer alone.
+//!
+//! Run it with tests/bench-inplace.sh (it brings the cluster up, builds the images and the
+//! peer, and runs this in the cluster's network namespace); see tests/e2e/README-bench.md.
 
 use dso_api::DsoSecret;
 use dso_e2e::operator::series_value;
+use dso_e2e::peer_csi::{self, CsiPeer};
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, client, create_secret, deployment, kubectl,
+    Operator, Webhook, annotated, app_container, apply, client, create_secret, deployment, kubectl,
     put_secret_value, unique,
 };
 use dso_test_support::FaultProxy;
@@ -27,6 +34,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -37,6 +45,13 @@ struct Args {
     pod_aws_endpoint: String,
     kubelet_dir: PathBuf,
     timeout: Duration,
+    /// Which systems, in order: "dso", "csi".
+    systems: Vec<String>,
+    /// The steady-state window (no rotation).
+    steady: Duration,
+    /// The peer's binaries (tests/bench-peer-csi-build.sh) and scratch directory.
+    peer_bin_dir: PathBuf,
+    peer_run_dir: PathBuf,
     init_cpu_request: String,
     batch: usize,
 }
@@ -58,10 +73,29 @@ fn args() -> Args {
             .unwrap_or(d)
     };
     let proxy_port = num("proxy-port", 15099) as u16;
+    let systems: Vec<String> = match (given.get("systems"), given.get("peer")) {
+        (Some(s), _) => s.split(',').map(str::to_string).collect(),
+        (None, Some(p)) => vec!["dso".into(), p.clone()],
+        (None, None) => vec!["dso".into()],
+    };
+    for s in &systems {
+        assert!(
+            s == "dso" || s == "csi",
+            "--systems/--peer: unknown system {s:?} (dso, csi)"
+        );
+    }
+    let interval_s = num("interval", 10);
+    // The peer's effective poll is the kubelet's pod sync (about a minute) when that is
+    // longer than its poll interval: with it, the window covers two of those.
+    let steady_default = if systems.iter().any(|s| s == "csi") {
+        (2 * interval_s).max(150)
+    } else {
+        2 * interval_s
+    };
     Args {
         pods: num("pods", 50) as usize,
         secrets: num("secrets", 5) as usize,
-        interval_s: num("interval", 10),
+        interval_s,
         proxy_port,
         pod_aws_endpoint: given
             .get("pod-aws-endpoint")
@@ -74,6 +108,7 @@ fn args() -> Args {
             )
         })),
         timeout: Duration::from_secs(num("timeout", 900)),
+        steady: Duration::from_secs(num("steady", steady_default)),
         // The injected containers' CPU request (the webhook's --init-cpu-request, 10m by
         // default): 1,000 pods at 10m do not fit the 2 CPUs of the test node; the scheduler
         // leaves the rest Pending with "Insufficient cpu". 1m fits, and changes nothing else.
@@ -82,6 +117,14 @@ fn args() -> Args {
             .cloned()
             .unwrap_or_else(|| "1m".into()),
         batch: num("batch", 100) as usize,
+        peer_bin_dir: PathBuf::from(given.get("peer-bin-dir").cloned().unwrap_or_default()),
+        peer_run_dir: PathBuf::from(given.get("peer-run-dir").cloned().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("dso-bench-peer-csi")
+                .to_string_lossy()
+                .into()
+        })),
+        systems,
     }
 }
 
@@ -153,6 +196,74 @@ fn served(kubelet: &std::path::Path, pods: &[Pod]) -> Vec<(String, Option<String
             (dso, hash)
         })
         .collect()
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running")
+            && s.container_statuses.iter().flatten().all(|c| c.ready)
+    })
+}
+
+/// The 1-minute load average of the machine, sampled every 5 s while a system runs.
+struct Load {
+    samples: Arc<Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start() -> Load {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let s = samples.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let one = std::fs::read_to_string("/proc/loadavg")
+                    .ok()
+                    .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
+                if let (Some(v), Ok(mut s)) = (one, s.lock()) {
+                    s.push(v);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        Load { samples, task }
+    }
+
+    /// (min, mean, max) so far.
+    fn summary(&self) -> (f64, f64, f64) {
+        let s = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        if s.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        let min = s.iter().copied().fold(f64::MAX, f64::min);
+        let max = s.iter().copied().fold(0.0, f64::max);
+        (min, s.iter().sum::<f64>() / s.len() as f64, max)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one system's run measured, for the side-by-side table.
+#[derive(Default)]
+struct Figures {
+    system: &'static str,
+    all_running: Duration,
+    node_mem_mb: u64,
+    steady: Duration,
+    steady_calls: BTreeMap<String, usize>,
+    window: Duration,
+    rotation_calls: BTreeMap<String, usize>,
+    first_swap: Duration,
+    all_swapped: Duration,
+    /// DSO only: when `status.propagation` said every pod is current.
+    status_all: Option<Duration>,
+    /// (process, RSS before the rotation, after, peak), kB.
+    memory: Vec<(String, u64, u64, u64)>,
+    load: (f64, f64, f64),
 }
 
 /// Waits until at least `n` of the namespace's pods are running and ready (of `total`);
@@ -292,11 +403,16 @@ fn print_kube_costs(what: &str, from: KubeCosts, to: KubeCosts) {
     );
 }
 
-fn running(p: &Pod) -> bool {
-    p.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Running")
-            && s.container_statuses.iter().flatten().all(|c| c.ready)
-    })
+/// Deletes nothing itself: waits until the namespace's pods are gone (after its delete).
+async fn wait_pods_gone(pods_api: &Api<Pod>) -> Duration {
+    let gone = Instant::now();
+    while gone.elapsed() < Duration::from_secs(600) {
+        match pods_api.list(&ListParams::default()).await {
+            Ok(l) if !l.items.is_empty() => tokio::time::sleep(Duration::from_secs(3)).await,
+            _ => break,
+        }
+    }
+    gone.elapsed()
 }
 
 #[tokio::main]
@@ -304,13 +420,37 @@ async fn main() {
     let a = args();
     let per = a.pods.div_ceil(a.secrets);
     println!(
-        "== InPlace cost: {} pods on {} secrets ({} Deployments x {per} replicas), refresh.interval {}s, injected CPU request {}",
-        a.pods, a.secrets, a.secrets, a.interval_s, a.init_cpu_request
+        "== InPlace cost: {} pods on {} secrets ({} Deployments x {per} replicas), interval {}s, steady-state window {}s, DSO's injected CPU request {}, systems {}",
+        a.pods,
+        a.secrets,
+        a.secrets,
+        a.interval_s,
+        a.steady.as_secs(),
+        a.init_cpu_request,
+        a.systems.join(", ")
     );
     let proxy = FaultProxy::start_on(
         "0.0.0.0",
         &dso_e2e::env("DSO_MOTO_ENDPOINT"),
         Some(a.proxy_port),
+    );
+    let mut all = Vec::new();
+    for system in a.systems.clone() {
+        let f = match system.as_str() {
+            "dso" => run_dso(&a, &proxy).await,
+            _ => run_csi(&a, &proxy).await,
+        };
+        all.push(f);
+    }
+    side_by_side(&a, &all);
+}
+
+async fn run_dso(a: &Args, proxy: &FaultProxy) -> Figures {
+    let load = Load::start();
+    let per = a.pods.div_ceil(a.secrets);
+    println!(
+        "== DSO (strategy: InPlace, refresh.interval {}s)",
+        a.interval_s
     );
     let moto_env = format!("AWS_ENDPOINT_URL={}", a.pod_aws_endpoint);
     let mut wh = Webhook::start(
@@ -383,15 +523,15 @@ async fn main() {
     let op = Operator::start_with(&ns, 18590, &proxy.url, &["--leader-election", "false"]);
     op.ready().await;
 
-    // Every pod running and ready.
     let all_running = wait_running(&pods_api, a.pods, a.pods, created, a.timeout).await;
     let mem_after = mem_available_mb();
+    let node_mem_mb = mem_before.saturating_sub(mem_after);
     println!(
         "pods: {} running and ready {:.1} s after the Deployments were created; node memory used by them ~{} MB ({} kB per pod)",
         a.pods,
         all_running.as_secs_f64(),
-        mem_before.saturating_sub(mem_after),
-        mem_before.saturating_sub(mem_after) * 1024 / a.pods as u64
+        node_mem_mb,
+        node_mem_mb * 1024 / a.pods as u64
     );
 
     // Every DsoSecret reports every pod current (told, sidecar running) on the first versions.
@@ -421,23 +561,22 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
 
-    // Steady state: two refresh intervals with nothing rotating.
-    let steady_from = log_len(&proxy);
+    // Steady state: nothing rotating.
+    let steady_from = log_len(proxy);
     let steady_page = metrics(&op).await;
     let op_pid = op.pid().unwrap_or(0);
     let steady_kube = kube_costs(op_pid);
-    let steady = Duration::from_secs(2 * a.interval_s);
-    tokio::time::sleep(steady).await;
+    tokio::time::sleep(a.steady).await;
     let steady_kube_after = kube_costs(op_pid);
-    let steady_calls = calls(&proxy, steady_from);
+    let steady_calls = calls(proxy, steady_from);
     let steady_page_after = metrics(&op).await;
     let ours = |before: &str, after: &str, op: &str| {
         let s = format!("dso_aws_calls_total{{operation=\"{op}\"}}");
         metric(after, &s) - metric(before, &s)
     };
     println!(
-        "steady state, {} s (2 intervals), no rotation: AWS calls seen by the proxy {:?}; operator's own count: DescribeSecret {}",
-        steady.as_secs(),
+        "steady state, {} s, no rotation: AWS calls seen by the proxy {:?}; operator's own count: DescribeSecret {}",
+        a.steady.as_secs(),
         steady_calls,
         ours(&steady_page, &steady_page_after, "DescribeSecret")
     );
@@ -445,7 +584,7 @@ async fn main() {
 
     // One rotation of every secret at once.
     let rss_before = op.pid().map(|p| proc_kb(p, "VmRSS:")).unwrap_or(0);
-    let from = log_len(&proxy);
+    let from = log_len(proxy);
     let page_before = metrics(&op).await;
     let rotation_kube = kube_costs(op_pid);
     let t0 = Instant::now();
@@ -501,7 +640,7 @@ async fn main() {
     }
     let window = t0.elapsed();
     let rotation_kube_after = kube_costs(op_pid);
-    let rotation_calls = calls(&proxy, from);
+    let rotation_calls = calls(proxy, from);
     let page = metrics(&op).await;
     let pid = op.pid().unwrap_or(0);
     let get = |op: &str| rotation_calls.get(op).copied().unwrap_or(0);
@@ -542,36 +681,354 @@ async fn main() {
         get("BatchGetSecretValue"),
         get("AssumeRoleWithWebIdentity")
     );
-    println!(
-        "  operator: RSS {} kB before the rotation, {} kB after, peak {} kB; histogram dso_rotation_propagation_seconds count {} sum {}",
+    let memory = vec![(
+        "dso-operator".to_string(),
         rss_before,
         proc_kb(pid, "VmRSS:"),
         proc_kb(pid, "VmHWM:"),
+    )];
+    println!(
+        "  operator: RSS {} kB before the rotation, {} kB after, peak {} kB; histogram dso_rotation_propagation_seconds count {} sum {}",
+        rss_before,
+        memory[0].2,
+        memory[0].3,
         metric(&page, "dso_rotation_propagation_seconds_count"),
         metric(&page, "dso_rotation_propagation_seconds_sum")
     );
     print_kube_costs("rotation window", rotation_kube, rotation_kube_after);
-    // A peer with per-pod polling, computed (not measured): the Secrets Store CSI driver with
-    // the AWS provider polls every mount each --rotation-poll-interval (default 2m, when
-    // rotation is enabled), one GetSecretValue per secret object per pod per poll.
-    let csi_per_hour = a.pods as f64 * 3600.0 / 120.0;
-    let ours_per_hour = a.secrets as f64 * 3600.0 / a.interval_s as f64;
-    println!(
-        "  computed peer (CSI driver + AWS provider, poll 2m): {csi_per_hour:.0} GetSecretValue per hour whether or not anything rotates, up to 120 s to notice; DSO here: {ours_per_hour:.0} DescribeSecret per hour at {}s (S x 3600/interval, independent of pods) + {} GetSecretValue per rotation",
-        a.interval_s, a.pods
-    );
+    let load_summary = load.summary();
     op.stop();
     // Delete and wait for the pods to go, so the next run starts on an idle node.
     drop(wh);
-    let gone = Instant::now();
-    while gone.elapsed() < Duration::from_secs(600) {
-        match pods_api.list(&ListParams::default()).await {
-            Ok(l) if !l.items.is_empty() => tokio::time::sleep(Duration::from_secs(3)).await,
-            _ => break,
-        }
-    }
+    let gone = wait_pods_gone(&pods_api).await;
     println!(
         "cleanup: pods gone {:.0} s after the namespace delete",
-        gone.elapsed().as_secs_f64()
+        gone.as_secs_f64()
+    );
+    Figures {
+        system: "DSO",
+        all_running,
+        node_mem_mb,
+        steady: a.steady,
+        steady_calls,
+        window,
+        rotation_calls,
+        first_swap: first_swap.unwrap_or_default(),
+        all_swapped: swapped_all.unwrap_or_default(),
+        status_all,
+        memory,
+        load: load_summary,
+    }
+}
+
+/// The same pods and secrets through the Secrets Store CSI driver and its AWS provider: one
+/// SecretProviderClass per secret, one CSI volume per pod; the pods' ServiceAccount carries the
+/// IRSA role annotation the provider reads.
+async fn run_csi(a: &Args, proxy: &FaultProxy) -> Figures {
+    let load = Load::start();
+    let per = a.pods.div_ceil(a.secrets);
+    println!(
+        "== Secrets Store CSI driver + AWS provider (--enable-secret-rotation --rotation-poll-interval={}s)",
+        a.interval_s
+    );
+    let kube = client().await;
+    let mut peer = CsiPeer::start(
+        &kube,
+        &peer_csi::Config {
+            bin_dir: a.peer_bin_dir.clone(),
+            kubelet_dir: a.kubelet_dir.clone(),
+            run_dir: a.peer_run_dir.clone(),
+            // The provider is a process on the node, in the cluster's network namespace.
+            aws_endpoint: format!("http://127.0.0.1:{}", a.proxy_port),
+            poll: Duration::from_secs(a.interval_s),
+            metrics_port: 18595,
+        },
+    )
+    .await;
+    let ns = dso_e2e::namespace(&kube, "bench-csi", &[]).await;
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(kube.clone(), &ns);
+    apply(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/bench-inplace"}}}),
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..a.secrets {
+        let id = unique(&format!("bench/csi/s{i:03}"));
+        create_secret(&id, &json!({"password": unique("v1")}).to_string()).await;
+        ids.push(id);
+    }
+    let mem_before = mem_available_mb();
+    let created = Instant::now();
+    let mut left = a.pods;
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("s{i:03}");
+        apply(&ns, &peer_csi::secret_provider_class(&name, id));
+        let replicas = per.min(left);
+        left -= replicas;
+        let mut d = deployment(
+            &name,
+            &json!({}),
+            vec![app_container("app", "sleep 360000")],
+        );
+        d["spec"]["replicas"] = json!(replicas);
+        d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
+        d["spec"]["template"]["spec"]["serviceAccountName"] = json!("bench");
+        peer_csi::add_volume(&mut d, &name);
+        let d: Deployment = serde_json::from_value(d).expect("Deployment");
+        deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("create Deployment");
+        // At most --batch pods starting at once: the kubelet starts every pod it is given in
+        // parallel, and 1,000 at once on 2 cores (load average 300) made runc time out
+        // (RunContainerError); starting them is not what is measured.
+        let asked = a.pods - left;
+        wait_running(
+            &pods_api,
+            asked.saturating_sub(a.batch),
+            a.pods,
+            created,
+            a.timeout,
+        )
+        .await;
+    }
+    let all_running = wait_running(&pods_api, a.pods, a.pods, created, a.timeout).await;
+    peer.assert_running();
+    let mem_after = mem_available_mb();
+    let node_mem_mb = mem_before.saturating_sub(mem_after);
+    println!(
+        "pods: {} running and ready {:.1} s after the Deployments were created; node memory used by them (and the peer's growth) ~{} MB ({} kB per pod)",
+        a.pods,
+        all_running.as_secs_f64(),
+        node_mem_mb,
+        node_mem_mb * 1024 / a.pods as u64
+    );
+
+    // Steady state: nothing rotating.
+    let steady_from = log_len(proxy);
+    tokio::time::sleep(a.steady).await;
+    let steady_calls = calls(proxy, steady_from);
+    peer.assert_running();
+    let steady_s = a.steady.as_secs_f64();
+    println!(
+        "steady state, {} s, no rotation: AWS calls seen by the proxy {:?} = {:.2} per pod per {}s interval",
+        a.steady.as_secs(),
+        steady_calls,
+        steady_calls.values().sum::<usize>() as f64
+            / a.pods as f64
+            / (steady_s / a.interval_s as f64),
+        a.interval_s
+    );
+
+    // One rotation of every secret at once; a pod is current when its mounted file (on the
+    // node) holds the new value.
+    let rss_before = peer.rss();
+    let from = log_len(proxy);
+    let page_before = peer.metrics().await;
+    let mut new_values: HashMap<String, String> = HashMap::new();
+    let t0 = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        let v = unique("v2");
+        put_secret_value(id, &json!({"password": v}).to_string()).await;
+        new_values.insert(format!("s{i:03}"), v);
+    }
+    let puts = t0.elapsed();
+    let (mut swapped_all, mut first_swap) = (None, None);
+    let mut last_print = Instant::now();
+    while swapped_all.is_none() {
+        let pods = pods_api.list(&ListParams::default()).await.expect("pods");
+        let swapped = pods
+            .items
+            .iter()
+            .filter(|p| {
+                let app = p.metadata.labels.as_ref().and_then(|l| l.get("app"));
+                let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                let file = peer_csi::mounted_file(&a.kubelet_dir, uid, "password");
+                matches!((app.and_then(|n| new_values.get(n)), file), (Some(want), Some(got)) if got.trim() == want)
+            })
+            .count();
+        if swapped > 0 && first_swap.is_none() {
+            first_swap = Some(t0.elapsed());
+        }
+        if swapped >= a.pods {
+            swapped_all = Some(t0.elapsed());
+        }
+        if last_print.elapsed() > Duration::from_secs(10) {
+            println!(
+                "   ... {:.0} s: {swapped}/{} pods' files hold the new value (node)",
+                t0.elapsed().as_secs_f64(),
+                a.pods
+            );
+            last_print = Instant::now();
+            peer.assert_running();
+        }
+        assert!(
+            t0.elapsed() < a.timeout,
+            "rotation not propagated in {:?}: {swapped}/{} pods",
+            a.timeout,
+            a.pods
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let window = t0.elapsed();
+    let rotation_calls = calls(proxy, from);
+    let page = peer.metrics().await;
+    let get = |op: &str| rotation_calls.get(op).copied().unwrap_or(0);
+    println!(
+        "rotation of {} secrets (PutSecretValue x{} took {:.1} s):",
+        a.secrets,
+        a.secrets,
+        puts.as_secs_f64()
+    );
+    println!(
+        "  first pod's file new (node) {:.1} s; all {} pods' files new (node) {:.1} s",
+        first_swap.unwrap_or_default().as_secs_f64(),
+        a.pods,
+        window.as_secs_f64()
+    );
+    println!(
+        "  AWS calls in the {:.1} s window (proxy): {:?}; GetSecretValue {:.2} per pod",
+        window.as_secs_f64(),
+        rotation_calls,
+        get("GetSecretValue") as f64 / a.pods as f64
+    );
+    println!(
+        "  driver's own count: node publish calls {} -> {}, rotations {} -> {} (series *node_publish_total, *rotation_reconcile_total)",
+        sum_series(&page_before, "node_publish_total"),
+        sum_series(&page, "node_publish_total"),
+        sum_series(&page_before, "rotation_reconcile_total"),
+        sum_series(&page, "rotation_reconcile_total"),
+    );
+    let after = peer.rss();
+    let memory: Vec<(String, u64, u64, u64)> = rss_before
+        .iter()
+        .zip(&after)
+        .map(|((name, before, _), (_, now, peak))| (name.to_string(), *before, *now, *peak))
+        .collect();
+    for (name, before, now, peak) in &memory {
+        println!("  {name}: RSS {before} kB before the rotation, {now} kB after, peak {peak} kB");
+    }
+    let load_summary = load.summary();
+    // Pods first (the driver unmounts their volumes), then the peer.
+    drop(ns);
+    let gone = wait_pods_gone(&pods_api).await;
+    println!(
+        "cleanup: pods gone {:.0} s after the namespace delete",
+        gone.as_secs_f64()
+    );
+    peer.stop();
+    Figures {
+        system: "CSI driver + AWS provider",
+        all_running,
+        node_mem_mb,
+        steady: a.steady,
+        steady_calls,
+        window,
+        rotation_calls,
+        first_swap: first_swap.unwrap_or_default(),
+        all_swapped: window,
+        status_all: None,
+        memory,
+        load: load_summary,
+    }
+}
+
+/// The sum of every series whose metric name ends with `suffix` in a Prometheus text page.
+fn sum_series(page: &str, suffix: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, _) = l.split_once(['{', ' '])?;
+            let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            name.ends_with(suffix).then_some(value)
+        })
+        .sum()
+}
+
+fn fmt_calls(c: &BTreeMap<String, usize>) -> String {
+    if c.is_empty() {
+        return "none".into();
+    }
+    c.iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The figures of every system run, as one Markdown table.
+fn side_by_side(a: &Args, all: &[Figures]) {
+    if all.is_empty() {
+        return;
+    }
+    println!(
+        "\n== side by side: {} pods on {} secrets, interval {} s (DSO refresh.interval; the peer's --rotation-poll-interval), one rotation of every secret\n",
+        a.pods, a.secrets, a.interval_s
+    );
+    let row = |label: &str, f: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = all.iter().map(f).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    let names: Vec<&str> = all.iter().map(|f| f.system).collect();
+    println!("| | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(all.len()));
+    row(
+        "pods running and ready after the Deployments were created",
+        &|f| format!("{:.0} s", f.all_running.as_secs_f64()),
+    );
+    row(
+        "node memory taken (MemAvailable drop while pods start; noisy)",
+        &|f| format!("~{} MB", f.node_mem_mb),
+    );
+    row("steady state: AWS calls in the window (proxy)", &|f| {
+        format!("{} in {} s", fmt_calls(&f.steady_calls), f.steady.as_secs())
+    });
+    row("= AWS calls per hour at this rate", &|f| {
+        format!(
+            "{:.0}",
+            f.steady_calls.values().sum::<usize>() as f64 * 3600.0 / f.steady.as_secs_f64()
+        )
+    });
+    row("rotation: first pod's files new (node)", &|f| {
+        format!("{:.1} s", f.first_swap.as_secs_f64())
+    });
+    row("rotation: every pod's files new (node)", &|f| {
+        format!("{:.1} s", f.all_swapped.as_secs_f64())
+    });
+    row("rotation: status says every pod current", &|f| {
+        f.status_all
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "n/a".into())
+    });
+    row("AWS calls in the rotation window (proxy)", &|f| {
+        format!(
+            "{} in {:.0} s",
+            fmt_calls(&f.rotation_calls),
+            f.window.as_secs_f64()
+        )
+    });
+    row("GetSecretValue per pod in that window", &|f| {
+        format!(
+            "{:.2}",
+            f.rotation_calls.get("GetSecretValue").copied().unwrap_or(0) as f64 / a.pods as f64
+        )
+    });
+    row(
+        "processes' RSS before → after the rotation (peak)",
+        &|f| {
+            f.memory
+                .iter()
+                .map(|(n, b, now, peak)| {
+                    format!("{n} {} → {} MB ({})", b / 1024, now / 1024, peak / 1024)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    );
+    row(
+        "load average (1 min) during the run: min / mean / max",
+        &|f| format!("{:.0} / {:.0} / {:.0}", f.load.0, f.load.1, f.load.2),
     );
 }

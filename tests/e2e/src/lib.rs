@@ -17,12 +17,14 @@
 //!
 //! Modules: [`manifests`] (pods, Deployments, DsoSecrets as JSON), [`process`] (log files and
 //! plain HTTP of local processes), [`webhook`] (a `dso-webhook` process and its registration),
-//! [`operator`] (a `dso-operator` process, and the status, events and ReplicaSets it leaves).
+//! [`operator`] (a `dso-operator` process, and the status, events and ReplicaSets it leaves),
+//! [`peer_csi`] (the Secrets Store CSI driver and its AWS provider, the cost benchmark's peer).
 //! The AWS endpoint in front of moto that injects faults is `dso_test_support::FaultProxy`,
 //! shared with dso-init's integration tests.
 
 pub mod manifests;
 pub mod operator;
+pub mod peer_csi;
 pub mod process;
 pub mod webhook;
 
