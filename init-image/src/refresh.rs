@@ -500,7 +500,8 @@ mod tests {
         (ran, data.join("signal-pending.json").exists())
     }
 
-    /// A process that ends on SIGHUP, and its PID.
+    /// A process that ends on SIGUSR1, and its PID. (SIGUSR1, not SIGHUP: a test run under
+    /// `nohup` inherits SIGHUP ignored, and `sleep` would outlive it.)
     fn app_process() -> (std::process::Child, i32) {
         let child = std::process::Command::new("sleep")
             .arg("30")
@@ -528,12 +529,12 @@ mod tests {
     async fn a_signal_the_previous_sidecar_could_not_send_is_sent_by_the_restarted_one() {
         let (child, pid) = app_process();
         let pending = serde_json::json!({
-            "signals": [["SIGHUP", ["db"]]],
+            "signals": [["SIGUSR1", ["db"]]],
             "mainAtSwap": {"process": {"pid": pid, "start": 30}},
         });
         let (ran, left) = start_sidecar(pending, &[(pid, "app", 30)]).await;
         assert!(ran.is_none(), "the sidecar goes on watching: {ran:?}");
-        assert_eq!(ended_by(child), Some(1), "the app got its SIGHUP");
+        assert_eq!(ended_by(child), Some(10), "the app got its SIGUSR1");
         assert!(!left, "nothing is owed any more");
     }
 
@@ -546,7 +547,7 @@ mod tests {
             serde_json::json!("noProcess"),
         ] {
             let pending =
-                serde_json::json!({"signals": [["SIGHUP", ["db"]]], "mainAtSwap": at_swap});
+                serde_json::json!({"signals": [["SIGUSR1", ["db"]]], "mainAtSwap": at_swap});
             let (ran, left) = start_sidecar(pending, &[(pid, "app", 30)]).await;
             assert!(ran.is_none(), "{ran:?}");
             assert!(!left, "nothing is owed any more");

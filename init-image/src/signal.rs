@@ -188,15 +188,16 @@ pub(crate) mod tests {
 
     #[test]
     fn a_signal_reaches_a_process_of_the_same_user() {
-        // A child that counts SIGUSR1s would need a shell; `sleep` ends on SIGHUP instead.
+        // `sleep` ends on SIGUSR1 (SIGHUP would do too, but not under `nohup`, which leaves
+        // SIGHUP ignored in every child).
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .expect("sleep");
         let pid = i32::try_from(child.id()).expect("pid");
-        send(pid, RefreshSignal::Sighup).expect("sent");
+        send(pid, RefreshSignal::Sigusr1).expect("sent");
         let status = child.wait().expect("wait");
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(1), "ended by SIGHUP");
+        assert_eq!(status.signal(), Some(10), "ended by SIGUSR1");
     }
 }
