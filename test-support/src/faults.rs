@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running proxy, its control file and its log; killed (and its files removed) when dropped.
@@ -25,8 +26,12 @@ impl FaultProxy {
     /// [`FaultProxy::url`] stays on 127.0.0.1.
     pub fn start_on(host: &str, upstream: &str, port: Option<u16>) -> FaultProxy {
         let port = port.unwrap_or_else(free_port);
-        let dir =
-            std::env::temp_dir().join(format!("dso-fault-proxy-{}-{port}", std::process::id()));
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dso-fault-proxy-{}-{port}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fault proxy directory");
         let log = std::fs::File::create(dir.join("log")).expect("fault proxy log");
@@ -47,13 +52,37 @@ impl FaultProxy {
             .stderr(log)
             .spawn()
             .expect("start tests/aws-fault-proxy.py (python3)");
-        let proxy = FaultProxy {
+        let mut proxy = FaultProxy {
             child,
             dir,
             url: format!("http://127.0.0.1:{port}"),
         };
+        proxy.wait_own_listener();
         proxy.wait_listening(true);
         proxy
+    }
+
+    /// Waits for this proxy's own process to say it listens: a port that accepts may be held
+    /// by another process (a proxy left over from an earlier run), which would see none of the
+    /// requests this one is asked to count. The child exits when it cannot bind.
+    fn wait_own_listener(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().lines().any(|l| l.starts_with("listening on ")) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "fault proxy on {} exited ({status}) before listening (port taken?): {}",
+                    self.url,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fault proxy on {} not listening after 10 s: {}",
+                self.url,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sets the fault, e.g. `{"mode": "deny", "match": "<secret id>"}`; "down" returns once
@@ -101,4 +130,27 @@ impl Drop for FaultProxy {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local address").port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream nobody serves: these tests send no request.
+    const NOWHERE: &str = "http://127.0.0.1:9";
+
+    #[test]
+    fn a_proxy_starts_and_accepts() {
+        let p = FaultProxy::start(NOWHERE, None);
+        assert!(std::net::TcpStream::connect(p.url.trim_start_matches("http://")).is_ok());
+        assert!(p.log().contains("listening on"), "{}", p.log());
+    }
+
+    #[test]
+    #[should_panic(expected = "before listening (port taken?)")]
+    fn a_port_another_process_listens_on_is_refused_not_taken_for_this_proxy() {
+        let first = FaultProxy::start(NOWHERE, None);
+        let port = first.url.rsplit(':').next().and_then(|p| p.parse().ok());
+        let _second = FaultProxy::start(NOWHERE, port);
+    }
 }
