@@ -122,7 +122,8 @@ pub struct Context {
     /// The versions hash last applied per workload (namespace, Kind/name) and when: the watch
     /// cache may still show the old template (an apiserver restart, a slow watch), and the same
     /// rollout must not be applied, counted and announced again.
-    pub(crate) applied: Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// Each entry also says which DsoSecrets' rotations the rollout was for.
+    pub(crate) applied: Mutex<HashMap<(String, String), crate::rollout::Applied>>,
     /// Rollouts wanted and started per workload: coalescing and health ([`crate::coalesce`]).
     pub(crate) tracker: Tracker,
     /// One list of pods per namespace for the InPlace reconciles there ([`crate::pod_lists`]).
@@ -434,6 +435,8 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     }
 
     let mut rolled = Vec::new();
+    // Rolled already, for this DsoSecret's rotation too, by another DsoSecret's reconcile.
+    let mut covered = Vec::new();
     let mut deferred = Vec::new();
     let mut held = Vec::new();
     let mut failed = Vec::new();
@@ -457,6 +460,7 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
         for (w, outcome) in consumers.iter().zip(outcomes) {
             match outcome {
                 Ok(Outcome::Rolled) => rolled.push(w.id()),
+                Ok(Outcome::Covered) => covered.push(w.id()),
                 Ok(Outcome::Deferred) => deferred.push(w.id()),
                 Ok(Outcome::Held(why, after)) => {
                     held.push((w.id(), why));
@@ -527,19 +531,22 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
     // rollout decision reads the workloads, not this status). A rollout started after the
     // rotation was recorded (it waited for the versions to settle, a slot, or a rollout in
     // progress) joins that rotation's list.
+    // A rollout another DsoSecret's reconcile started for this one's rotation too counts as
+    // this one's (coalesced rotations: one rollout, credited to each).
+    let credited: Vec<String> = rolled.iter().chain(&covered).cloned().collect();
     let last_rotation = if !rotations.is_empty() {
         Some(RotationStatus {
             at: now(),
-            workloads: rolled.clone(),
+            workloads: credited.clone(),
             next_run: next_run.clone(),
         })
-    } else if !rolled.is_empty() {
+    } else if !rolled.is_empty() || (!covered.is_empty() && previous.last_rotation.is_some()) {
         let mut r = previous.last_rotation.clone().unwrap_or(RotationStatus {
             at: now(),
             workloads: Vec::new(),
             next_run: Vec::new(),
         });
-        for id in &rolled {
+        for id in &credited {
             if !r.workloads.contains(id) {
                 r.workloads.push(id.clone());
             }
@@ -597,12 +604,12 @@ async fn apply(dso: &DsoSecret, ctx: &Context) -> Result<Action> {
             &what,
             dso.spec.strategy(),
             resolution.problem.is_none(),
-            &rolled,
+            &credited,
             &deferred,
             &held,
             &next_run,
         );
-        info!(rotations = %what, rolled = ?rolled, "secret rotated");
+        info!(rotations = %what, rolled = ?rolled, covered = ?covered, "secret rotated");
         publish(
             ctx,
             dso,

@@ -398,6 +398,19 @@ pub fn record(versions: &Versions) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The DsoSecrets whose versions differ between a workload's record (what its pods ran) and
+/// the record `now`: the ones a rollout to `now` is for. Without a record, every one in `now`.
+/// Keys are `<dsosecret>/<secretId>[@stage]` and a DsoSecret's name has no `/`.
+pub fn changed_dsosecrets(
+    recorded: Option<&BTreeMap<String, String>>,
+    now: &BTreeMap<String, String>,
+) -> std::collections::BTreeSet<String> {
+    now.iter()
+        .filter(|(k, v)| recorded.and_then(|r| r.get(*k)) != Some(*v))
+        .filter_map(|(k, _)| k.split_once('/').map(|(dso, _)| dso.to_string()))
+        .collect()
+}
+
 /// What to do with one consuming workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {

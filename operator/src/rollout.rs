@@ -32,6 +32,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -47,6 +48,10 @@ pub enum Outcome {
     Unchanged,
     /// Its template was patched: a rollout started.
     Rolled,
+    /// Nothing to roll: a rollout this replica applied, for the reconcile of another DsoSecret
+    /// it consumes, already carries this DsoSecret's new versions (rotations that came together
+    /// get one rollout, and each DsoSecret counts it as its own).
+    Covered,
     /// It needs a rollout, but every rollout slot is taken: retried shortly.
     Deferred,
     /// It needs a rollout, held to coalesce rotations (why): asked again within the duration.
@@ -110,13 +115,18 @@ pub async fn act_on(
     };
     let key = (w.namespace.clone(), w.id());
     let hash = domain::hash(&current);
-    if let Ok(applied) = ctx.applied.lock()
-        && already_applied(applied.get(&key), &hash, Instant::now())
-    {
-        debug!(workload = w.id(), versions_hash = %hash, "rollout already applied; the watch cache has not caught up");
-        return Ok(Outcome::Unchanged);
-    }
     let now = Instant::now();
+    let last = ctx.applied.lock().ok().and_then(|a| a.get(&key).cloned());
+    let covered = last.as_ref().is_some_and(|l| l.covers(&hash, this, now));
+    let unchanged = if covered {
+        Outcome::Covered
+    } else {
+        Outcome::Unchanged
+    };
+    if already_applied(last.as_ref(), &hash, now) {
+        debug!(workload = w.id(), versions_hash = %hash, "rollout already applied; the watch cache has not caught up");
+        return Ok(unchanged);
+    }
     let rolling_left = match ctx.tracker.health(
         &key,
         w.template_hash(),
@@ -154,7 +164,11 @@ pub async fn act_on(
     match decision {
         Decision::Current | Decision::NeedPods => {
             ctx.tracker.current(&key);
-            Ok(Outcome::Unchanged)
+            if w.template_hash() == Some(hash.as_str()) {
+                Ok(unchanged)
+            } else {
+                Ok(Outcome::Unchanged)
+            }
         }
         Decision::Record => {
             ctx.tracker.current(&key);
@@ -178,8 +192,15 @@ pub async fn act_on(
             ctx.tracker
                 .started(&key, &hash, now, generation, w.template_digest.as_deref());
             if let Ok(mut applied) = ctx.applied.lock() {
-                applied.retain(|_, (_, at)| now.duration_since(*at) < APPLIED_TRUST);
-                applied.insert(key, (hash.clone(), now));
+                applied.retain(|_, a| now.duration_since(a.at) < CREDIT_KEEP);
+                applied.insert(
+                    key,
+                    Applied {
+                        hash: hash.clone(),
+                        at: now,
+                        changed: domain::changed_dsosecrets(recorded.as_ref(), &record),
+                    },
+                );
             }
             ctx.metrics.rolled(w.kind.as_str());
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
@@ -202,9 +223,30 @@ pub async fn act_on(
 /// set back by hand is rolled again on a later check.
 const APPLIED_TRUST: Duration = Duration::from_secs(120);
 
+/// How long a rollout this replica applied is credited to the DsoSecrets it changed whose own
+/// reconcile comes later: up to the longest `refresh.interval` (24 h), and some.
+const CREDIT_KEEP: Duration = Duration::from_secs(25 * 3600);
+
+/// A rollout this replica applied to one workload.
+#[derive(Clone, Debug)]
+pub(crate) struct Applied {
+    /// The versions hash stamped on its template.
+    hash: String,
+    at: Instant,
+    /// The DsoSecrets whose versions it changed, against the workload's record before it.
+    changed: BTreeSet<String>,
+}
+
+impl Applied {
+    /// Whether this rollout, to `hash`, is also one for a rotation of DsoSecret `dso`.
+    fn covers(&self, hash: &str, dso: &str, now: Instant) -> bool {
+        self.hash == hash && self.changed.contains(dso) && now.duration_since(self.at) < CREDIT_KEEP
+    }
+}
+
 /// Whether `hash` is the rollout this replica applied to the workload within `APPLIED_TRUST`.
-fn already_applied(last: Option<&(String, Instant)>, hash: &str, now: Instant) -> bool {
-    last.is_some_and(|(h, at)| h == hash && now.duration_since(*at) < APPLIED_TRUST)
+fn already_applied(last: Option<&Applied>, hash: &str, now: Instant) -> bool {
+    last.is_some_and(|a| a.hash == hash && now.duration_since(a.at) < APPLIED_TRUST)
 }
 
 /// Holds a rollout's slot until its rollout is over, paused, stalled, or `timeout` has passed;
@@ -380,10 +422,18 @@ async fn pod_reports(
 mod applied_tests {
     use super::*;
 
+    fn applied(hash: &str, at: Instant, changed: &[&str]) -> Applied {
+        Applied {
+            hash: hash.into(),
+            at,
+            changed: changed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn the_same_rollout_is_not_applied_twice_while_the_cache_lags() {
         let t0 = Instant::now();
-        let last = ("h1".to_string(), t0);
+        let last = applied("h1", t0, &["db"]);
         assert!(already_applied(
             Some(&last),
             "h1",
@@ -398,6 +448,21 @@ mod applied_tests {
             "trust ends"
         );
         assert!(!already_applied(None, "h1", t0));
+    }
+
+    #[test]
+    fn a_rollout_counts_for_every_dsosecret_whose_versions_it_changed() {
+        let t0 = Instant::now();
+        let last = applied("h1", t0, &["db", "cache"]);
+        let later = t0 + Duration::from_secs(600);
+        assert!(last.covers("h1", "db", later));
+        assert!(
+            last.covers("h1", "cache", later),
+            "rolled by db's reconcile, for cache's rotation too"
+        );
+        assert!(!last.covers("h1", "queue", later), "queue did not change");
+        assert!(!last.covers("h2", "cache", later), "another state");
+        assert!(!last.covers("h1", "cache", t0 + CREDIT_KEEP));
     }
 
     #[test]

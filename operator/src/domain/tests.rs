@@ -489,3 +489,44 @@ fn an_aws_outage_keeps_the_last_versions_read_in_status() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_rollout_is_for_the_dsosecrets_whose_recorded_versions_changed() {
+    let rec = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let names = |s: std::collections::BTreeSet<String>| s.into_iter().collect::<Vec<_>>();
+    let before = rec(&[
+        ("db/prod/db", "v1"),
+        ("cache/prod/redis@AWSPENDING", "r1"),
+        ("queue/q", "q1"),
+    ]);
+    let now = rec(&[
+        ("db/prod/db", "v2"),
+        ("cache/prod/redis@AWSPENDING", "r2"),
+        ("queue/q", "q1"),
+    ]);
+    assert_eq!(
+        names(changed_dsosecrets(Some(&before), &now)),
+        ["cache", "db"]
+    );
+    assert_eq!(
+        names(changed_dsosecrets(Some(&now), &now)),
+        Vec::<String>::new()
+    );
+    let added = rec(&[
+        ("db/prod/db", "v2"),
+        ("cache/prod/redis@AWSPENDING", "r2"),
+        ("queue/q", "q1"),
+        ("new/x", "n1"),
+    ]);
+    assert_eq!(names(changed_dsosecrets(Some(&now), &added)), ["new"]);
+    assert_eq!(
+        names(changed_dsosecrets(None, &now)),
+        ["cache", "db", "queue"],
+        "no record: every one"
+    );
+}

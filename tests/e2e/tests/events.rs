@@ -5,10 +5,11 @@
 //! operator's share (event → rollout started); CloudTrail's own delivery comes on top in AWS.
 //!
 //! Like the operator tests, each test runs its own operator process in its own namespace (ports
-//! 18531-18532).
+//! 18531-18532, 18535).
 
 use dso_e2e::operator::{
-    apply_consumer, get_dso, replicasets, revision, template_hash, wait_available, wait_replicasets,
+    apply_consumer, get_dso, replicasets, revision, template_hash, wait_available, wait_ready,
+    wait_replicasets,
 };
 use dso_e2e::{
     Operator, app_container, apply, apply_crd, client, create_secret, env, moto, namespace,
@@ -304,5 +305,107 @@ async fn two_rotations_a_second_apart_give_one_rollout_to_the_last_version() {
         "the one rollout is to the last version: {recorded}"
     );
     assert!(!op.log().contains("canary-coalesce"), "no value in the log");
+    op.stop();
+}
+
+#[tokio::test]
+async fn two_dsosecrets_rotating_together_give_one_rollout_that_each_lists() {
+    apply_crd();
+    let ns = namespace(&client().await, "op-credit", &[]).await;
+    let (db, cache) = (unique("e2e/op/credit-db"), unique("e2e/op/credit-cache"));
+    create_secret(&db, "canary-credit-db-1").await;
+    create_secret(&cache, "canary-credit-cache-1").await;
+    let (db_arn, cache_arn) = (secret_arn(&db).await, secret_arn(&cache).await);
+    let url = events_queue().await;
+    let op = Operator::start_with(
+        &ns,
+        18535,
+        &env("DSO_MOTO_ENDPOINT"),
+        &["--events-queue-url", &url],
+    );
+    op.ready().await;
+    apply(&ns, &refreshing("db", &db, "10m", "Rollout"));
+    apply(&ns, &refreshing("cache", &cache, "10m", "Rollout"));
+    let web = quick_deployment("web", "db,cache", app_container("app", "sleep 3600"));
+    apply_consumer(&ns, "db", &web).await;
+    wait_ready(&ns, "cache", "True", "Synced").await;
+    wait_queue_read(&op).await;
+    assert_eq!(replicasets(&ns, "web").await, 1);
+
+    // Both rotated, then both CloudTrail entries in one batch: each event reconciles its own
+    // DsoSecret, and the first to pass the settle gate rolls the workload for both.
+    let db_version = put_secret_value(&db, "canary-credit-db-2").await;
+    let cache_version = put_secret_value(&cache, "canary-credit-cache-2").await;
+    eventbridge(
+        "PutEvents",
+        json!({"Entries": [put_secret_value_entry(&db, &db_arn), put_secret_value_entry(&cache, &cache_arn)]}),
+    )
+    .await;
+    wait_replicasets(&ns, "web", 2, Duration::from_secs(30)).await;
+    wait_available(&ns, "web").await;
+    let ns_name = ns.to_string();
+    let credited = |name: &'static str| {
+        let ns = ns_name.clone();
+        async move {
+            get_dso(&ns, name)
+                .await
+                .ok()
+                .and_then(|d| d.status)
+                .and_then(|s| s.last_rotation)
+                .map(|r| r.workloads)
+                .unwrap_or_default()
+        }
+    };
+    if let Err(e) = wait_for(
+        "both DsoSecrets list the rollout in status.lastRotation",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                (!credited("db").await.is_empty() && !credited("cache").await.is_empty())
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    {
+        panic!(
+            "{e}: db {:?}, cache {:?}\n{}",
+            credited("db").await,
+            credited("cache").await,
+            op.log()
+        );
+    }
+    // Time for a second rollout to show if there were one.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rollouts = op.metric("dso_rollouts_total{kind=\"Deployment\"}").await;
+    println!(
+        "[credit] two DsoSecrets rotated together: {rollouts} rollout(s), ReplicaSets {}; lastRotation.workloads db {:?}, cache {:?}",
+        replicasets(&ns, "web").await,
+        credited("db").await,
+        credited("cache").await
+    );
+    assert_eq!(rollouts, 1.0, "one rollout for both rotations");
+    assert_eq!(replicasets(&ns, "web").await, 2);
+    for name in ["db", "cache"] {
+        assert_eq!(
+            credited(name).await,
+            vec!["Deployment/web".to_string()],
+            "{name}: status.lastRotation.workloads"
+        );
+    }
+    let recorded: Api<Deployment> = Api::namespaced(client().await, &ns);
+    let recorded = recorded
+        .get("web")
+        .await
+        .expect("get web")
+        .metadata
+        .annotations
+        .and_then(|a| a.get("dso.dev/recorded-versions").cloned())
+        .unwrap_or_default();
+    assert!(
+        recorded.contains(&db_version) && recorded.contains(&cache_version),
+        "the one rollout is to both new versions: {recorded}"
+    );
+    assert!(!op.log().contains("canary-credit"), "no value in the log");
     op.stop();
 }
