@@ -123,7 +123,7 @@ pub struct Context {
     /// cache may still show the old template (an apiserver restart, a slow watch), and the same
     /// rollout must not be applied, counted and announced again.
     /// Each entry also says which DsoSecrets' rotations the rollout was for.
-    pub(crate) applied: Mutex<HashMap<(String, String), crate::rollout::Applied>>,
+    pub(crate) applied: crate::rollout::AppliedMap,
     /// Rollouts wanted and started per workload: coalescing and health ([`crate::coalesce`]).
     pub(crate) tracker: Tracker,
     /// One list of pods per namespace for the InPlace reconciles there ([`crate::pod_lists`]).

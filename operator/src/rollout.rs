@@ -187,21 +187,32 @@ pub async fn act_on(
             let Some(slot) = ctx.slots.try_acquire(&w.namespace) else {
                 return Ok(Outcome::Deferred);
             };
-            let generation = patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await?;
+            // Two DsoSecrets of this workload rotated together: their reconciles run side by
+            // side and reach the same versions. One patches; the other counts it as its own.
+            let mine = Applied {
+                hash: hash.clone(),
+                at: Instant::now(),
+                changed: domain::changed_dsosecrets(recorded.as_ref(), &record),
+            };
+            if let Some(theirs) = claim(&ctx.applied, &key, mine) {
+                debug!(workload = w.id(), versions_hash = %hash, "rolled by a concurrent reconcile");
+                return Ok(if theirs.covers(&hash, this, Instant::now()) {
+                    Outcome::Covered
+                } else {
+                    Outcome::Unchanged
+                });
+            }
+            let generation =
+                match patch_workload(ctx, w, &w.apply_patch(Some(&hash), &record)).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        unclaim(&ctx.applied, &key, &hash);
+                        return Err(e);
+                    }
+                };
             let now = Instant::now();
             ctx.tracker
                 .started(&key, &hash, now, generation, w.template_digest.as_deref());
-            if let Ok(mut applied) = ctx.applied.lock() {
-                applied.retain(|_, a| now.duration_since(a.at) < CREDIT_KEEP);
-                applied.insert(
-                    key,
-                    Applied {
-                        hash: hash.clone(),
-                        at: now,
-                        changed: domain::changed_dsosecrets(recorded.as_ref(), &record),
-                    },
-                );
-            }
             ctx.metrics.rolled(w.kind.as_str());
             info!(workload = w.id(), versions_hash = %hash, "rolled out");
             tokio::spawn(hold_slot(
@@ -241,6 +252,32 @@ impl Applied {
     /// Whether this rollout, to `hash`, is also one for a rotation of DsoSecret `dso`.
     fn covers(&self, hash: &str, dso: &str, now: Instant) -> bool {
         self.hash == hash && self.changed.contains(dso) && now.duration_since(self.at) < CREDIT_KEEP
+    }
+}
+
+pub(crate) type AppliedMap = std::sync::Mutex<std::collections::HashMap<(String, String), Applied>>;
+
+/// Claims the rollout `mine` of workload `key` for the calling reconcile, unless another
+/// reconcile applied (or is applying) the same versions: then returns that one's record.
+fn claim(applied: &AppliedMap, key: &(String, String), mine: Applied) -> Option<Applied> {
+    let mut applied = applied.lock().ok()?;
+    if let Some(theirs) = applied.get(key)
+        && already_applied(Some(theirs), &mine.hash, mine.at)
+    {
+        return Some(theirs.clone());
+    }
+    let now = mine.at;
+    applied.retain(|_, a| now.duration_since(a.at) < CREDIT_KEEP);
+    applied.insert(key.clone(), mine);
+    None
+}
+
+/// Gives up the claim to roll workload `key` to `hash` (the patch failed: a retry may roll).
+fn unclaim(applied: &AppliedMap, key: &(String, String), hash: &str) {
+    if let Ok(mut applied) = applied.lock()
+        && applied.get(key).is_some_and(|a| a.hash == hash)
+    {
+        applied.remove(key);
     }
 }
 
@@ -463,6 +500,26 @@ mod applied_tests {
         assert!(!last.covers("h1", "queue", later), "queue did not change");
         assert!(!last.covers("h2", "cache", later), "another state");
         assert!(!last.covers("h1", "cache", t0 + CREDIT_KEEP));
+    }
+
+    #[test]
+    fn of_two_reconciles_reaching_the_same_versions_one_rolls_and_the_other_is_credited() {
+        let map = AppliedMap::default();
+        let key = ("shop".to_string(), "Deployment/web".to_string());
+        let t0 = Instant::now();
+        assert!(claim(&map, &key, applied("h1", t0, &["db", "cache"])).is_none());
+        let theirs = claim(&map, &key, applied("h1", t0, &["db", "cache"]))
+            .expect("the second reconcile finds the first's claim");
+        assert!(theirs.covers("h1", "cache", t0));
+        assert!(
+            claim(&map, &key, applied("h2", t0, &["db"])).is_none(),
+            "new versions roll"
+        );
+        unclaim(&map, &key, "h2");
+        assert!(
+            claim(&map, &key, applied("h2", t0, &["db"])).is_none(),
+            "a failed patch gives its claim back"
+        );
     }
 
     #[test]

@@ -317,11 +317,13 @@ async fn two_dsosecrets_rotating_together_give_one_rollout_that_each_lists() {
     create_secret(&cache, "canary-credit-cache-1").await;
     let (db_arn, cache_arn) = (secret_arn(&db).await, secret_arn(&cache).await);
     let url = events_queue().await;
+    // A settle time longer than the two events can be apart on a loaded machine (the default
+    // 2 s is the other test's subject): the rollout waits for both versions.
     let op = Operator::start_with(
         &ns,
         18535,
         &env("DSO_MOTO_ENDPOINT"),
-        &["--events-queue-url", &url],
+        &["--events-queue-url", &url, "--rollout-settle", "10s"],
     );
     op.ready().await;
     apply(&ns, &refreshing("db", &db, "10m", "Rollout"));
@@ -384,7 +386,12 @@ async fn two_dsosecrets_rotating_together_give_one_rollout_that_each_lists() {
         credited("db").await,
         credited("cache").await
     );
-    assert_eq!(rollouts, 1.0, "one rollout for both rotations");
+    assert_eq!(
+        rollouts,
+        1.0,
+        "one rollout for both rotations\n{}",
+        op.log()
+    );
     assert_eq!(replicasets(&ns, "web").await, 2);
     for name in ["db", "cache"] {
         assert_eq!(
