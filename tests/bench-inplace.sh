@@ -15,6 +15,16 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export DSO_KUBELET_MAX_PODS=${DSO_KUBELET_MAX_PODS:-1100} DSO_POD_CIDR=${DSO_POD_CIDR:-10.244.0.0/21}
+# containerd keeps ~20 descriptors open per running InPlace pod (stdout/stderr and shim log
+# FIFOs of the pause, app and dso-refresh containers, and shim sockets) and inherits this
+# shell's hard limit: at 20,000 (a sandbox without CAP_SYS_RESOURCE cannot raise it), 997 of
+# 1,000 pods ran and the rest failed with "too many open files". Refuse what cannot start.
+pods=$(printf '%s\n' "$@" | awk 'p {print; exit} $0 == "--pods" {p = 1}')
+nofile=$(ulimit -Hn)
+if [ -n "$pods" ] && [ "$nofile" != unlimited ] && [ "$pods" -gt $(((nofile - 200) / 20)) ]; then
+  echo "bench: --pods $pods needs ~$((pods * 20 + 200)) open files in containerd; the hard limit here is $nofile (ulimit -Hn): at most $(((nofile - 200) / 20)) pods" >&2
+  exit 2
+fi
 # shellcheck source=tests/cluster/common.sh
 . tests/cluster/common.sh
 export PATH="$BIN:$PATH"
