@@ -239,6 +239,18 @@ pub async fn wait_recorded(ns: &str, name: &str) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The Deployment's `dso.dev/recorded-versions` (JSON of key → version id), or "" when unset.
+pub async fn recorded_versions(ns: &str, name: &str) -> String {
+    let d: Api<Deployment> = Api::namespaced(client().await, ns);
+    d.get(name)
+        .await
+        .expect("get the Deployment")
+        .metadata
+        .annotations
+        .and_then(|a| a.get("dso.dev/recorded-versions").cloned())
+        .unwrap_or_default()
+}
+
 /// The `dso.dev/versions-hash` of the Deployment's pod template: set once DSO has rolled it.
 pub async fn template_hash(ns: &str, name: &str) -> Option<String> {
     let d: Api<Deployment> = Api::namespaced(client().await, ns);

@@ -8,15 +8,13 @@
 //! 18531-18532, 18535).
 
 use dso_e2e::operator::{
-    apply_consumer, get_dso, replicasets, revision, template_hash, wait_available, wait_ready,
-    wait_replicasets,
+    apply_consumer, get_dso, recorded_versions, replicasets, revision, template_hash,
+    wait_available, wait_ready, wait_replicasets,
 };
 use dso_e2e::{
     Operator, app_container, apply, apply_crd, client, create_secret, env, moto, namespace,
     put_secret_value, quick_deployment, refreshing, unique, wait_for,
 };
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -291,15 +289,7 @@ async fn two_rotations_a_second_apart_give_one_rollout_to_the_last_version() {
     );
     let rotation = status.last_rotation.expect("status.lastRotation");
     assert_eq!(rotation.workloads, vec!["Deployment/web".to_string()]);
-    let recorded: Api<Deployment> = Api::namespaced(client().await, &ns);
-    let recorded = recorded
-        .get("web")
-        .await
-        .expect("get web")
-        .metadata
-        .annotations
-        .and_then(|a| a.get("dso.dev/recorded-versions").cloned())
-        .unwrap_or_default();
+    let recorded = recorded_versions(&ns, "web").await;
     assert!(
         recorded.contains(&last),
         "the one rollout is to the last version: {recorded}"
@@ -400,15 +390,7 @@ async fn two_dsosecrets_rotating_together_give_one_rollout_that_each_lists() {
             "{name}: status.lastRotation.workloads"
         );
     }
-    let recorded: Api<Deployment> = Api::namespaced(client().await, &ns);
-    let recorded = recorded
-        .get("web")
-        .await
-        .expect("get web")
-        .metadata
-        .annotations
-        .and_then(|a| a.get("dso.dev/recorded-versions").cloned())
-        .unwrap_or_default();
+    let recorded = recorded_versions(&ns, "web").await;
     assert!(
         recorded.contains(&db_version) && recorded.contains(&cache_version),
         "the one rollout is to both new versions: {recorded}"
