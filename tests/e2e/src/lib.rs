@@ -33,7 +33,7 @@ pub use manifests::{
 };
 pub use operator::Operator;
 pub use process::{LogFile, http_get};
-pub use webhook::Webhook;
+pub use webhook::{Webhook, create_once_cached};
 
 use anyhow::{Context, Result, bail};
 use dso_api::DsoSecret;

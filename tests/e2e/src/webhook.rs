@@ -279,6 +279,32 @@ impl Webhook {
     }
 }
 
+/// Creates `sent` (`params` may ask for a dry run) once the webhook's watch caches hold the
+/// objects just applied for it. A DsoSecret or ServiceAccount created a moment before the pod may
+/// not be in those caches yet, and the webhook then denies by name — documented, and the
+/// ReplicaSet's next retry succeeds; a test creating a bare pod retries the same way. Only those
+/// two denials are retried (for up to a minute); any other answer, admission or refusal, is
+/// returned as it is.
+pub async fn create_once_cached(
+    pods: &Api<Pod>,
+    params: &PostParams,
+    sent: &Pod,
+) -> kube::Result<Pod> {
+    let started = std::time::Instant::now();
+    loop {
+        match pods.create(params, sent).await {
+            Err(kube::Error::Api(s))
+                if (s.message.contains("not in the webhook's cache yet")
+                    || s.message.contains("not found in namespace"))
+                    && started.elapsed() < TIMEOUT =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 impl Drop for Webhook {
     fn drop(&mut self) {
         let failed = std::thread::panicking();

@@ -11,8 +11,9 @@
 
 use dso_e2e::operator::{events, get_dso, replicasets, wait_printed, wait_ready, wait_recorded};
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret,
-    dso_secret, env, kubectl_stdin, pod, put_secret_value, quick_deployment, unique, wait_for,
+    Operator, Webhook, annotated, app_container, apply, client, container_log, create_once_cached,
+    create_secret, dso_secret, env, kubectl_stdin, pod, put_secret_value, quick_deployment, unique,
+    wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -43,8 +44,7 @@ async fn run_and_read(ns: &str, manifest: Value, container: &str, prefix: &str) 
     let pods: Api<Pod> = Api::namespaced(client().await, ns);
     let sent: Pod = serde_json::from_value(manifest).expect("pod");
     let name = sent.metadata.name.clone().expect("name");
-    let created = pods
-        .create(&PostParams::default(), &sent)
+    let created = create_once_cached(&pods, &PostParams::default(), &sent)
         .await
         .expect("the pod is admitted");
     let line = wait_for("the app's line", TIMEOUT, || async {
@@ -266,7 +266,7 @@ async fn a_template_and_a_json_pointer_write_their_files_and_a_missing_pointer_f
     );
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
     let sent: Pod = serde_json::from_value(pod("missing", &annotated("missing"))).expect("pod");
-    pods.create(&PostParams::default(), &sent)
+    create_once_cached(&pods, &PostParams::default(), &sent)
         .await
         .expect("admitted");
     let message = wait_for("dso-init to fail", TIMEOUT, || async {

@@ -11,8 +11,8 @@
 
 use dso_e2e::operator::{get_dso, wait_ready};
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret,
-    deployment, env, pod, put_secret_value, unique, wait_for,
+    Operator, Webhook, annotated, app_container, apply, client, container_log, create_once_cached,
+    create_secret, deployment, env, pod, put_secret_value, unique, wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -38,7 +38,7 @@ async fn start(ns: &str, manifest: Value, prefix: &str) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client().await, ns);
     let sent: Pod = serde_json::from_value(manifest).expect("pod");
     let name = sent.metadata.name.clone().expect("name");
-    pods.create(&PostParams::default(), &sent)
+    create_once_cached(&pods, &PostParams::default(), &sent)
         .await
         .expect("the pod is admitted");
     wait_printed(ns, &name, prefix).await;

@@ -10,8 +10,8 @@
 
 use dso_e2e::operator::{get_dso, wait_ready};
 use dso_e2e::{
-    Operator, Webhook, annotated, app_container, apply, client, container_log, create_secret, env,
-    pod, put_secret_value, unique, wait_for,
+    Operator, Webhook, annotated, app_container, apply, client, container_log, create_once_cached,
+    create_secret, env, pod, put_secret_value, unique, wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -108,13 +108,13 @@ async fn the_apps_sighup_handler_runs_once_per_rotation_in_the_same_pod() {
     // A pod that asked for separate process namespaces is refused, not silently changed.
     let mut isolated = pod("isolated", &annotated("db"));
     isolated["spec"]["shareProcessNamespace"] = json!(false);
-    let refused = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(isolated).expect("pod"),
-        )
-        .await
-        .expect_err("refused");
+    let refused = create_once_cached(
+        &pods,
+        &PostParams::default(),
+        &serde_json::from_value(isolated).expect("pod"),
+    )
+    .await
+    .expect_err("refused");
     assert!(
         refused.to_string().contains(
             "DsoSecret \"db\" asks for refresh.signal SIGHUP, but the pod sets shareProcessNamespace: false"

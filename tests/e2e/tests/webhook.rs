@@ -7,8 +7,8 @@
 //! tests sharing the cluster never see it.
 
 use dso_e2e::{
-    Webhook, annotated, app_container, apply, client, container_log, create_secret, deployment,
-    dso_secret, env, pod, unique, wait_for,
+    Webhook, annotated, app_container, apply, client, container_log, create_once_cached,
+    create_secret, deployment, dso_secret, env, pod, unique, wait_for,
 };
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Creates a pod from its manifest: the apiserver's answer, admission included.
 async fn create_pod(pods: &Api<Pod>, manifest: Value) -> kube::Result<Pod> {
     let pod: Pod = serde_json::from_value(manifest).expect("a pod manifest");
-    pods.create(&PostParams::default(), &pod).await
+    create_once_cached(pods, &PostParams::default(), &pod).await
 }
 
 /// The pod's `dso.dev/injected` annotation: the DsoSecrets the webhook injected.
@@ -50,6 +50,17 @@ fn dso_mounts(p: &Pod, container: &str) -> Vec<(String, Option<bool>)> {
         .filter(|m| m.name == "dso-secrets")
         .map(|m| (m.mount_path.clone(), m.read_only))
         .collect()
+}
+
+/// Dry-run admits `sent` once the webhook's caches hold the objects just applied for it.
+async fn admitted_once_cached(pods: &Api<Pod>, sent: &Pod) -> Pod {
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    create_once_cached(pods, &dry, sent)
+        .await
+        .unwrap_or_else(|e| panic!("the pod was not admitted: {e}"))
 }
 
 #[tokio::test]
@@ -172,31 +183,19 @@ async fn a_pod_in_a_restricted_namespace_is_admitted_after_mutation() {
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
     let mut sent = pod("restricted", &annotated("db"));
     sent["spec"]["serviceAccountName"] = json!("web");
-    // The webhook's caches see the new ServiceAccount shortly after it is created: dry runs
-    // (which go through admission, Pod Security included) until the role is injected.
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    wait_for(
-        "the webhook to know the ServiceAccount's role",
-        TIMEOUT,
-        || {
-            let (pods, sent, dry) = (pods.clone(), sent.clone(), dry.clone());
-            async move {
-                let p = pods.create(&dry, &serde_json::from_value(sent)?).await?;
-                let has_role = p
-                    .spec
-                    .iter()
-                    .flat_map(|s| s.init_containers.iter().flatten())
-                    .flat_map(|c| c.env.iter().flatten())
-                    .any(|e| e.name == "AWS_ROLE_ARN");
-                Ok(has_role.then_some(()))
-            }
-        },
-    )
-    .await
-    .expect("the role is injected");
+    // The webhook's caches see the new ServiceAccount and DsoSecret shortly after they are
+    // created: dry runs (which go through admission, Pod Security included) until then.
+    let dry_run =
+        admitted_once_cached(&pods, &serde_json::from_value(sent.clone()).expect("pod")).await;
+    assert!(
+        dry_run
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .flat_map(|c| c.env.iter().flatten())
+            .any(|e| e.name == "AWS_ROLE_ARN"),
+        "the ServiceAccount's role is not injected"
+    );
     let created = create_pod(&pods, sent)
         .await
         .expect("Pod Security restricted admits the mutated pod");
@@ -221,7 +220,9 @@ async fn an_unknown_dsosecret_is_denied_and_the_message_reaches_the_replicaset_e
     let mut wh = Webhook::start(18404, &[]).await;
     let ns = wh.namespace(&[]).await;
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let direct = create_pod(&pods, pod("direct", &annotated("missing")))
+    let sent: Pod = serde_json::from_value(pod("direct", &annotated("missing"))).expect("pod");
+    let direct = pods
+        .create(&PostParams::default(), &sent)
         .await
         .expect_err("a pod naming an unknown DsoSecret is denied");
     let expected = format!("DsoSecret \"missing\" not found in namespace {ns}");
@@ -311,6 +312,7 @@ async fn an_injected_pod_runs_and_its_app_reads_the_secret_fetched_by_dso_init()
         "if [ -s /run/secrets/dso/db/password ] && cat /run/secrets/dso/db/password >/dev/null; then echo READABLE; else echo UNREADABLE; ls -ln /run/secrets/dso /run/secrets/dso/db; fi; sleep 3600"
     )]);
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
+    admitted_once_cached(&pods, &serde_json::from_value(sent.clone()).expect("pod")).await;
     create_pod(&pods, sent).await.expect("the pod is admitted");
     let running = wait_for(
         "the injected pod to run",
@@ -370,6 +372,7 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
         ..Default::default()
     };
     let pod: Pod = serde_json::from_value(pod("rotating", &annotated("db"))).expect("pod");
+    admitted_once_cached(&pods, &pod).await;
     let admit = || async {
         let p = pods
             .create(&dry, &pod)
@@ -377,7 +380,6 @@ async fn a_rotated_certificate_is_loaded_without_a_restart_and_no_admission_fail
             .unwrap_or_else(|e| panic!("an admission failed during the rotation: {e}"));
         assert_eq!(init_names(&p).first().map(String::as_str), Some("dso-init"));
     };
-    admit().await;
     wh.rotate_certificate();
     let started = std::time::Instant::now();
     while !wh.log().contains("serving certificate reloaded") {
@@ -420,22 +422,7 @@ async fn a_copied_injected_annotation_is_injected_anew_with_whole_init_env_value
     annotations["dso.dev/injected"] = json!("copied-from-a-live-pod");
     let sent: Pod = serde_json::from_value(pod("copied", &annotations)).expect("pod");
     let pods: Api<Pod> = Api::namespaced(client().await, &ns);
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    // Until the webhook's cache has the namespace's default ServiceAccount, it asks to retry.
-    let pod = wait_for("the pod to be admitted", TIMEOUT, || async {
-        match pods.create(&dry, &sent).await {
-            Ok(p) => Ok(Some(p)),
-            Err(kube::Error::Api(s)) if s.message.contains("not in the webhook's cache yet") => {
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let pod = admitted_once_cached(&pods, &sent).await;
 
     assert_eq!(
         init_names(&pod).first().map(String::as_str),
@@ -520,6 +507,11 @@ async fn each_opted_in_pod_costs_exactly_one_review() {
     })
     .await
     .expect("default ServiceAccount");
+    admitted_once_cached(
+        &pods,
+        &serde_json::from_value(pod("dry", &annotated("db"))).expect("pod"),
+    )
+    .await;
     let admin = PORT + 50;
     let (injected_before, unchanged_before) = (
         admissions(admin, "injected").await,
