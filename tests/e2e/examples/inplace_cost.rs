@@ -107,7 +107,9 @@ fn args() -> Args {
                 std::env::var("DSO_CLUSTER_DIR").unwrap_or("/tmp/dso-cluster".into())
             )
         })),
-        timeout: Duration::from_secs(num("timeout", 900)),
+        // Pods start at 0.2–1.5 per second on the 2-core node, slower as it fills (990 took
+        // 2,299 s): 900 s, or 3 s per pod when more.
+        timeout: Duration::from_secs(num("timeout", 900.max(3 * num("pods", 50)))),
         steady: Duration::from_secs(num("steady", steady_default)),
         // The injected containers' CPU request (the webhook's --init-cpu-request, 10m by
         // default): 1,000 pods at 10m do not fit the 2 CPUs of the test node; the scheduler
