@@ -15,17 +15,16 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export DSO_KUBELET_MAX_PODS=${DSO_KUBELET_MAX_PODS:-1100} DSO_POD_CIDR=${DSO_POD_CIDR:-10.244.0.0/21}
-# containerd keeps descriptors open per running container (its stdout/stderr FIFOs, twice each,
-# the shim's log FIFO and a socket: ~8) and per pod sandbox (~4), and inherits this shell's hard
-# limit. An InPlace pod of this benchmark is a sandbox, the app (with a tty: one output FIFO)
-# and dso-refresh: ~19. At 20,000 (a sandbox without CAP_SYS_RESOURCE cannot raise it), without
-# the app's tty (~20 per pod), 997 of 1,000 pods ran and the rest failed with "too many open
-# files". Refuse what cannot start.
-per_pod=19
+# containerd keeps ~20 descriptors open per running InPlace pod (stdout/stderr and shim log
+# FIFOs of the pause, app and dso-refresh containers, and shim sockets) and inherits this
+# shell's hard limit: at 20,000 (a sandbox without CAP_SYS_RESOURCE cannot raise it), 997 of
+# 1,000 pods ran and the rest failed with "too many open files" (twice: an app with a tty has
+# no stderr writer, and containerd then blocks a thread per pod in open(2) on its stderr FIFO,
+# holding an fd number that /proc/<pid>/fd does not show: still ~20). Refuse what cannot start.
 pods=$(printf '%s\n' "$@" | awk 'p {print; exit} $0 == "--pods" {p = 1}')
 nofile=$(ulimit -Hn)
-if [ -n "$pods" ] && [ "$nofile" != unlimited ] && [ "$pods" -gt $(((nofile - 400) / per_pod)) ]; then
-  echo "bench: --pods $pods needs ~$((pods * per_pod + 400)) open files in containerd; the hard limit here is $nofile (ulimit -Hn): at most $(((nofile - 400) / per_pod)) pods" >&2
+if [ -n "$pods" ] && [ "$nofile" != unlimited ] && [ "$pods" -gt $(((nofile - 200) / 20)) ]; then
+  echo "bench: --pods $pods needs ~$((pods * 20 + 200)) open files in containerd; the hard limit here is $nofile (ulimit -Hn): at most $(((nofile - 200) / 20)) pods" >&2
   exit 2
 fi
 # shellcheck source=tests/cluster/common.sh

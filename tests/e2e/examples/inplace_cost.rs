@@ -200,17 +200,6 @@ fn served(kubelet: &std::path::Path, pods: &[Pod]) -> Vec<(String, Option<String
         .collect()
 }
 
-/// The benchmark's app: it only sleeps; DSO's and the peer's work is what is measured. With a
-/// tty, containerd keeps one output FIFO open for it instead of two (stdout and stderr): ~19
-/// descriptors per InPlace pod instead of ~20, which is what lets 1,000 pods start under this
-/// sandbox's open-file limit of 20,000 (tests/bench-inplace.sh). DSO's containers are as the
-/// webhook makes them.
-fn bench_app() -> serde_json::Value {
-    let mut app = app_container("app", "sleep 360000");
-    app["tty"] = json!(true);
-    app
-}
-
 fn running(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.phase.as_deref() == Some("Running")
@@ -505,7 +494,11 @@ async fn run_dso(a: &Args, proxy: &FaultProxy) -> Figures {
             .expect("create DsoSecret");
         let replicas = per.min(left);
         left -= replicas;
-        let mut d = deployment(&name, &annotated(&name), vec![bench_app()]);
+        let mut d = deployment(
+            &name,
+            &annotated(&name),
+            vec![app_container("app", "sleep 360000")],
+        );
         d["spec"]["replicas"] = json!(replicas);
         d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
         let d: Deployment = serde_json::from_value(d).expect("Deployment");
@@ -777,7 +770,11 @@ async fn run_csi(a: &Args, proxy: &FaultProxy) -> Figures {
         apply(&ns, &peer_csi::secret_provider_class(&name, id));
         let replicas = per.min(left);
         left -= replicas;
-        let mut d = deployment(&name, &json!({}), vec![bench_app()]);
+        let mut d = deployment(
+            &name,
+            &json!({}),
+            vec![app_container("app", "sleep 360000")],
+        );
         d["spec"]["replicas"] = json!(replicas);
         d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
         d["spec"]["template"]["spec"]["serviceAccountName"] = json!("bench");
